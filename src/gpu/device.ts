@@ -1,0 +1,120 @@
+import { UserError } from "../util/errors.ts";
+import { pickAdapter, type AdapterDescription } from "./adapter.ts";
+import { BufferPool } from "./pool.ts";
+import { KernelCache, type Kernel, type KernelSpec } from "./kernel.ts";
+
+const OPTIONAL_FEATURES: GPUFeatureName[] = ["shader-f16", "subgroups", "timestamp-query"] as GPUFeatureName[];
+
+/** The limits we ask for explicitly: everything the adapter offers (bun-webgpu needs the full set spelled out). */
+function maxLimits(adapter: GPUAdapter): Record<string, number> {
+  const out: Record<string, number> = {};
+  const lim = adapter.limits as unknown as Record<string, unknown>;
+  for (const key in lim) {
+    const v = lim[key];
+    if (typeof v === "number" && key !== "nextInChain") out[key] = v;
+  }
+  return out;
+}
+
+export interface AcquireOptions {
+  /** Index or name substring from `mhmoe inspect --adapters`; defaults to $MHMOE_ADAPTER, then the first. */
+  adapter?: string;
+}
+
+/**
+ * The one handle the rest of mhmoe uses to reach WebGPU: the device, what it supports, a buffer pool,
+ * a pipeline cache, upload/readback helpers and error scopes turned into readable errors.
+ */
+export class Gpu {
+  readonly pool: BufferPool;
+  readonly kernels: KernelCache;
+  private lostReason: string | null = null;
+
+  constructor(
+    readonly device: GPUDevice,
+    readonly adapter: AdapterDescription,
+    readonly features: ReadonlySet<string>,
+    readonly limits: Readonly<Record<string, number>>,
+  ) {
+    this.pool = new BufferPool(device);
+    this.kernels = new KernelCache(device);
+    device.lost.then((info) => {
+      this.lostReason = info.message || info.reason || "device lost";
+    });
+  }
+
+  get hasF16(): boolean {
+    return this.features.has("shader-f16");
+  }
+  get hasSubgroups(): boolean {
+    return this.features.has("subgroups");
+  }
+  get hasTimestamps(): boolean {
+    return this.features.has("timestamp-query");
+  }
+  /** CPU adapters (lavapipe) prefer different tile shapes than GPUs; ops pick their tuning from this. */
+  get isCpu(): boolean {
+    return this.adapter.type === "cpu";
+  }
+
+  kernel(spec: KernelSpec): Promise<Kernel> {
+    return this.kernels.get(spec);
+  }
+
+  /** Runs `fn` inside out-of-memory and validation error scopes; a captured error becomes a thrown one. */
+  async checked<T>(what: string, fn: () => T | Promise<T>): Promise<T> {
+    this.device.pushErrorScope("validation");
+    this.device.pushErrorScope("out-of-memory");
+    let result: T;
+    try {
+      result = await fn();
+    } finally {
+      const oom = await this.device.popErrorScope();
+      const invalid = await this.device.popErrorScope();
+      if (oom) throw new UserError(`out of GPU memory while ${what}: ${oom.message.split("\n")[0]}`);
+      if (invalid) throw new Error(`WebGPU validation error while ${what}: ${invalid.message}`);
+    }
+    return result!;
+  }
+
+  /** Waits until every submitted command buffer has finished. */
+  async sync(): Promise<void> {
+    await this.device.queue.onSubmittedWorkDone();
+    if (this.lostReason) throw new UserError(`the GPU device was lost: ${this.lostReason}`);
+  }
+
+  destroy(): void {
+    this.pool.destroy();
+    this.device.destroy();
+  }
+}
+
+let shared: Promise<Gpu> | null = null;
+
+/** Acquires an adapter and device once per process (tests and commands share it). */
+export function getGpu(opts: AcquireOptions = {}): Promise<Gpu> {
+  if (!shared) {
+    shared = acquireGpu(opts);
+    shared.catch(() => {
+      shared = null;
+    });
+  }
+  return shared;
+}
+
+export async function acquireGpu(opts: AcquireOptions = {}): Promise<Gpu> {
+  const { adapter, desc } = await pickAdapter(opts.adapter);
+  const features = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
+  const requiredLimits = maxLimits(adapter);
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({
+      requiredFeatures: features,
+      requiredLimits: requiredLimits as GPUDeviceDescriptor["requiredLimits"],
+      label: "mhmoe",
+    });
+  } catch (e) {
+    throw new UserError(`cannot open a device on adapter "${desc.name}": ${e instanceof Error ? e.message : e}`);
+  }
+  return new Gpu(device, desc, new Set([...device.features]), requiredLimits);
+}

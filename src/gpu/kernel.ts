@@ -1,0 +1,94 @@
+import { shaderSource } from "./shaders.ts";
+
+export interface KernelSpec {
+  /** Name of a file in shaders/ without .wgsl (registered in src/gpu/shaders.ts). */
+  shader: string;
+  entry: string;
+  /** WGSL `override` constants (tile sizes, workgroup sizes, layout flags). */
+  constants?: Record<string, number>;
+  /**
+   * Template parameters for what `override` cannot express in every implementation (e.g. the element
+   * count of a workgroup array): each `{{NAME}}` in the source is replaced by the value.
+   */
+  template?: Record<string, number | string>;
+}
+
+export interface Kernel {
+  readonly name: string;
+  readonly pipeline: GPUComputePipeline;
+  readonly layout: GPUBindGroupLayout;
+}
+
+/** A shader compile or pipeline error, naming the shader, the entry point and Dawn's message (with line). */
+export class ShaderError extends Error {
+  constructor(name: string, message: string) {
+    super(`shader ${name}: ${message}`);
+    this.name = "ShaderError";
+  }
+}
+
+function specKey(spec: KernelSpec): string {
+  const sorted = (o?: Record<string, unknown>) => (o ? Object.keys(o).sort().map((k) => `${k}=${o[k]}`).join(",") : "");
+  return `${spec.shader}:${spec.entry}|${sorted(spec.constants)}|${sorted(spec.template)}`;
+}
+
+export function applyTemplate(source: string, template: Record<string, number | string> | undefined, name: string): string {
+  const out = source.replace(/\{\{(\w+)\}\}/g, (_, key: string) => {
+    const v = template?.[key];
+    if (v === undefined) throw new ShaderError(name, `template parameter {{${key}}} has no value`);
+    return String(v);
+  });
+  return out;
+}
+
+/**
+ * Pipelines are compiled once per (shader, entry, specialisation) and cached for the process. Compilation
+ * runs inside a validation error scope because bun-webgpu does not implement getCompilationInfo.
+ */
+export class KernelCache {
+  private cache = new Map<string, Promise<Kernel>>();
+  private modules = new Map<string, GPUShaderModule>();
+
+  constructor(private device: GPUDevice) {}
+
+  get(spec: KernelSpec): Promise<Kernel> {
+    const key = specKey(spec);
+    let k = this.cache.get(key);
+    if (!k) {
+      k = this.build(spec, key);
+      this.cache.set(key, k);
+      k.catch(() => this.cache.delete(key));
+    }
+    return k;
+  }
+
+  get size(): number {
+    return this.cache.size;
+  }
+
+  private async build(spec: KernelSpec, key: string): Promise<Kernel> {
+    const name = `${spec.shader}.wgsl:${spec.entry}`;
+    const code = applyTemplate(shaderSource(spec.shader), spec.template, name);
+    const moduleKey = `${spec.shader}|${code.length}|${JSON.stringify(spec.template ?? {})}`;
+    this.device.pushErrorScope("validation");
+    let module = this.modules.get(moduleKey);
+    if (!module) {
+      module = this.device.createShaderModule({ code, label: spec.shader });
+      this.modules.set(moduleKey, module);
+    }
+    const compileError = await this.device.popErrorScope();
+    if (compileError) {
+      this.modules.delete(moduleKey);
+      throw new ShaderError(name, compileError.message.trim());
+    }
+    this.device.pushErrorScope("validation");
+    const pipeline = this.device.createComputePipeline({
+      label: key,
+      layout: "auto",
+      compute: { module, entryPoint: spec.entry, constants: spec.constants },
+    });
+    const pipelineError = await this.device.popErrorScope();
+    if (pipelineError) throw new ShaderError(name, pipelineError.message.trim());
+    return { name, pipeline, layout: pipeline.getBindGroupLayout(0) };
+  }
+}

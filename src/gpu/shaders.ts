@@ -1,0 +1,17 @@
+/**
+ * Every WGSL source, imported as text so `bun build --compile` embeds it in the binary (no file is read
+ * from a path relative to the working directory at run time). Add one line per new shaders/*.wgsl file.
+ */
+import matmul from "../../shaders/matmul.wgsl" with { type: "text" };
+import fill from "../../shaders/fill.wgsl" with { type: "text" };
+
+export const SHADERS: Record<string, string> = {
+  matmul,
+  fill,
+};
+
+export function shaderSource(name: string): string {
+  const src = SHADERS[name];
+  if (src === undefined) throw new Error(`unknown shader "${name}" (is it registered in src/gpu/shaders.ts?)`);
+  return src;
+}

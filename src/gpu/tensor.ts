@@ -1,0 +1,147 @@
+import type { Gpu } from "./device.ts";
+import type { Kernel } from "./kernel.ts";
+
+export type DType = "f32" | "i32" | "u32";
+type Typed = Float32Array | Int32Array | Uint32Array;
+
+const MAP_READ = 0x1;
+const COPY_DST = 0x8;
+
+/** A dense row-major array in a pooled storage buffer. Element offsets are handled by the ops, not here. */
+export class Tensor {
+  constructor(
+    readonly gpu: Gpu,
+    readonly buffer: GPUBuffer,
+    readonly shape: readonly number[],
+    readonly dtype: DType = "f32",
+    readonly label = "",
+  ) {}
+
+  get size(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+  get byteLength(): number {
+    return this.size * 4;
+  }
+  release(): void {
+    this.gpu.pool.release(this.buffer);
+  }
+}
+
+/** An uninitialised tensor (pooled memory may hold old data: ops write every element, or call zeros()). */
+export function empty(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", label = ""): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return new Tensor(gpu, gpu.pool.acquire(n * 4, undefined, label), shape, dtype, label);
+}
+
+export function zeros(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", label = ""): Tensor {
+  const t = empty(gpu, shape, dtype, label);
+  const enc = gpu.device.createCommandEncoder();
+  enc.clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4 || 4);
+  gpu.device.queue.submit([enc.finish()]);
+  return t;
+}
+
+export function upload(gpu: Gpu, data: Typed, shape?: readonly number[], label = ""): Tensor {
+  const dtype: DType = data instanceof Float32Array ? "f32" : data instanceof Int32Array ? "i32" : "u32";
+  const s = shape ?? [data.length];
+  const n = s.reduce((a, b) => a * b, 1);
+  if (n !== data.length) throw new Error(`upload: shape [${s}] has ${n} elements, data has ${data.length}`);
+  const t = empty(gpu, s, dtype, label);
+  if (data.byteLength > 0) gpu.device.queue.writeBuffer(t.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+  return t;
+}
+
+export function write(t: Tensor, data: Typed): void {
+  if (data.length !== t.size) throw new Error(`write: tensor has ${t.size} elements, data has ${data.length}`);
+  t.gpu.device.queue.writeBuffer(t.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** Copies a buffer range back to the host. Costs a full GPU sync: never call it inside a training step. */
+export async function readBytes(gpu: Gpu, buffer: GPUBuffer, byteLength: number, byteOffset = 0): Promise<ArrayBuffer> {
+  const size = Math.max(4, Math.ceil(byteLength / 4) * 4);
+  const staging = gpu.pool.acquire(size, MAP_READ | COPY_DST, "readback");
+  const enc = gpu.device.createCommandEncoder();
+  enc.copyBufferToBuffer(buffer, byteOffset, staging, 0, size);
+  gpu.device.queue.submit([enc.finish()]);
+  await staging.mapAsync(MAP_READ, 0, size);
+  const out = staging.getMappedRange(0, size).slice(0, byteLength);
+  staging.unmap();
+  gpu.pool.release(staging);
+  return out;
+}
+
+export async function read(t: Tensor): Promise<Float32Array>;
+export async function read(t: Tensor): Promise<Typed> {
+  const bytes = await readBytes(t.gpu, t.buffer, t.byteLength);
+  return t.dtype === "f32" ? new Float32Array(bytes) : t.dtype === "i32" ? new Int32Array(bytes) : new Uint32Array(bytes);
+}
+
+export async function readInt(t: Tensor): Promise<Int32Array> {
+  return new Int32Array(await readBytes(t.gpu, t.buffer, t.byteLength));
+}
+
+/**
+ * A uniform buffer holding a kernel's shape parameters, written once when an op is planned. Fields are
+ * u32 unless given as {f32: x} or {i32: x}; the buffer is padded to 16 bytes as WGSL requires.
+ */
+export type UniformField = number | { f32: number } | { i32: number };
+export function uniform(gpu: Gpu, fields: UniformField[], label = "params"): GPUBuffer {
+  const n = Math.max(4, Math.ceil(fields.length / 4) * 4);
+  const view = new DataView(new ArrayBuffer(n * 4));
+  fields.forEach((f, i) => {
+    if (typeof f === "number") {
+      if (!Number.isInteger(f) || f < 0 || f > 0xffffffff) throw new Error(`uniform ${label}[${i}]: ${f} is not a u32`);
+      view.setUint32(i * 4, f, true);
+    } else if ("f32" in f) view.setFloat32(i * 4, f.f32, true);
+    else view.setInt32(i * 4, f.i32, true);
+  });
+  const buf = gpu.device.createBuffer({ size: n * 4, usage: 0x40 /* UNIFORM */ | COPY_DST, label });
+  gpu.device.queue.writeBuffer(buf, 0, view.buffer);
+  return buf;
+}
+
+export type Binding = Tensor | GPUBuffer;
+
+/** Bind group for binding slots 0..n-1 of group 0, in order. Made once when an op is planned, then reused. */
+export function bindGroup(gpu: Gpu, kernel: Kernel, bindings: Binding[]): GPUBindGroup {
+  return gpu.device.createBindGroup({
+    label: kernel.name,
+    layout: kernel.layout,
+    entries: bindings.map((b, i) => ({ binding: i, resource: { buffer: b instanceof Tensor ? b.buffer : b } })),
+  });
+}
+
+/** One recorded kernel launch: everything it needs is made in advance, so encoding it allocates nothing. */
+export interface Dispatch {
+  kernel: Kernel;
+  bindGroup: GPUBindGroup;
+  workgroups: readonly [number, number, number];
+  indirect?: { buffer: GPUBuffer; offset: number };
+}
+
+export function encode(pass: GPUComputePassEncoder, dispatches: readonly Dispatch[]): void {
+  for (const d of dispatches) {
+    pass.setPipeline(d.kernel.pipeline);
+    pass.setBindGroup(0, d.bindGroup);
+    if (d.indirect) pass.dispatchWorkgroupsIndirect(d.indirect.buffer, d.indirect.offset);
+    else pass.dispatchWorkgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+  }
+}
+
+/** Records the dispatches into one compute pass of one command encoder and submits it. */
+export function submit(gpu: Gpu, dispatches: readonly Dispatch[]): void {
+  const enc = gpu.device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  encode(pass, dispatches);
+  pass.end();
+  gpu.device.queue.submit([enc.finish()]);
+}
+
+/** Splits a 1-D launch of n threads in groups of wg over x and y (x is capped at 65535 groups). */
+export function grid1d(n: number, wg: number): [number, number, number] {
+  const groups = Math.max(1, Math.ceil(n / wg));
+  if (groups <= 65535) return [groups, 1, 1];
+  const y = Math.ceil(groups / 65535);
+  return [Math.ceil(groups / y), y, 1];
+}
