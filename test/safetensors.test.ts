@@ -259,7 +259,9 @@ describe("corrupt files give one line naming the file and tensor", () => {
     fs.writeFileSync(file, Buffer.from([1, 2, 3]));
     expectUserError(() => readSafetensors(file), file, "3 bytes");
   });
-  test("missing file", () => expectUserError(() => readSafetensors(path.join(tmpRoot, "nope.safetensors")), "nope.safetensors", "no such file"));
+  test("missing file", () => {
+    expectUserError(() => readSafetensors(path.join(tmpRoot, "nope.safetensors")), "nope.safetensors", "no such file");
+  });
   test("header length over the limit", () => {
     const file = craft("huge.safetensors", "{}", 0, 100_000_001n);
     expectUserError(() => readSafetensors(file), file, "100000000");

@@ -283,12 +283,15 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
 
 /** Reads and validates a safetensors file, memory-mapping it (privately) so tensors are views, not copies. */
 export function readSafetensors(file: string): SafetensorsFile {
-  let bytes: Uint8Array;
+  let bytes: Uint8Array | undefined;
   try {
-    const stat = fs.statSync(file);
-    if (!stat.isFile()) throw new UserError(`${file}: not a regular file`);
-    // mmap refuses empty files; those fail the length check below anyway.
-    bytes = stat.size >= 8 && typeof Bun !== "undefined" ? Bun.mmap(file, { shared: false }) : new Uint8Array(fs.readFileSync(file));
+    if (!fs.statSync(file).isFile()) throw new UserError(`${file}: not a regular file`);
+    try {
+      bytes = Bun.mmap(file, { shared: false });
+    } catch {
+      // mmap refuses empty files and some file systems; reading into memory always works.
+    }
+    bytes ??= new Uint8Array(fs.readFileSync(file));
   } catch (e) {
     throw e instanceof UserError ? e : ioError(e, "read", file);
   }
