@@ -246,8 +246,8 @@ describe("atomic checkpoint directories", () => {
     const script = path.join(tmpRoot, `child-${counter++}.ts`);
     fs.writeFileSync(
       script,
-      `import { atomicTestHooks } from ${JSON.stringify(path.resolve("src/io/atomic.ts"))};
-       import { saveCheckpointDir } from ${JSON.stringify(path.resolve("src/io/checkpoint.ts"))};
+      `import { atomicTestHooks } from ${JSON.stringify(path.join(import.meta.dir, "..", "src", "io", "atomic.ts"))};
+       import { saveCheckpointDir } from ${JSON.stringify(path.join(import.meta.dir, "..", "src", "io", "checkpoint.ts"))};
        atomicTestHooks.${hook} = () => process.kill(process.pid, "SIGKILL");
        const t = new Map([["w", { shape: [3], data: new Float32Array([${seed}, 0, 0]) }]]);
        saveCheckpointDir(${JSON.stringify(dir)}, {}, t);

@@ -351,8 +351,8 @@ describe("atomic file writes", () => {
     const script = tmpFile("child.ts");
     fs.writeFileSync(
       script,
-      `import { atomicTestHooks } from ${JSON.stringify(path.resolve("src/io/atomic.ts"))};
-       import { writeSafetensors } from ${JSON.stringify(path.resolve("src/io/safetensors.ts"))};
+      `import { atomicTestHooks } from ${JSON.stringify(path.join(import.meta.dir, "..", "src", "io", "atomic.ts"))};
+       import { writeSafetensors } from ${JSON.stringify(path.join(import.meta.dir, "..", "src", "io", "safetensors.ts"))};
        atomicTestHooks.afterChunk = (_t, i) => { if (i === 1) process.kill(process.pid, "SIGKILL"); };
        writeSafetensors(${JSON.stringify(file)}, { w: { dtype: "F32", shape: [4096], data: new Float32Array(4096).fill(1) } });
        console.log("not killed");`,

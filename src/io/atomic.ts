@@ -163,7 +163,7 @@ export function writeDirAtomic(dir: string, build: (tmpDir: string) => void): vo
   if (oldDir !== undefined) fs.rmSync(oldDir, { recursive: true, force: true });
 }
 
-/** Leftovers of interrupted writes of `target` (its `.tmp-*` / `.old-*` siblings), oldest name order. */
+/** Leftovers of interrupted writes of `target`: its `.tmp-*` / `.old-*` siblings, sorted by name. */
 export function findAtomicLeftovers(target: string): string[] {
   const abs = path.resolve(target);
   const parent = path.dirname(abs);
