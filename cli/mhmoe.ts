@@ -1,0 +1,50 @@
+#!/usr/bin/env bun
+// The mhmoe command line. Each command lives in its own small file that parses flags and calls src/.
+import { Command, CommanderError } from "commander";
+import pkg from "../package.json" with { type: "json" };
+import { UserError } from "../src/util/errors.ts";
+import { registerInspect } from "./inspect.ts";
+import { registerBench } from "./bench.ts";
+import { registerPending } from "./pending.ts";
+
+export function buildProgram(): Command {
+  const program = new Command("mhmoe")
+    .description("Train and evaluate Multi-Head Mixture-of-Experts language models on WebGPU (WGSL kernels)")
+    .version(pkg.version, "-V, --version")
+    .option("--adapter <sel>", "WebGPU adapter: index or name from `mhmoe inspect --adapters` (env MHMOE_ADAPTER)")
+    .showHelpAfterError("(run with --help for usage)")
+    .hook("preAction", (cmd) => {
+      const sel = cmd.opts().adapter as string | undefined;
+      if (sel) process.env.MHMOE_ADAPTER = sel;
+    });
+  registerPending(program, "train", "train a model (preset, config or checkpoint) on token shards or text");
+  registerPending(program, "eval", "perplexity and routing metrics of a checkpoint on held-out text");
+  registerPending(program, "tokenize", "turn .txt/.jsonl corpora into Arrow token shards");
+  registerPending(program, "generate", "sample text from a checkpoint");
+  registerInspect(program);
+  registerPending(program, "plan", "show a config's parameters, FLOPs and memory before training");
+  registerBench(program);
+  return program;
+}
+
+/** Runs the CLI; user errors print one line on stderr and exit non-zero, bugs keep their stack trace. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram().exitOverride();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    if (e instanceof UserError) {
+      process.stderr.write(`error: ${e.message}\n`);
+      return e.exitCode;
+    }
+    throw e;
+  }
+}
+
+if (import.meta.main) {
+  const code = await main(process.argv);
+  // bun-webgpu keeps native handles alive; exit explicitly once the command is done.
+  process.exit(code);
+}

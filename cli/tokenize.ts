@@ -1,0 +1,103 @@
+/** `mhmoe tokenize`: flags and output only; the work is src/data/tokenize.ts's runTokenize. */
+import type { Command } from "commander";
+import cliProgress from "cli-progress";
+import { UserError } from "../src/util/errors.ts";
+import {
+  DEFAULT_SHARD_TOKENS,
+  DEFAULT_VAL_FRACTION,
+  runTokenize,
+  TOKENIZER_NAMES,
+  type TokenizeProgress,
+  type TokenizeSummary,
+} from "../src/data/index.ts";
+
+interface TokenizeFlags {
+  input: string[];
+  out: string;
+  tokenizer: string;
+  valFraction: string;
+  shardTokens: string;
+  field: string;
+  json?: boolean;
+}
+
+function parseNumber(flag: string, text: string, integer: boolean): number {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value) || (integer && !Number.isSafeInteger(value))) {
+    throw new UserError(`${flag}: expected ${integer ? "an integer" : "a number"}, got "${text}"`);
+  }
+  return value;
+}
+
+const MB = 1e6;
+
+/** A bar on a terminal; otherwise a plain line at every tenth of the input. */
+function progressReporter(): { update: (p: TokenizeProgress) => void; stop: () => void } {
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      { stream: process.stderr, format: "tokenize |{bar}| {percentage}% | {mb}/{totalMb} MB | {documents} docs | {tokens} tokens | eta {eta_formatted}" },
+      cliProgress.Presets.shades_classic,
+    );
+    let started = false;
+    return {
+      update(p) {
+        const payload = { mb: (p.bytesDone / MB).toFixed(1), totalMb: (p.bytesTotal / MB).toFixed(1), documents: p.documents, tokens: p.tokens };
+        if (!started) bar.start(Math.max(p.bytesTotal, 1), 0, payload);
+        started = true;
+        bar.update(Math.min(p.bytesDone, p.bytesTotal), payload);
+      },
+      stop: () => started && bar.stop(),
+    };
+  }
+  let nextTenth = 1;
+  return {
+    update(p) {
+      const done = p.bytesTotal > 0 ? p.bytesDone / p.bytesTotal : 0;
+      if (done * 10 < nextTenth) return;
+      nextTenth = Math.floor(done * 10) + 1;
+      process.stderr.write(`tokenize: ${Math.round(done * 100)}% (${(p.bytesDone / MB).toFixed(1)} MB, ${p.documents} documents, ${p.tokens} tokens)\n`);
+    },
+    stop() {},
+  };
+}
+
+function printSummary(s: TokenizeSummary): void {
+  console.log(`wrote ${s.out}: ${s.documents} documents, ${s.tokens} tokens (${s.tokenizer}) from ${s.files} files in ${s.seconds} s (${s.input_mb_per_s} MB/s)`);
+  console.log(`  train: ${s.train.documents} documents, ${s.train.tokens} tokens, ${s.train.shards} shards`);
+  console.log(`  val:   ${s.val.documents} documents, ${s.val.tokens} tokens, ${s.val.shards} shards`);
+  if (s.skipped_empty > 0) console.log(`  skipped ${s.skipped_empty} empty documents`);
+}
+
+async function tokenizeAction(flags: TokenizeFlags): Promise<void> {
+  const progress = progressReporter();
+  try {
+    const summary = await runTokenize({
+      inputs: flags.input,
+      out: flags.out,
+      tokenizer: flags.tokenizer,
+      valFraction: parseNumber("--val-fraction", flags.valFraction, false),
+      shardTokens: parseNumber("--shard-tokens", flags.shardTokens, true),
+      field: flags.field,
+      onProgress: progress.update,
+    });
+    progress.stop();
+    if (flags.json) console.log(JSON.stringify(summary));
+    else printSummary(summary);
+  } finally {
+    progress.stop();
+  }
+}
+
+export function registerTokenize(program: Command): void {
+  program
+    .command("tokenize")
+    .description("tokenize .txt/.jsonl files (or directories of them) into an Arrow shard set")
+    .requiredOption("--input <paths...>", "input .txt files (one document each), .jsonl files (one per line) or directories")
+    .requiredOption("--out <dir>", "output directory (must not exist, or be empty)")
+    .option("--tokenizer <name>", `tokenizer: ${TOKENIZER_NAMES.join(" or ")}`, "byte")
+    .option("--val-fraction <f>", "fraction of documents for the validation split", String(DEFAULT_VAL_FRACTION))
+    .option("--shard-tokens <n>", "tokens per shard (documents are never split)", String(DEFAULT_SHARD_TOKENS))
+    .option("--field <name>", "the .jsonl field holding the text", "text")
+    .option("--json", "print the summary as one JSON object")
+    .action(tokenizeAction);
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine (scripts/setup.sh, plus Debian's python3-torch for the PyTorch parity tests)
+# and runs the whole test suite: bun's tests and the interop module's Python tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+PY=${MHMOE_PYTHON:-/usr/bin/python3}
+if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test: installing python3-torch and libopenblas0-pthread for the PyTorch parity tests" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread >/dev/null
+  else
+    echo "test: error: the parity tests need PyTorch for $PY (Debian: apt-get install python3-torch libopenblas0-pthread)" >&2
+    exit 1
+  fi
+fi
+export MHMOE_PYTHON="$PY"
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+# bunfig.toml's [test] timeout is ignored by bun (open upstream bug), hence --timeout here.
+node_modules/.bin/bun test --timeout 600000 "$@" 2>&1 | tee "$log" || status=$?
+bun_pass=$(grep -Eo '^ *[0-9]+ pass' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
+bun_fail=$(grep -Eo '^ *[0-9]+ fail' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
+
+py_pass=0; py_fail=0
+if [ -d interop ] && ls interop/test_*.py >/dev/null 2>&1 && [ $# -eq 0 ]; then
+  "$PY" -m unittest discover -s interop -p 'test_*.py' 2>&1 | tee "$log" || status=1
+  py_run=$(grep -Eo '^Ran [0-9]+ test' "$log" | grep -Eo '[0-9]+' || echo 0)
+  py_fail=$(grep -Eo 'FAILED \((failures|errors)=[0-9]+(, (failures|errors)=[0-9]+)?' "$log" | grep -Eo '[0-9]+' | paste -sd+ | bc 2>/dev/null || echo 0)
+  py_pass=$((py_run - py_fail))
+fi
+echo "mhmoe: $((bun_pass + py_pass)) passed, $((bun_fail + py_fail)) failed"
+exit $status
