@@ -63,3 +63,16 @@ describe("mhmoe CLI", () => {
     for (const l of lines) expect(l.gflops).toBeGreaterThan(0);
   });
 });
+
+describe("compiled binary", () => {
+  test("bun build --compile embeds the shaders and the WebGPU library", () => {
+    const out = join(require("node:os").tmpdir(), `mhmoe-bin-${process.pid}`);
+    const build = Bun.spawnSync([process.execPath, "build", "--compile", CLI, "--outfile", out], { cwd: ROOT });
+    expect(build.exitCode).toBe(0);
+    // Run from an unrelated directory so nothing can be found relative to the checkout.
+    const r = Bun.spawnSync([out, "bench", "matmul", "--sizes", "16", "--layouts", "nt", "--reps", "1"], { cwd: "/" });
+    require("node:fs").rmSync(out, { force: true });
+    expect(r.exitCode).toBe(0);
+    expect(JSON.parse(r.stdout.toString()).layout).toBe("nt");
+  });
+});
