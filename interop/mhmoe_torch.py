@@ -10,8 +10,7 @@ goes to and from model.safetensors with no renaming (see safetensors_io.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -115,8 +114,8 @@ class MHMoEModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-@dataclass
-class CausalLMOutput:
+class CausalLMOutput(NamedTuple):
+    # A NamedTuple (not a dataclass) so DistributedDataParallel 1.13 finds its tensors.
     logits: torch.Tensor                  # (B, T, V)
     loss_ce: Optional[torch.Tensor]       # scalar; None without labels
     loss_aux: torch.Tensor                # sum over MoE layers of L_aux (0 when not training)
@@ -135,15 +134,30 @@ class MHMoEForCausalLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
-        """Normal(0, std) matrices and embeddings, ones for norms, zeros for biases,
-        router_temperature for the X-MoE temperature (mhmoe's own init may differ)."""
+        """The same distributions as mhmoe's own init (src/model/params.ts), not the same draws:
+        N(0, std) for embeddings and matrices, N(0, std/sqrt(2L)) for residual outputs (o_proj,
+        every down_proj), ones for norms, head/merge xavier_uniform (gain 1/sqrt(2) and 1) with
+        head bias U(+-1/sqrt(d)) and merge bias 0 as the MH-MoE authors' code, X-MoE expert
+        embeddings N(0, 0.32/sqrt(router_dim)), temperature = router_temperature."""
+        cfg = self.config
+        residual_std = std / math.sqrt(2 * cfg.num_hidden_layers)
         for name, p in self.named_parameters():
             if name.endswith("gate.temperature"):
-                p.fill_(self.config.router_temperature)
+                p.fill_(cfg.router_temperature)
             elif name.endswith("layernorm.weight") or name == "model.norm.weight":
                 p.fill_(1.0)
+            elif name.endswith("head_proj.weight"):
+                nn.init.xavier_uniform_(p, gain=1 / math.sqrt(2))
+            elif name.endswith("head_proj.bias"):
+                nn.init.uniform_(p, -1 / math.sqrt(cfg.hidden_size), 1 / math.sqrt(cfg.hidden_size))
+            elif name.endswith("merge_proj.weight"):
+                nn.init.xavier_uniform_(p, gain=1.0)
             elif name.endswith(".bias"):
                 p.zero_()
+            elif name.endswith("gate.expert_embeddings"):
+                p.normal_(0.0, 0.32 / math.sqrt(cfg.router_dim))
+            elif name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
+                p.normal_(0.0, residual_std)
             else:
                 p.normal_(0.0, std)
 

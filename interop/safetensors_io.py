@@ -24,6 +24,9 @@ DTYPES: Dict[str, torch.dtype] = {
     "U8": torch.uint8, "BOOL": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# Declaration order of the reference crate's Dtype enum (its derived Ord), stored types only.
+_DTYPE_RANK = {DTYPES[name]: rank for rank, name in enumerate(
+    ["BOOL", "U8", "I8", "I16", "F16", "BF16", "I32", "F32", "F64", "I64"])}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -47,7 +50,11 @@ def encode_safetensors(tensors: Dict[str, torch.Tensor],
     header: Dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
     chunks = []
     offset = 0
-    for name, tensor in tensors.items():
+    # The reference crate's layout (its `prepare`): dtype enum order descending, then name.
+    # Wider types come first, so every tensor starts at a multiple of its element size.
+    order = sorted(tensors, key=lambda n: (-_DTYPE_RANK.get(tensors[n].dtype, -1), n))
+    for name in order:
+        tensor = tensors[name]
         if tensor.dtype not in DTYPE_NAMES:
             raise CheckpointError(f"tensor {name}: dtype {tensor.dtype} cannot be stored")
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)

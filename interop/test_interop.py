@@ -7,6 +7,7 @@ import json
 import math
 import os
 import struct
+import subprocess
 import tempfile
 import unittest
 
@@ -17,7 +18,7 @@ from mhmoe_torch import PRESETS, ConfigError, MHMoEConfig, apply_rope, rope_cos_
 from moe_layer import MoELayer, capacity_keep_mask, top_k_lowest_index_on_ties
 from safetensors_io import (CheckpointError, decode_safetensors, encode_safetensors,
                             load_pretrained, save_pretrained)
-from testutil import tiny_batch, tiny_config, tiny_model
+from testutil import INTEROP_DIR, PYTHON, tiny_batch, tiny_config, tiny_model
 
 
 def forward(model, ids):
@@ -113,6 +114,18 @@ class SafetensorsFormatTest(unittest.TestCase):
         for (_, end), (begin, _) in zip(spans, spans[1:]):
             self.assertEqual(end, begin)
         self.assertEqual(spans[-1][1], len(data) - 8 - n)
+        mixed = encode_safetensors({"b": torch.ones(3, dtype=torch.float16), "a": torch.ones(1),
+                                    "c": torch.ones(1, dtype=torch.int64), "d": torch.ones(1)})
+        mixed_header = json.loads(mixed[8:8 + struct.unpack("<Q", mixed[:8])[0]])
+        self.assertEqual(list(mixed_header), ["__metadata__", "c", "a", "d", "b"])
+        reference = os.path.join(os.path.dirname(INTEROP_DIR), "test", "fixtures", "safetensors",
+                                 "py_writer.py")  # the TypeScript suite's reference-layout writer
+        if os.path.exists(reference):
+            with tempfile.TemporaryDirectory() as tmp:
+                subprocess.run([PYTHON, reference, tmp], check=True, capture_output=True)
+                with open(os.path.join(tmp, "ref.safetensors"), "rb") as f:
+                    ref = f.read()
+            self.assertEqual(encode_safetensors(*decode_safetensors(ref)), ref)
         for name, info in header.items():
             self.assertEqual(info["dtype"], "F32")
             self.assertEqual(info["shape"], list(params[name].shape))

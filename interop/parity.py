@@ -1,0 +1,136 @@
+"""Whole-model parity reference for the TypeScript test suite.
+
+    python3 interop/parity.py --checkpoint DIR --batch FILE.safetensors --out OUT.safetensors \
+        [--lr 1e-3 --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --steps 1]
+
+FILE holds "input_ids" (I32 or I64) [B, T+1]. In float32: forward in training mode (aux
+losses on) on inputs ids[:, :T] and targets ids[:, 1:], backward of loss.total, then --steps
+AdamW steps on that same batch. OUT (all F32):
+  logits [B,T,V]                 before the first step
+  loss.ce loss.aux loss.z loss.total   [1], before the first step
+  loss.total.step{i}  [1]        i = 0..steps-1, the loss each step i took its gradient of
+                                 (written only when --steps > 1; step0 equals loss.total)
+  grad.<param name>              gradients of the first step (zeros where a parameter got
+                                 no gradient, e.g. an expert no sub-token was routed to)
+  param.<param name>             parameters after all the steps
+stdout: one JSON summary line. A user error: one line on stderr, exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_io import CheckpointError, load_pretrained, read_safetensors, write_safetensors  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="mhmoe PyTorch parity reference")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + weights)")
+    p.add_argument("--batch", required=True, help="safetensors file with input_ids [B, T+1]")
+    p.add_argument("--out", required=True, help="output safetensors file")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--beta1", type=float, default=0.9)
+    p.add_argument("--beta2", type=float, default=0.95)
+    p.add_argument("--eps", type=float, default=1e-8)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    return args
+
+
+def make_adamw(model, args) -> torch.optim.AdamW:
+    """Weight decay on matrices (ndim >= 2); none on norms, biases and gate.temperature."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
+                             foreach=False)
+
+
+def read_batch(path: str, vocab_size: int) -> torch.Tensor:
+    tensors, _ = read_safetensors(path)
+    if "input_ids" not in tensors:
+        raise CheckpointError(f"{path}: no tensor named input_ids")
+    ids = tensors["input_ids"]
+    if ids.dtype not in (torch.int32, torch.int64) or ids.ndim != 2 or ids.shape[1] < 2:
+        raise CheckpointError(f"{path}: input_ids must be I32/I64 [B, T+1] with T >= 1, "
+                              f"got {ids.dtype} {list(ids.shape)}")
+    ids = ids.long()
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise CheckpointError(f"{path}: input_ids outside [0, {vocab_size}) (vocab_size)")
+    return ids
+
+
+def scalar(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float32).reshape(1).clone()
+
+
+def run(args) -> dict:
+    torch.manual_seed(0)
+    model = load_pretrained(args.checkpoint, dtype=torch.float32)
+    ids = read_batch(args.batch, model.config.vocab_size)
+    if ids.shape[1] - 1 > model.config.max_position_embeddings:
+        raise CheckpointError(f"{args.batch}: T={ids.shape[1] - 1} exceeds "
+                              f"max_position_embeddings {model.config.max_position_embeddings}")
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    model.train()
+    optimizer = make_adamw(model, args)
+    named = list(model.named_parameters())
+    out = {}
+    step_losses = []
+    for step in range(args.steps):
+        optimizer.zero_grad(set_to_none=False)
+        result = model(inputs, labels=targets, training=True)
+        result.loss_total.backward()
+        # A parameter with no gradient (an expert nobody routed to) is treated as having a
+        # zero gradient, as a dense GPU implementation does: AdamW still decays it.
+        for _, p in named:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        step_losses.append(result.loss_total.item())
+        if step == 0:
+            out["logits"] = result.logits.detach().to(torch.float32).contiguous()
+            out["loss.ce"] = scalar(result.loss_ce)
+            out["loss.aux"] = scalar(result.loss_aux)
+            out["loss.z"] = scalar(result.loss_z)
+            out["loss.total"] = scalar(result.loss_total)
+            for name, p in named:
+                out[f"grad.{name}"] = p.grad.detach().to(torch.float32).clone()
+        if args.steps > 1:
+            out[f"loss.total.step{step}"] = scalar(result.loss_total)
+        optimizer.step()
+    for name, p in named:
+        out[f"param.{name}"] = p.detach().to(torch.float32).clone()
+    write_safetensors(args.out, out)
+    return {
+        "out": args.out, "batch": list(inputs.shape), "steps": args.steps,
+        "loss_ce": out["loss.ce"].item(), "loss_aux": out["loss.aux"].item(),
+        "loss_z": out["loss.z"].item(), "loss_total": out["loss.total"].item(),
+        "loss_total_per_step": step_losses, "num_parameters": len(named),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except CheckpointError as err:
+        print(f"parity.py: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"parity.py: {err.filename or args.out}: {err.strerror}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

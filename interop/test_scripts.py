@@ -1,0 +1,146 @@
+"""Command line tests for parity.py and train_torch.py (run as the TypeScript suite will)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import torch
+
+from safetensors_io import load_pretrained, read_safetensors, save_pretrained, write_safetensors
+from testutil import INTEROP_DIR, PYTHON, tiny_batch, tiny_config, tiny_model
+
+
+def run_script(name, *args):
+    return subprocess.run([PYTHON, os.path.join(INTEROP_DIR, name), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+class ParityScriptTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        self.ckpt = os.path.join(self.dir, "ckpt")
+        # xmoe router (learnable temperature, no decay), capacity dropping, shared expert
+        self.config = tiny_config("mhmoe-v1", shared=8, capacity_factor=1.0,
+                                  router_z_loss_coef=0.01)
+        self.model = tiny_model(self.config)
+        save_pretrained(self.model, self.ckpt)
+        self.ids = tiny_batch(self.config, batch=2, seq=8)
+        self.batch = os.path.join(self.dir, "batch.safetensors")
+        write_safetensors(self.batch, {"input_ids": self.ids.to(torch.int32)})
+        self.out = os.path.join(self.dir, "out.safetensors")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_one_step_outputs_match_autograd_and_adamw(self):
+        lr, wd, eps = 1e-2, 0.1, 1e-8
+        res = run_script("parity.py", "--checkpoint", self.ckpt, "--batch", self.batch,
+                         "--out", self.out, "--lr", lr, "--weight-decay", wd, "--eps", eps)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        lines = res.stdout.strip().splitlines()
+        self.assertEqual(len(lines), 1)
+        summary = json.loads(lines[0])
+        out, _ = read_safetensors(self.out)
+        names = [n for n, _ in self.model.named_parameters()]
+        expected_keys = {"logits", "loss.ce", "loss.aux", "loss.z", "loss.total"}
+        expected_keys |= {f"grad.{n}" for n in names} | {f"param.{n}" for n in names}
+        self.assertEqual(set(out), expected_keys)
+        self.assertTrue(all(t.dtype == torch.float32 for t in out.values()))
+        self.assertEqual(tuple(out["logits"].shape), (2, 8, self.config.vocab_size))
+        self.assertEqual(tuple(out["loss.total"].shape), (1,))
+
+        ref = self.model(self.ids[:, :-1], labels=self.ids[:, 1:], training=True)
+        ref.loss_total.backward()
+        self.assertTrue(torch.allclose(out["logits"], ref.logits, atol=1e-5))
+        for key, value in (("loss.ce", ref.loss_ce), ("loss.aux", ref.loss_aux),
+                           ("loss.z", ref.loss_z), ("loss.total", ref.loss_total)):
+            self.assertAlmostEqual(out[key].item(), value.item(), places=5, msg=key)
+        self.assertAlmostEqual(summary["loss_total"], ref.loss_total.item(), places=5)
+        self.assertGreater(out["loss.aux"].item(), 0)
+        self.assertGreater(out["loss.z"].item(), 0)
+        for name, p in self.model.named_parameters():
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            self.assertTrue(torch.allclose(out[f"grad.{name}"], g, atol=1e-6), name)
+            # AdamW step 1 with bias correction: update = g / (|g| + eps), decay on ndim >= 2
+            decay = wd if p.ndim >= 2 else 0.0
+            expected = p.detach() * (1 - lr * decay) - lr * g / (g.abs() + eps)
+            self.assertTrue(torch.allclose(out[f"param.{name}"], expected, atol=1e-6), name)
+        temperature = "model.layers.1.mlp.gate.temperature"
+        self.assertNotEqual(out[f"grad.{temperature}"].item(), 0.0)
+
+    def test_several_steps_record_each_loss(self):
+        res = run_script("parity.py", "--checkpoint", self.ckpt, "--batch", self.batch,
+                         "--out", self.out, "--lr", "3e-3", "--steps", "3")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        out, _ = read_safetensors(self.out)
+        losses = [out[f"loss.total.step{i}"].item() for i in range(3)]
+        self.assertEqual(losses[0], out["loss.total"].item())
+        self.assertLess(losses[2], losses[0])  # same batch: the steps must fit it better
+        self.assertNotIn("loss.total.step3", out)
+
+    def test_user_errors_are_one_line_and_leave_no_output(self):
+        bad_batch = os.path.join(self.dir, "bad.safetensors")
+        write_safetensors(bad_batch, {"input_ids": torch.zeros(2, 4)})
+        with open(os.path.join(self.ckpt, "config.json")) as f:
+            config = json.load(f)
+        config["hidden_size"] = 32
+        wrong = os.path.join(self.dir, "wrong")
+        os.makedirs(wrong)
+        os.link(os.path.join(self.ckpt, "model.safetensors"), os.path.join(wrong, "model.safetensors"))
+        with open(os.path.join(wrong, "config.json"), "w") as f:
+            json.dump(config, f)
+        cases = [(os.path.join(self.dir, "nope"), self.batch, "config.json"),
+                 (self.ckpt, bad_batch, "input_ids must be I32/I64"),
+                 (wrong, self.batch, "model.embed_tokens.weight has shape [37, 16]")]
+        for ckpt, batch, message in cases:
+            with self.subTest(message=message):
+                res = run_script("parity.py", "--checkpoint", ckpt, "--batch", batch,
+                                 "--out", self.out)
+                self.assertEqual(res.returncode, 1)
+                self.assertEqual(res.stdout, "")
+                self.assertEqual(len(res.stderr.strip().splitlines()), 1, res.stderr)
+                self.assertIn(message, res.stderr)
+                self.assertFalse(os.path.exists(self.out))
+
+
+class TrainScriptTest(unittest.TestCase):
+    def test_trains_logs_json_and_saves_a_loadable_checkpoint(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = tiny_config("mhmoe", vocab_size=260, max_position_embeddings=32)
+            model = tiny_model(config, std=0.05)
+            save_pretrained(model, os.path.join(tmp, "ckpt"))
+            text = os.path.join(tmp, "corpus.txt")
+            with open(text, "w", encoding="utf-8") as f:
+                f.write("the quick brown fox jumps over the lazy dog. " * 20 + "héllo\n")
+            saved = os.path.join(tmp, "saved")
+            res = run_script("train_torch.py", "--checkpoint", os.path.join(tmp, "ckpt"),
+                             "--data", text, "--steps", 6, "--batch-size", 2, "--seq-len", 16,
+                             "--lr", "1e-2", "--save", saved)
+            self.assertEqual(res.returncode, 0, res.stderr)
+            records = [json.loads(line) for line in res.stdout.splitlines()]
+            steps = [r for r in records if "step" in r]
+            self.assertEqual([r["step"] for r in steps], [1, 2, 3, 4, 5, 6])
+            for r in steps:
+                self.assertGreater(r["tokens_per_s"], 0)
+                self.assertTrue(r["loss"] > 0)
+            self.assertLess(steps[-1]["loss"], steps[0]["loss"])
+            self.assertEqual(records[-1], {"saved": saved})
+            reloaded = load_pretrained(saved)
+            self.assertEqual(reloaded.config, config)
+            before = dict(model.named_parameters())["model.embed_tokens.weight"]
+            after = dict(reloaded.named_parameters())["model.embed_tokens.weight"]
+            self.assertFalse(torch.equal(before, after))
+
+            res = run_script("train_torch.py", "--checkpoint", os.path.join(tmp, "ckpt"),
+                             "--data", text, "--steps", 1, "--batch-size", 64, "--seq-len", 32)
+            self.assertEqual(res.returncode, 1)
+            self.assertIn("data has", res.stderr)
+            self.assertEqual(len(res.stderr.strip().splitlines()), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
