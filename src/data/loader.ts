@@ -1,0 +1,293 @@
+/**
+ * The training batch loader. Documents are concatenated into one token stream with EOT after each,
+ * and every batch is the next B*T+1 tokens of that stream laid out as B rows of T+1 (row b starts
+ * at stream token b*T; consecutive rows, and consecutive batches, share one token), so every token
+ * is a target exactly once per epoch, as in llm.c.
+ *
+ * Order: each epoch visits the split's shards in a permutation drawn from (seed, epoch), and the
+ * documents of each record batch in a permutation drawn from a running RNG. Only one record batch
+ * is in memory. position() captures everything needed to continue exactly where it is.
+ */
+import { UserError } from "../util/errors.ts";
+import { readTokenBatches, type TokenBatch } from "./shard-reader.ts";
+import { verifyShard, type ShardInfo, type ShardSet, type Split } from "./shard-set.ts";
+import { isShuffleState, permutation, ShuffleRng, type ShuffleState } from "./shuffle.ts";
+
+export interface LoaderOptions {
+  batchSize: number;
+  seqLen: number;
+  seed?: number;
+  split?: Split;
+  /** false: shards and documents in stored order (evaluation, tests); true by default */
+  shuffle?: boolean;
+}
+
+/** JSON-serialisable; see docs/data.md. */
+export interface LoaderPosition {
+  version: 1;
+  split: Split;
+  seed: number;
+  shuffle: boolean;
+  /** ShardSet.fingerprint: a position only resumes on the shard set it came from */
+  fingerprint: string;
+  epoch: number;
+  /** index into this epoch's shard order */
+  shard: number;
+  /** record batch within that shard */
+  recordBatch: number;
+  /** index into that record batch's (shuffled) document order */
+  row: number;
+  /** tokens of that document already used; equal to its length when only its EOT is left */
+  offset: number;
+  /** RNG state just before this record batch's documents were shuffled */
+  rng: ShuffleState;
+  /** the last token of the previous batch, which starts the next one (null before the first batch) */
+  carry: number | null;
+  tokensSeen: number;
+}
+
+interface Cursor {
+  epoch: number;
+  shard: number;
+  recordBatch: number;
+  row: number;
+  offset: number;
+  rng: ShuffleState;
+}
+
+export class Loader {
+  readonly batchSize: number;
+  readonly seqLen: number;
+  readonly split: Split;
+  private readonly shards: ShardInfo[];
+  private seed: number;
+  private shuffle: boolean;
+  private cursor: Cursor;
+  private rng: ShuffleRng;
+  private order: Uint32Array;
+  private reader: AsyncGenerator<TokenBatch> | null = null;
+  private batch: TokenBatch | null = null;
+  private rows: Uint32Array | null = null;
+  private carry: number | null = null;
+  private seen = 0;
+  private shardsWithoutTokens = 0;
+  private busy = false;
+
+  constructor(
+    private readonly set: ShardSet,
+    opts: LoaderOptions,
+  ) {
+    for (const k of ["batchSize", "seqLen"] as const) {
+      if (!Number.isSafeInteger(opts[k]) || opts[k] < 1) throw new UserError(`loader: ${k} must be a positive integer, got ${opts[k]}`);
+    }
+    const seed = opts.seed ?? 0;
+    if (!Number.isSafeInteger(seed) || seed < 0) throw new UserError(`loader: seed must be a non-negative integer, got ${seed}`);
+    this.batchSize = opts.batchSize;
+    this.seqLen = opts.seqLen;
+    this.split = opts.split ?? "train";
+    this.shards = set.splits[this.split];
+    if (this.shards.length === 0) throw new UserError(`${set.dir}: no ${this.split} split (no ${this.split} shards)`);
+    this.seed = seed;
+    this.shuffle = opts.shuffle ?? true;
+    this.rng = new ShuffleRng(seed);
+    this.cursor = { epoch: 0, shard: 0, recordBatch: 0, row: 0, offset: 0, rng: this.rng.getState() };
+    this.order = this.shardOrder(0);
+  }
+
+  /** A loader that continues from a saved position (its seed, split and shuffle come from the position). */
+  static async resume(set: ShardSet, opts: LoaderOptions, position: LoaderPosition): Promise<Loader> {
+    const loader = new Loader(set, { ...opts, split: position?.split ?? opts.split });
+    await loader.seek(position);
+    return loader;
+  }
+
+  get tokensSeen(): number {
+    return this.seen;
+  }
+
+  get epoch(): number {
+    return this.cursor.epoch;
+  }
+
+  position(): LoaderPosition {
+    const c = this.cursor;
+    return {
+      version: 1,
+      split: this.split,
+      seed: this.seed,
+      shuffle: this.shuffle,
+      fingerprint: this.set.fingerprint,
+      epoch: c.epoch,
+      shard: c.shard,
+      recordBatch: c.recordBatch,
+      row: c.row,
+      offset: c.offset,
+      rng: [...c.rng] as ShuffleState,
+      carry: this.carry,
+      tokensSeen: this.seen,
+    };
+  }
+
+  async seek(position: LoaderPosition): Promise<void> {
+    checkPosition(position, this.set, this.split);
+    await this.close();
+    this.seed = position.seed;
+    this.shuffle = position.shuffle;
+    this.cursor = { epoch: position.epoch, shard: position.shard, recordBatch: position.recordBatch, row: position.row, offset: position.offset, rng: [...position.rng] as ShuffleState };
+    this.order = this.shardOrder(position.epoch);
+    if (position.shard >= this.order.length) throw new UserError(`loader position: shard ${position.shard} is past the ${this.order.length} ${this.split} shards`);
+    this.carry = position.carry;
+    this.seen = position.tokensSeen;
+    await this.loadCurrentBatch();
+    if (position.row > this.batch!.rows) throw new UserError(`loader position: row ${position.row} is past the end of its record batch`);
+    const len = position.row < this.batch!.rows ? this.docLength(position.row) : 0;
+    if (position.offset > len) throw new UserError(`loader position: offset ${position.offset} is past the end of its document`);
+  }
+
+  /** The next (B, T+1) batch, row-major. Await each call before the next. */
+  async next(): Promise<Int32Array> {
+    if (this.busy) throw new Error("Loader.next() called again before the previous call finished");
+    this.busy = true;
+    try {
+      const B = this.batchSize;
+      const T = this.seqLen;
+      const stream = new Int32Array(B * T + 1);
+      let filled = 0;
+      if (this.carry !== null) stream[filled++] = this.carry;
+      await this.fill(stream, filled);
+      this.carry = stream[B * T];
+      this.seen += B * T;
+      const out = new Int32Array(B * (T + 1));
+      for (let b = 0; b < B; b++) out.set(stream.subarray(b * T, b * T + T + 1), b * (T + 1));
+      return out;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async close(): Promise<void> {
+    const reader = this.reader;
+    this.reader = null;
+    this.batch = null;
+    this.rows = null;
+    await reader?.return(undefined);
+  }
+
+  private shardOrder(epoch: number): Uint32Array {
+    const n = this.shards.length;
+    return this.shuffle ? permutation(n, new ShuffleRng(this.seed, epoch + 1)) : identity(n);
+  }
+
+  private docLength(row: number): number {
+    const doc = this.rows![row];
+    return this.batch!.offsets[doc + 1] - this.batch!.offsets[doc];
+  }
+
+  private async fill(stream: Int32Array, at: number): Promise<void> {
+    const eot = this.set.eot;
+    while (at < stream.length) {
+      if (!this.batch) await this.loadCurrentBatch();
+      const c = this.cursor;
+      const batch = this.batch!;
+      if (c.row >= batch.rows) {
+        await this.advance();
+        continue;
+      }
+      const doc = this.rows![c.row];
+      const start = batch.offsets[doc];
+      const len = batch.offsets[doc + 1] - start;
+      if (len === 0) {
+        c.row++; // empty (or null) documents contribute nothing, not even an EOT
+        continue;
+      }
+      const take = Math.min(len - c.offset, stream.length - at);
+      stream.set(batch.values.subarray(start + c.offset, start + c.offset + take), at);
+      at += take;
+      c.offset += take;
+      this.shardsWithoutTokens = 0;
+      if (c.offset === len && at < stream.length) {
+        stream[at++] = eot;
+        c.row++;
+        c.offset = 0;
+      }
+    }
+  }
+
+  /** Moves to the next record batch, shard, or epoch, drawing the next row permutation. */
+  private async advance(): Promise<void> {
+    const c = this.cursor;
+    c.recordBatch++;
+    c.row = 0;
+    c.offset = 0;
+    c.rng = this.rng.getState();
+    const next = await this.reader!.next();
+    if (!next.done) {
+      this.setBatch(next.value);
+      return;
+    }
+    await this.close();
+    c.recordBatch = 0;
+    c.shard++;
+    if (c.shard === this.order.length) {
+      c.shard = 0;
+      c.epoch++;
+      this.order = this.shardOrder(c.epoch);
+    }
+  }
+
+  private setBatch(batch: TokenBatch): void {
+    this.batch = batch;
+    this.rows = this.shuffle ? permutation(batch.rows, this.rng) : identity(batch.rows);
+  }
+
+  /** Opens the cursor's shard, skips to its record batch and reshuffles that batch from the saved RNG state. */
+  private async loadCurrentBatch(): Promise<void> {
+    const c = this.cursor;
+    for (;;) {
+      const shard = this.shards[this.order[c.shard]];
+      if (++this.shardsWithoutTokens > this.shards.length + 1) {
+        throw new UserError(`${this.set.dir}: the ${this.split} split has no tokens`);
+      }
+      await verifyShard(this.set, shard);
+      this.reader = readTokenBatches(shard.path, this.set.vocabSize);
+      for (let i = 0; i < c.recordBatch; i++) {
+        if ((await this.reader.next()).done) throw new UserError(`loader position: ${shard.path} has only ${i} record batches, not ${c.recordBatch + 1}`);
+      }
+      const first = await this.reader.next();
+      this.rng = ShuffleRng.fromState(c.rng);
+      if (!first.done) {
+        this.setBatch(first.value);
+        return;
+      }
+      // A shard without record batches: move on as advance() would.
+      await this.close();
+      c.shard++;
+      if (c.shard === this.order.length) {
+        c.shard = 0;
+        c.epoch++;
+        this.order = this.shardOrder(c.epoch);
+      }
+    }
+  }
+}
+
+function identity(n: number): Uint32Array {
+  return Uint32Array.from({ length: n }, (_, i) => i);
+}
+
+function checkPosition(p: LoaderPosition, set: ShardSet, split: Split): void {
+  const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (p === null || typeof p !== "object" || p.version !== 1) throw new UserError("loader position: not a version 1 loader position");
+  if (p.split !== split) throw new UserError(`loader position: saved for the ${p.split} split, not ${split}`);
+  if (p.fingerprint !== set.fingerprint) {
+    throw new UserError(`loader position: saved for a different shard set (fingerprint ${p.fingerprint}, ${set.dir} has ${set.fingerprint})`);
+  }
+  for (const k of ["seed", "epoch", "shard", "recordBatch", "row", "offset", "tokensSeen"] as const) {
+    if (!count(p[k])) throw new UserError(`loader position: field "${k}" must be a non-negative integer`);
+  }
+  if (typeof p.shuffle !== "boolean") throw new UserError(`loader position: field "shuffle" must be true or false`);
+  if (!isShuffleState(p.rng)) throw new UserError(`loader position: field "rng" must be four 32-bit words`);
+  if (p.carry !== null && !(Number.isInteger(p.carry) && p.carry >= 0 && p.carry < set.vocabSize)) {
+    throw new UserError(`loader position: field "carry" must be null or a token id`);
+  }
+}

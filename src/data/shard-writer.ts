@@ -1,0 +1,151 @@
+/**
+ * Writes one shard: an Arrow IPC *stream* (what Hugging Face datasets writes for its .arrow files)
+ * with one row per document and a single column `input_ids: List<Int32>`, record batches of at most
+ * ROWS_PER_RECORD_BATCH documents. Bytes go to disk as each record batch is finished and are
+ * hashed on the way, so a shard never sits whole in memory and its checksum costs no second read.
+ */
+import { createHash, type Hash } from "node:crypto";
+import { open, type FileHandle } from "node:fs/promises";
+import {
+  AsyncByteQueue,
+  Field,
+  Int32,
+  List,
+  RecordBatch,
+  RecordBatchStreamWriter,
+  Schema,
+  Struct,
+  makeData,
+} from "apache-arrow";
+import type { TokenizerName } from "./tokenizer.ts";
+import { fileError } from "./inputs.ts";
+
+export const TOKEN_COLUMN = "input_ids";
+/** Hugging Face's default writer_batch_size, so our files look like theirs to a reader. */
+export const ROWS_PER_RECORD_BATCH = 1000;
+/** A record batch is also cut at this many tokens, which bounds the writer's and reader's memory. */
+export const TOKENS_PER_RECORD_BATCH = 1 << 20;
+
+/** The schema every shard has; the metadata lets `datasets.Dataset.from_file` type the column. */
+export function shardSchema(tokenizer: TokenizerName, vocabSize: number): Schema {
+  const listType = new List(new Field("item", new Int32(), true));
+  const features = { input_ids: { feature: { dtype: "int32", _type: "Value" }, _type: "Sequence" } };
+  const metadata = new Map([
+    ["huggingface", JSON.stringify({ info: { features } })],
+    ["mhmoe", JSON.stringify({ tokenizer, vocab_size: vocabSize })],
+  ]);
+  return new Schema([new Field(TOKEN_COLUMN, listType, true)], metadata);
+}
+
+/** Keeps the writer's output chunks instead of queueing them, so we can flush them ourselves. */
+class ChunkCollector extends AsyncByteQueue {
+  chunks: Uint8Array[] = [];
+  override write(value: Uint8Array): void {
+    if (value.byteLength > 0) this.chunks.push(value);
+  }
+}
+
+export interface ShardSummary {
+  documents: number;
+  tokens: number;
+  bytes: number;
+  sha256: string;
+}
+
+export class ShardWriter {
+  private readonly collector = new ChunkCollector();
+  private readonly writer = new RecordBatchStreamWriter();
+  private readonly hash: Hash = createHash("sha256");
+  private pending: Int32Array[] = [];
+  private pendingTokens = 0;
+  private documents = 0;
+  private tokens = 0;
+  private bytes = 0;
+
+  private constructor(
+    readonly path: string,
+    private readonly handle: FileHandle,
+    private readonly schema: Schema,
+  ) {}
+
+  static async create(path: string, schema: Schema): Promise<ShardWriter> {
+    let handle;
+    try {
+      handle = await open(path, "wx");
+    } catch (e) {
+      throw fileError(path, e);
+    }
+    const shard = new ShardWriter(path, handle, schema);
+    shard.writer.reset(shard.collector as unknown as AsyncByteQueue, schema);
+    await shard.flushBytes();
+    return shard;
+  }
+
+  get documentCount(): number {
+    return this.documents + this.pending.length;
+  }
+
+  get tokenCount(): number {
+    return this.tokens + this.pendingTokens;
+  }
+
+  async add(ids: Int32Array): Promise<void> {
+    this.pending.push(ids);
+    this.pendingTokens += ids.length;
+    if (this.pending.length >= ROWS_PER_RECORD_BATCH || this.pendingTokens >= TOKENS_PER_RECORD_BATCH) {
+      await this.flushRecordBatch();
+    }
+  }
+
+  /** Writes what is pending and the end-of-stream marker, closes the file, and says what it holds. */
+  async finish(): Promise<ShardSummary> {
+    await this.flushRecordBatch();
+    this.writer.close();
+    await this.flushBytes();
+    await this.handle.close();
+    return { documents: this.documents, tokens: this.tokens, bytes: this.bytes, sha256: this.hash.digest("hex") };
+  }
+
+  /** Closes the file without finishing it; the caller removes the temporary directory. */
+  async abort(): Promise<void> {
+    await this.handle.close().catch(() => {});
+  }
+
+  private async flushRecordBatch(): Promise<void> {
+    const rows = this.pending.length;
+    if (rows === 0) return;
+    const offsets = new Int32Array(rows + 1);
+    const values = new Int32Array(this.pendingTokens);
+    for (let i = 0; i < rows; i++) {
+      const doc = this.pending[i];
+      values.set(doc, offsets[i]);
+      offsets[i + 1] = offsets[i] + doc.length;
+    }
+    const listField = this.schema.fields[0];
+    const itemType = (listField.type as List<Int32>).children[0].type;
+    const child = makeData({ type: itemType, length: values.length, nullCount: 0, data: values });
+    const lists = makeData({ type: listField.type as List<Int32>, length: rows, nullCount: 0, valueOffsets: offsets, child });
+    const columns = makeData({ type: new Struct(this.schema.fields), length: rows, nullCount: 0, children: [lists] });
+    this.writer.write(new RecordBatch(this.schema, columns));
+    this.documents += rows;
+    this.tokens += this.pendingTokens;
+    this.pending = [];
+    this.pendingTokens = 0;
+    await this.flushBytes();
+  }
+
+  /** One write per record batch: the writer emits many tiny chunks (prefixes, padding). */
+  private async flushBytes(): Promise<void> {
+    const chunks = this.collector.chunks;
+    if (chunks.length === 0) return;
+    this.collector.chunks = [];
+    const joined = Buffer.concat(chunks);
+    this.hash.update(joined);
+    try {
+      for (let at = 0; at < joined.length; ) at += (await this.handle.write(joined, at, joined.length - at)).bytesWritten;
+    } catch (e) {
+      throw fileError(this.path, e);
+    }
+    this.bytes += joined.length;
+  }
+}

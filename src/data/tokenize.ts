@@ -1,0 +1,250 @@
+/**
+ * Text in, shard set out. Documents stream through one at a time; each goes to the train or val
+ * split by its position (evenly spaced, so a chronological corpus has val documents from all of
+ * it), and each split rolls over to a new shard at --shard-tokens. Everything is written into a
+ * temporary sibling directory that is renamed to --out only when complete.
+ */
+import { mkdir, readdir, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { rmSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { UserError } from "../util/errors.ts";
+import { fileError, listInputs, readDocuments, type SourceDocument } from "./inputs.ts";
+import { INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, type IndexJson, type IndexShard, type Split } from "./shard-set.ts";
+import { shardSchema, ShardWriter } from "./shard-writer.ts";
+import { getTokenizer, type Tokenizer, type TokenizerName } from "./tokenizer.ts";
+
+export const DEFAULT_VAL_FRACTION = 0.01;
+/** 50M tokens: 200 MB of int32 per shard, a size both git-lfs and the Hub are comfortable with. */
+export const DEFAULT_SHARD_TOKENS = 50_000_000;
+
+export interface TokenizeProgress {
+  bytesDone: number;
+  bytesTotal: number;
+  documents: number;
+  tokens: number;
+}
+
+export interface WriteShardSetOptions {
+  out: string;
+  tokenizer?: string;
+  valFraction?: number;
+  shardTokens?: number;
+  /** total input bytes, if known, for progress */
+  bytesTotal?: number;
+  /** names the input in the empty-corpus error */
+  sourceName?: string;
+  onProgress?: (p: TokenizeProgress) => void;
+}
+
+export interface TokenizeOptions extends Omit<WriteShardSetOptions, "bytesTotal" | "sourceName"> {
+  inputs: string[];
+  /** the .jsonl field holding the text */
+  field?: string;
+}
+
+export interface SplitSummary {
+  documents: number;
+  tokens: number;
+  shards: number;
+}
+
+export interface TokenizeSummary {
+  out: string;
+  tokenizer: TokenizerName;
+  vocab_size: number;
+  files: number;
+  documents: number;
+  tokens: number;
+  skipped_empty: number;
+  input_bytes: number;
+  seconds: number;
+  input_mb_per_s: number;
+  train: SplitSummary;
+  val: SplitSummary;
+}
+
+/** Document i goes to val when the evenly spaced sequence i*F crosses a half-integer. */
+export function isValDocument(i: number, valFraction: number): boolean {
+  return Math.floor(i * valFraction + 0.5) < Math.floor((i + 1) * valFraction + 0.5);
+}
+
+class SplitWriter {
+  private current: ShardWriter | null = null;
+  readonly shards: (IndexShard & { path: string })[] = [];
+
+  constructor(
+    private readonly dir: string,
+    private readonly split: Split,
+    private readonly shardTokens: number,
+    private readonly tokenizer: Tokenizer,
+  ) {}
+
+  async add(ids: Int32Array): Promise<void> {
+    if (this.current && this.current.documentCount > 0 && this.current.tokenCount + ids.length > this.shardTokens) {
+      await this.closeShard();
+    }
+    if (!this.current) {
+      const file = `${this.split}-${String(this.shards.length).padStart(5, "0")}.arrow`;
+      const schema = shardSchema(this.tokenizer.name, this.tokenizer.vocabSize);
+      this.current = await ShardWriter.create(join(this.dir, file), schema);
+    }
+    await this.current.add(ids);
+  }
+
+  async closeShard(): Promise<void> {
+    if (!this.current) return;
+    const writer = this.current;
+    this.current = null;
+    const summary = await writer.finish();
+    const file = writer.path.slice(this.dir.length + 1);
+    this.shards.push({ file, split: this.split, ...summary, path: writer.path });
+  }
+
+  async abort(): Promise<void> {
+    await this.current?.abort();
+  }
+
+  summary(): SplitSummary {
+    return {
+      documents: this.shards.reduce((a, s) => a + (s.documents ?? 0), 0),
+      tokens: this.shards.reduce((a, s) => a + (s.tokens ?? 0), 0),
+      shards: this.shards.length,
+    };
+  }
+}
+
+function checkOptions(o: WriteShardSetOptions): { valFraction: number; shardTokens: number } {
+  const valFraction = o.valFraction ?? DEFAULT_VAL_FRACTION;
+  const shardTokens = o.shardTokens ?? DEFAULT_SHARD_TOKENS;
+  if (!Number.isFinite(valFraction) || valFraction < 0 || valFraction >= 1) {
+    throw new UserError(`--val-fraction must be at least 0 and below 1, got ${o.valFraction}`);
+  }
+  if (!Number.isSafeInteger(shardTokens) || shardTokens < 1) {
+    throw new UserError(`--shard-tokens must be a positive integer, got ${o.shardTokens}`);
+  }
+  return { valFraction, shardTokens };
+}
+
+/** --out may be new or an empty directory: we never overwrite a shard set. */
+async function checkOut(out: string, shown: string): Promise<boolean> {
+  const info = await stat(out).catch(() => null);
+  if (!info) return false;
+  if (!info.isDirectory()) throw new UserError(`${shown}: exists and is not a directory`);
+  if ((await readdir(out)).length > 0) throw new UserError(`${shown}: already exists and is not empty; choose another --out or remove it`);
+  return true;
+}
+
+/** Tokenizes documents into a shard set at opts.out (the shared path of `mhmoe tokenize` and the default corpus). */
+export async function writeShardSet(
+  documents: AsyncIterable<SourceDocument | string>,
+  opts: WriteShardSetOptions,
+): Promise<Omit<TokenizeSummary, "files">> {
+  const started = performance.now();
+  const tokenizer = getTokenizer(opts.tokenizer ?? "byte");
+  const { valFraction, shardTokens } = checkOptions(opts);
+  const out = resolve(opts.out);
+  const outExists = await checkOut(out, opts.out);
+  const parent = dirname(out);
+  await mkdir(parent, { recursive: true }).catch((e) => {
+    throw fileError(parent, e);
+  });
+  const tmp = `${out}.partial-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp).catch((e) => {
+    throw fileError(tmp, e);
+  });
+  // Ctrl-C must not leave a half-written shard set behind either.
+  const onSignal = () => {
+    rmSync(tmp, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  const writers = { train: new SplitWriter(tmp, "train", shardTokens, tokenizer), val: new SplitWriter(tmp, "val", shardTokens, tokenizer) };
+  try {
+    let index = 0;
+    let skipped = 0;
+    let bytesDone = 0;
+    let tokens = 0;
+    let lastReport = 0;
+    const report = () => opts.onProgress?.({ bytesDone, bytesTotal: opts.bytesTotal ?? 0, documents: index, tokens });
+    for await (const doc of documents) {
+      const text = typeof doc === "string" ? doc : doc.text;
+      bytesDone += typeof doc === "string" ? Buffer.byteLength(doc) : doc.bytes;
+      if (text.length === 0) {
+        skipped++;
+        continue;
+      }
+      const ids = tokenizer.encode(text);
+      await writers[isValDocument(index, valFraction) ? "val" : "train"].add(ids);
+      index++;
+      tokens += ids.length;
+      if (performance.now() - lastReport > 200) {
+        lastReport = performance.now();
+        report();
+      }
+    }
+    report();
+    await writers.train.closeShard();
+    await writers.val.closeShard();
+    if (index === 0) {
+      const empties = skipped ? ` (only ${skipped} empty documents)` : "";
+      throw new UserError(`${opts.sourceName ?? "input"}: no documents found, the corpus is empty${empties}`);
+    }
+    if (writers.train.shards.length === 0) {
+      throw new UserError(`all ${index} documents went to the validation split; lower --val-fraction or add documents`);
+    }
+    const shards = [...writers.train.shards, ...writers.val.shards];
+    const summary = { train: writers.train.summary(), val: writers.val.summary() };
+    const indexJson: IndexJson = {
+      format: INDEX_FORMAT,
+      version: INDEX_VERSION,
+      tokenizer: tokenizer.name,
+      vocab_size: tokenizer.vocabSize,
+      eot: tokenizer.eot,
+      column: "input_ids",
+      eot_stored: false,
+      val_fraction: valFraction,
+      shard_tokens: shardTokens,
+      splits: summary,
+      shards: shards.map(({ path: _path, ...rest }) => rest),
+    };
+    await writeFile(join(tmp, INDEX_FILE), JSON.stringify(indexJson, null, 2) + "\n");
+    if (outExists) await rmdir(out);
+    await rename(tmp, out).catch((e) => {
+      throw fileError(opts.out, e);
+    });
+    const seconds = (performance.now() - started) / 1000;
+    return {
+      out: opts.out,
+      tokenizer: tokenizer.name,
+      vocab_size: tokenizer.vocabSize,
+      documents: index,
+      tokens,
+      skipped_empty: skipped,
+      input_bytes: bytesDone,
+      seconds: +seconds.toFixed(3),
+      input_mb_per_s: +(bytesDone / 1e6 / Math.max(seconds, 1e-9)).toFixed(2),
+      ...summary,
+    };
+  } catch (e) {
+    await writers.train.abort();
+    await writers.val.abort();
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
+/** `mhmoe tokenize`: files and directories of .txt/.jsonl into a shard set. */
+export async function runTokenize(opts: TokenizeOptions): Promise<TokenizeSummary> {
+  getTokenizer(opts.tokenizer ?? "byte"); // a bad name fails before any file is read
+  checkOptions(opts);
+  const files = await listInputs(opts.inputs);
+  const bytesTotal = files.reduce((a, f) => a + f.bytes, 0);
+  const sourceName = opts.inputs.join(", ");
+  const summary = await writeShardSet(readDocuments(files, opts.field ?? "text"), { ...opts, bytesTotal, sourceName });
+  return { ...summary, files: files.length };
+}
