@@ -12,7 +12,9 @@ command -v npm >/dev/null || die "npm not found: install Node.js >= 18 with npm 
 
 if [ ! -x node_modules/.bin/bun ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing npm packages (bun, bun-webgpu, apache-arrow, ...)"
-  npm ci --no-audit --no-fund --loglevel=error
+  # Not `npm ci`: bun-webgpu lists optional platform packages at versions the registry lacks for some
+  # platforms, which npm ci treats as an out-of-sync lock file; npm install follows the lock all the same.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 BUN=node_modules/.bin/bun
 "$BUN" --version >/dev/null || die "bun did not install (node_modules/.bin/bun does not run)"
