@@ -66,16 +66,17 @@ export class ShardWriter {
     readonly path: string,
     private readonly handle: FileHandle,
     private readonly schema: Schema,
+    private readonly rowsPerRecordBatch: number,
   ) {}
 
-  static async create(path: string, schema: Schema): Promise<ShardWriter> {
+  static async create(path: string, schema: Schema, rowsPerRecordBatch = ROWS_PER_RECORD_BATCH): Promise<ShardWriter> {
     let handle;
     try {
       handle = await open(path, "wx");
     } catch (e) {
       throw fileError(path, e);
     }
-    const shard = new ShardWriter(path, handle, schema);
+    const shard = new ShardWriter(path, handle, schema, rowsPerRecordBatch);
     shard.writer.reset(shard.collector as unknown as AsyncByteQueue, schema);
     await shard.flushBytes();
     return shard;
@@ -92,7 +93,7 @@ export class ShardWriter {
   async add(ids: Int32Array): Promise<void> {
     this.pending.push(ids);
     this.pendingTokens += ids.length;
-    if (this.pending.length >= ROWS_PER_RECORD_BATCH || this.pendingTokens >= TOKENS_PER_RECORD_BATCH) {
+    if (this.pending.length >= this.rowsPerRecordBatch || this.pendingTokens >= TOKENS_PER_RECORD_BATCH) {
       await this.flushRecordBatch();
     }
   }

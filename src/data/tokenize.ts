@@ -33,6 +33,8 @@ export interface WriteShardSetOptions {
   bytesTotal?: number;
   /** names the input in the empty-corpus error */
   sourceName?: string;
+  /** documents per Arrow record batch (the unit of in-shard shuffling and of reader memory) */
+  recordBatchRows?: number;
   onProgress?: (p: TokenizeProgress) => void;
 }
 
@@ -77,6 +79,7 @@ class SplitWriter {
     private readonly split: Split,
     private readonly shardTokens: number,
     private readonly tokenizer: Tokenizer,
+    private readonly recordBatchRows: number | undefined,
   ) {}
 
   async add(ids: Int32Array): Promise<void> {
@@ -86,7 +89,7 @@ class SplitWriter {
     if (!this.current) {
       const file = `${this.split}-${String(this.shards.length).padStart(5, "0")}.arrow`;
       const schema = shardSchema(this.tokenizer.name, this.tokenizer.vocabSize);
-      this.current = await ShardWriter.create(join(this.dir, file), schema);
+      this.current = await ShardWriter.create(join(this.dir, file), schema, this.recordBatchRows);
     }
     await this.current.add(ids);
   }
@@ -136,7 +139,7 @@ async function checkOut(out: string, shown: string): Promise<boolean> {
 
 /** Tokenizes documents into a shard set at opts.out (the shared path of `mhmoe tokenize` and the default corpus). */
 export async function writeShardSet(
-  documents: AsyncIterable<SourceDocument | string>,
+  documents: AsyncIterable<SourceDocument | string> | Iterable<SourceDocument | string>,
   opts: WriteShardSetOptions,
 ): Promise<Omit<TokenizeSummary, "files">> {
   const started = performance.now();
@@ -160,7 +163,10 @@ export async function writeShardSet(
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
-  const writers = { train: new SplitWriter(tmp, "train", shardTokens, tokenizer), val: new SplitWriter(tmp, "val", shardTokens, tokenizer) };
+  const writers = {
+    train: new SplitWriter(tmp, "train", shardTokens, tokenizer, opts.recordBatchRows),
+    val: new SplitWriter(tmp, "val", shardTokens, tokenizer, opts.recordBatchRows),
+  };
   try {
     let index = 0;
     let skipped = 0;
