@@ -1,0 +1,252 @@
+// Causal multi-head self-attention, flash style (online softmax; backward recomputes probabilities from the
+// saved per-row log-sum-exp, so no [B,H,T,T] matrix is ever stored).
+//
+// q, k, v, o, dO, dq, dk, dv are [B, T, H, dHead] as the projections produce them: token row n = b*T + t
+// holds the H heads side by side, so one (b, h) is a strided set of rows (rowStride = H*dHead elements apart).
+// lse and delta are [B, H, T]. Each thread owns one row (a query in forward/dq, a key in dkdv) and keeps
+// its accumulators in registers; the rows it streams over are staged BT at a time through workgroup memory.
+// Every output element is written by exactly one thread that sums in a fixed order: results are
+// deterministic, and no atomics or zero-initialised outputs are needed (outputs are overwritten).
+//
+// Template parameters: D4 = ceil(dHead/4) (vec4s per row; the padding lanes hold zeros), WG = threads
+// (rows) per workgroup, BT = rows per staged tile (bounded by the workgroup-memory limit for large dHead).
+// Grid: x = row tile (ceil(T/WG)), y = b*H + h.
+
+struct Params {
+  T: u32, H: u32, dHead: u32, rowStride: u32,
+  seqStride: u32, scale: f32, _p0: u32, _p1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> Q: array<f32>;
+@group(0) @binding(1) var<storage, read> K: array<f32>;
+@group(0) @binding(2) var<storage, read> V: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read_write> LSE: array<f32>;   // written by forward, read by backward
+// forward only
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+// backward only (two entry points share the slots; each uses bindings 0..8 and nothing else)
+@group(0) @binding(5) var<storage, read> dO: array<f32>;
+@group(0) @binding(6) var<storage, read_write> Delta: array<f32>; // rowsum(dO * o): written by dq, read by dkdv
+@group(0) @binding(7) var<storage, read_write> dQ: array<f32>;    // backward_dq
+@group(0) @binding(8) var<storage, read> Ofwd: array<f32>;        // backward_dq: the forward's o
+@group(0) @binding(7) var<storage, read_write> dK: array<f32>;    // backward_dkdv
+@group(0) @binding(8) var<storage, read_write> dV: array<f32>;    // backward_dkdv
+
+const D4: u32 = {{D4}}u;
+const WG: u32 = {{WG}}u;
+const BT: u32 = {{BT}}u;
+// Below any real score, yet finite: exp(NEG_BIG - s) is exactly 0 without relying on infinities.
+const NEG_BIG: f32 = -1.0e30;
+
+var<workgroup> tileA: array<vec4<f32>, BT * D4>;
+var<workgroup> tileB: array<vec4<f32>, BT * D4>;
+var<workgroup> tileLse: array<f32, BT>;
+var<workgroup> tileDelta: array<f32, BT>;
+
+// Row loads pad the last vec4 with zeros so that dot products over D4 vec4s are exact for any dHead.
+fn loadQ(row: u32, c4: u32) -> vec4<f32> {
+  var r = vec4<f32>(0.0);
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = Q[row + c]; } }
+  return r;
+}
+fn loadK(row: u32, c4: u32) -> vec4<f32> {
+  var r = vec4<f32>(0.0);
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = K[row + c]; } }
+  return r;
+}
+fn loadV(row: u32, c4: u32) -> vec4<f32> {
+  var r = vec4<f32>(0.0);
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = V[row + c]; } }
+  return r;
+}
+fn loadDO(row: u32, c4: u32) -> vec4<f32> {
+  var r = vec4<f32>(0.0);
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = dO[row + c]; } }
+  return r;
+}
+fn loadOfwd(row: u32, c4: u32) -> vec4<f32> {
+  var r = vec4<f32>(0.0);
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = Ofwd[row + c]; } }
+  return r;
+}
+
+// Element index of token 0 of head h in sequence b (bh = b*H + h).
+fn headBase(bh: u32) -> u32 {
+  return (bh / p.H) * p.seqStride + (bh % p.H) * p.dHead;
+}
+
+// Stages key/value rows j0 .. j0+BT-1 of one head (zeros past T) for the query-row kernels.
+fn stageKV(base: u32, j0: u32, lid: u32) {
+  for (var r = lid; r < BT * D4; r += WG) {
+    let j = j0 + r / D4;
+    let c4 = r % D4;
+    var kv = vec4<f32>(0.0);
+    var vv = vec4<f32>(0.0);
+    if (j < p.T) {
+      let row = base + j * p.rowStride;
+      kv = loadK(row, c4);
+      vv = loadV(row, c4);
+    }
+    tileA[r] = kv;
+    tileB[r] = vv;
+  }
+}
+
+@compute @workgroup_size(WG)
+fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let bh = wg.y;
+  let base = headBase(bh);
+  let q0 = wg.x * WG;
+  let i = q0 + lid;
+  let inRange = i < p.T;
+  let iRow = base + min(i, p.T - 1u) * p.rowStride;
+  var q: array<vec4<f32>, D4>;
+  var acc: array<vec4<f32>, D4>;
+  for (var c4 = 0u; c4 < D4; c4++) { q[c4] = loadQ(iRow, c4); acc[c4] = vec4<f32>(0.0); }
+  var m = NEG_BIG;
+  var l = 0.0;
+  // Causal: no query of this workgroup sees a key at or past kEnd, so later tiles are never loaded.
+  let kEnd = min(p.T, q0 + WG);
+  for (var j0 = 0u; j0 < kEnd; j0 += BT) {
+    workgroupBarrier();
+    stageKV(base, j0, lid);
+    workgroupBarrier();
+    if (inRange && i >= j0) {
+      let n = min(BT, i + 1u - j0);
+      for (var jj = 0u; jj < n; jj++) {
+        var s = 0.0;
+        for (var c4 = 0u; c4 < D4; c4++) { s += dot(q[c4], tileA[jj * D4 + c4]); }
+        s *= p.scale;
+        // Rescale only when the running max moves (rare after the first few keys), instead of every key.
+        if (s > m) {
+          let a = exp(m - s);
+          l *= a;
+          for (var c4 = 0u; c4 < D4; c4++) { acc[c4] *= a; }
+          m = s;
+        }
+        let e = exp(s - m);
+        l += e;
+        for (var c4 = 0u; c4 < D4; c4++) { acc[c4] = fma(vec4<f32>(e), tileB[jj * D4 + c4], acc[c4]); }
+      }
+    }
+  }
+  if (inRange) {
+    let inv = 1.0 / l;
+    for (var c = 0u; c < p.dHead; c++) { O[iRow + c] = acc[c / 4u][c % 4u] * inv; }
+    LSE[bh * p.T + i] = m + log(l);
+  }
+}
+
+// dq_i = scale * sum_j p_ij (dO_i.v_j - delta_i) k_j, with p_ij = exp(scale q_i.k_j - lse_i) recomputed.
+// Also writes delta_i = dO_i . o_i (= rowsum(dP * P)) for backward_dkdv, which runs after it.
+@compute @workgroup_size(WG)
+fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let bh = wg.y;
+  let base = headBase(bh);
+  let q0 = wg.x * WG;
+  let i = q0 + lid;
+  let inRange = i < p.T;
+  let iRow = base + min(i, p.T - 1u) * p.rowStride;
+  var q: array<vec4<f32>, D4>;
+  var g: array<vec4<f32>, D4>;
+  var acc: array<vec4<f32>, D4>;
+  var delta = 0.0;
+  for (var c4 = 0u; c4 < D4; c4++) {
+    q[c4] = loadQ(iRow, c4);
+    g[c4] = loadDO(iRow, c4);
+    acc[c4] = vec4<f32>(0.0);
+    delta += dot(g[c4], loadOfwd(iRow, c4));
+  }
+  let lse = LSE[bh * p.T + min(i, p.T - 1u)];
+  if (inRange) { Delta[bh * p.T + i] = delta; }
+  let kEnd = min(p.T, q0 + WG);
+  for (var j0 = 0u; j0 < kEnd; j0 += BT) {
+    workgroupBarrier();
+    stageKV(base, j0, lid);
+    workgroupBarrier();
+    if (inRange && i >= j0) {
+      let n = min(BT, i + 1u - j0);
+      for (var jj = 0u; jj < n; jj++) {
+        var s = 0.0;
+        var dp = 0.0;
+        for (var c4 = 0u; c4 < D4; c4++) {
+          s += dot(q[c4], tileA[jj * D4 + c4]);
+          dp += dot(g[c4], tileB[jj * D4 + c4]);
+        }
+        let ds = exp(s * p.scale - lse) * (dp - delta);
+        for (var c4 = 0u; c4 < D4; c4++) { acc[c4] = fma(vec4<f32>(ds), tileA[jj * D4 + c4], acc[c4]); }
+      }
+    }
+  }
+  if (inRange) {
+    for (var c = 0u; c < p.dHead; c++) { dQ[iRow + c] = acc[c / 4u][c % 4u] * p.scale; }
+  }
+}
+
+// dv_j = sum_{i>=j} p_ij dO_i;  dk_j = scale * sum_{i>=j} p_ij (dO_i.v_j - delta_i) q_i.
+@compute @workgroup_size(WG)
+fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let bh = wg.y;
+  let base = headBase(bh);
+  let k0 = wg.x * WG;
+  let j = k0 + lid;
+  let inRange = j < p.T;
+  let jRow = base + min(j, p.T - 1u) * p.rowStride;
+  var kr: array<vec4<f32>, D4>;
+  var vr: array<vec4<f32>, D4>;
+  var dk: array<vec4<f32>, D4>;
+  var dv: array<vec4<f32>, D4>;
+  for (var c4 = 0u; c4 < D4; c4++) {
+    kr[c4] = loadK(jRow, c4);
+    vr[c4] = loadV(jRow, c4);
+    dk[c4] = vec4<f32>(0.0);
+    dv[c4] = vec4<f32>(0.0);
+  }
+  // Causal: queries before k0 see none of this workgroup's keys.
+  for (var i0 = k0; i0 < p.T; i0 += BT) {
+    workgroupBarrier();
+    for (var r = lid; r < BT * D4; r += WG) {
+      let i = i0 + r / D4;
+      let c4 = r % D4;
+      var qv = vec4<f32>(0.0);
+      var gv = vec4<f32>(0.0);
+      if (i < p.T) {
+        let row = base + i * p.rowStride;
+        qv = loadQ(row, c4);
+        gv = loadDO(row, c4);
+      }
+      tileA[r] = qv;
+      tileB[r] = gv;
+    }
+    for (var r = lid; r < BT; r += WG) {
+      let i = min(i0 + r, p.T - 1u);
+      tileLse[r] = LSE[bh * p.T + i];
+      tileDelta[r] = Delta[bh * p.T + i];
+    }
+    workgroupBarrier();
+    if (inRange) {
+      let first = select(0u, j - i0, j > i0);
+      let n = min(BT, p.T - i0);
+      for (var ii = first; ii < n; ii++) {
+        var s = 0.0;
+        var dp = 0.0;
+        for (var c4 = 0u; c4 < D4; c4++) {
+          s += dot(tileA[ii * D4 + c4], kr[c4]);
+          dp += dot(tileB[ii * D4 + c4], vr[c4]);
+        }
+        let pr = exp(s * p.scale - tileLse[ii]);
+        let ds = pr * (dp - tileDelta[ii]);
+        for (var c4 = 0u; c4 < D4; c4++) {
+          dv[c4] = fma(vec4<f32>(pr), tileB[ii * D4 + c4], dv[c4]);
+          dk[c4] = fma(vec4<f32>(ds), tileA[ii * D4 + c4], dk[c4]);
+        }
+      }
+    }
+  }
+  if (inRange) {
+    for (var c = 0u; c < p.dHead; c++) {
+      dK[jRow + c] = dk[c / 4u][c % 4u] * p.scale;
+      dV[jRow + c] = dv[c / 4u][c % 4u];
+    }
+  }
+}

@@ -1,0 +1,192 @@
+import { describe, test, expect } from "bun:test";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { upload, read, submit, write, type Dispatch, type Tensor } from "../src/gpu/tensor.ts";
+import {
+  attentionSavedShapes, planAttentionBackward, planAttentionForward, type AttentionShape, type AttentionTiles,
+} from "../src/ops/attention.ts";
+import { attentionBackward, attentionForward } from "../src/reference/attention.ts";
+import { expectClose, randomArray } from "./harness.ts";
+
+// Inputs are uniform in [-1, 1]; every output is a convex (or, for gradients, short) combination of such
+// values accumulated in f32 over at most T*dHead terms, against a reference summed in f64. The online
+// softmax rescales in a different order than the reference's two-pass softmax, hence rtol 1e-4.
+const TOL = { atol: 2e-5, rtol: 1e-4 };
+
+/** Outputs start as NaN so that an element a kernel forgets to write (or accumulates into) fails. */
+function nans(gpu: Gpu, n: number): Tensor {
+  return upload(gpu, new Float32Array(n).fill(NaN));
+}
+
+interface Setup {
+  s: AttentionShape;
+  x: { q: Float32Array; k: Float32Array; v: Float32Array; dO: Float32Array };
+  t: Record<"q" | "k" | "v" | "o" | "lse" | "dO" | "dq" | "dk" | "dv" | "delta", Tensor>;
+  forward: Dispatch[];
+  backward: Dispatch[];
+  release(): void;
+}
+
+async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles): Promise<Setup> {
+  const gpu = await getGpu();
+  const n = s.B * s.T * s.H * s.dHead;
+  const saved = attentionSavedShapes(s);
+  const x = { q: randomArray(n, seed), k: randomArray(n, seed + 1), v: randomArray(n, seed + 2), dO: randomArray(n, seed + 3) };
+  const t = {
+    q: upload(gpu, x.q), k: upload(gpu, x.k), v: upload(gpu, x.v), dO: upload(gpu, x.dO),
+    o: nans(gpu, n), dq: nans(gpu, n), dk: nans(gpu, n), dv: nans(gpu, n),
+    lse: nans(gpu, saved.lse.reduce((a, b) => a * b)), delta: nans(gpu, saved.delta.reduce((a, b) => a * b)),
+  };
+  const forward = await planAttentionForward(gpu, { ...s, q: t.q, k: t.k, v: t.v, o: t.o, lse: t.lse, tiles });
+  const backward = await planAttentionBackward(gpu, { ...s, ...t, tiles });
+  return { s, x, t, forward, backward, release: () => Object.values(t).forEach((z) => z.release()) };
+}
+
+async function runBoth(gpu: Gpu, u: Setup) {
+  submit(gpu, [...u.forward, ...u.backward]);
+  const [o, lse, dq, dk, dv] = await Promise.all([u.t.o, u.t.lse, u.t.dq, u.t.dk, u.t.dv].map((z) => read(z)));
+  return { o: o!, lse: lse!, dq: dq!, dk: dk!, dv: dv! };
+}
+
+const name = (s: AttentionShape, tiles?: AttentionTiles) =>
+  `B=${s.B} T=${s.T} H=${s.H} dHead=${s.dHead}${tiles ? ` tiles WG=${tiles.WG} BT=${tiles.BT}` : ""}`;
+
+async function checkAgainstReference(s: AttentionShape, tiles?: AttentionTiles) {
+  const gpu = await getGpu();
+  const u = await setup(s, 11 * s.T + s.dHead, tiles);
+  const got = await runBoth(gpu, u);
+  const { q, k, v, dO } = u.x;
+  const ref = attentionForward(q, k, v, s.B, s.T, s.H, s.dHead);
+  const grad = attentionBackward(dO, q, k, v, ref.probs, s.B, s.T, s.H, s.dHead);
+  u.release();
+  const what = name(s, tiles);
+  expectClose(got.o, ref.o, TOL, `o ${what}`);
+  expectClose(got.lse, ref.lse, TOL, `lse ${what}`);
+  expectClose(got.dq, grad.dq, TOL, `dq ${what}`);
+  expectClose(got.dk, grad.dk, TOL, `dk ${what}`);
+  expectClose(got.dv, grad.dv, TOL, `dv ${what}`);
+}
+
+describe("attention kernels vs reference (forward o, lse; backward dq, dk, dv)", () => {
+  const shapes: AttentionShape[] = [
+    { B: 2, T: 1, H: 1, dHead: 8 },
+    { B: 2, T: 7, H: 3, dHead: 12 },
+    { B: 2, T: 33, H: 3, dHead: 8 },
+    { B: 2, T: 33, H: 1, dHead: 12 },
+    { B: 2, T: 100, H: 3, dHead: 12 }, // more than one 64-row tile with the default tiles
+    { B: 2, T: 9, H: 2, dHead: 5 }, // dHead not a multiple of 4: padded vec4 lanes
+  ];
+  for (const s of shapes) test(name(s), () => checkAgainstReference(s));
+  // Small tiles: many query and key tiles, staged tiles smaller than the workgroup, T a multiple of neither.
+  test(name({ B: 2, T: 33, H: 3, dHead: 12 }, { WG: 8, BT: 3 }), () =>
+    checkAgainstReference({ B: 2, T: 33, H: 3, dHead: 12 }, { WG: 8, BT: 3 }));
+});
+
+describe("attention causal mask", () => {
+  // Changing token t0's k and v (every sequence, every head) must leave o and dq of earlier tokens
+  // bit-identical, and must change token t0's own output (so the test can tell a kernel that ignores k/v).
+  const cases: [AttentionShape, AttentionTiles | undefined, number][] = [
+    [{ B: 2, T: 33, H: 3, dHead: 8 }, undefined, 10],
+    [{ B: 2, T: 33, H: 3, dHead: 12 }, { WG: 8, BT: 3 }, 10],
+  ];
+  for (const [s, tiles, t0] of cases) {
+    test(`future k/v do not leak: ${name(s, tiles)} t0=${t0}`, async () => {
+      const gpu = await getGpu();
+      const u = await setup(s, 5, tiles);
+      const before = await runBoth(gpu, u);
+      const row = s.H * s.dHead;
+      const k2 = u.x.k.slice();
+      const v2 = u.x.v.slice();
+      for (let b = 0; b < s.B; b++) {
+        for (let c = 0; c < row; c++) {
+          k2[(b * s.T + t0) * row + c] += 0.5;
+          v2[(b * s.T + t0) * row + c] -= 0.75;
+        }
+      }
+      write(u.t.k, k2);
+      write(u.t.v, v2);
+      const after = await runBoth(gpu, u);
+      u.release();
+      for (let b = 0; b < s.B; b++) {
+        const past = [(b * s.T) * row, (b * s.T + t0) * row] as const;
+        expect(after.o.slice(...past)).toEqual(before.o.slice(...past));
+        expect(after.dq.slice(...past)).toEqual(before.dq.slice(...past));
+        const own = [(b * s.T + t0) * row, (b * s.T + t0 + 1) * row] as const;
+        expect(after.o.slice(...own)).not.toEqual(before.o.slice(...own));
+      }
+    });
+  }
+});
+
+describe("attention determinism", () => {
+  test("rerunning the same plan, and a fresh plan, gives bit-identical results", async () => {
+    const gpu = await getGpu();
+    const s = { B: 2, T: 100, H: 3, dHead: 12 };
+    const u = await setup(s, 77);
+    const first = await runBoth(gpu, u);
+    const second = await runBoth(gpu, u);
+    u.release();
+    const fresh = await setup(s, 77);
+    const third = await runBoth(gpu, fresh);
+    fresh.release();
+    for (const key of ["o", "lse", "dq", "dk", "dv"] as const) {
+      expect(second[key]).toEqual(first[key]);
+      expect(third[key]).toEqual(first[key]);
+    }
+  });
+});
+
+describe("attention backward vs finite differences of the GPU forward", () => {
+  // L = sum(o * w) with w = dO, so dL/dx is what backward returns. Central differences in f32 with h=1e-2:
+  // truncation ~h^2 * L''' ~ 1e-5 and rounding ~ 1e-6 / h ~ 1e-4 in the quotient; atol 1e-3 + rtol 2e-2
+  // passes these yet fails a missing scale (factor 1/sqrt(12)), a wrong mask or a dropped term.
+  // The small tiles of the reference test above (no extra pipelines to compile): two query tiles, four
+  // staged key tiles, even at this size.
+  const s = { B: 2, T: 11, H: 1, dHead: 12 };
+  const tiles = { WG: 8, BT: 3 };
+  for (const which of ["q", "k", "v"] as const) {
+    test(`d${which} ${name(s, tiles)}`, async () => {
+      const gpu = await getGpu();
+      const u = await setup(s, 123, tiles);
+      const analytic = (await runBoth(gpu, u))[`d${which}`];
+      const w = u.x.dO;
+      const x = u.x[which].slice();
+      const loss = async () => {
+        write(u.t[which], x);
+        submit(gpu, u.forward);
+        const o = await read(u.t.o);
+        let sum = 0;
+        for (let i = 0; i < o.length; i++) sum += o[i]! * w[i]!;
+        return sum;
+      };
+      const h = 1e-2;
+      const fd = new Float64Array(x.length);
+      for (let i = 0; i < x.length; i++) {
+        const x0 = x[i]!;
+        x[i] = x0 + h;
+        const up = await loss();
+        x[i] = x0 - h;
+        const down = await loss();
+        x[i] = x0;
+        fd[i] = (up - down) / (2 * h);
+      }
+      u.release();
+      expectClose(analytic, fd, { atol: 1e-3, rtol: 2e-2 }, `d${which} vs finite differences`);
+      // Guard against a vacuous pass: the gradient must be far from zero somewhere.
+      expect(Math.max(...Array.from(fd, Math.abs))).toBeGreaterThan(0.05);
+    });
+  }
+});
+
+describe("attention planning", () => {
+  test("refuses tensors of the wrong size", async () => {
+    const gpu = await getGpu();
+    const s = { B: 2, T: 4, H: 2, dHead: 8 };
+    const n = s.B * s.T * s.H * s.dHead;
+    const q = nans(gpu, n);
+    const short = nans(gpu, n - 1);
+    const lse = nans(gpu, s.B * s.H * s.T);
+    await expect(planAttentionForward(gpu, { ...s, q, k: q, v: q, o: short, lse })).rejects.toThrow(/o has 127 elements/);
+    await expect(planAttentionForward(gpu, { ...s, q, k: q, v: q, o: q, lse: short })).rejects.toThrow(/lse has/);
+    for (const t of [q, short, lse]) t.release();
+  });
+});
