@@ -132,8 +132,8 @@ def train(args) -> None:
     if world > 1:
         # Experts that no sub-token chose this step get no gradient: DDP must allow that.
         trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    window_start, window_tokens = time.perf_counter(), 0
     for step in range(1, args.steps + 1):
-        t0 = time.perf_counter()
         lr = args.lr * min(1.0, step / args.warmup_steps) if args.warmup_steps else args.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -147,13 +147,16 @@ def train(args) -> None:
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
-        loss = out.loss_total.item()  # syncs the device, so the timing below is honest
-        elapsed = time.perf_counter() - t0
-        if rank == 0 and (step % args.log_every == 0 or step == args.steps):
-            print(json.dumps({
-                "step": step, "loss": loss, "ce": out.loss_ce.item(), "aux": out.loss_aux.item(),
-                "z": out.loss_z.item(), "lr": lr,
-                "tokens_per_s": args.batch_size * args.seq_len * world / elapsed}), flush=True)
+        window_tokens += args.batch_size * args.seq_len * world
+        if step % args.log_every == 0 or step == args.steps:
+            loss = out.loss_total.item()  # syncs the device, so the timing below is honest
+            elapsed = time.perf_counter() - window_start
+            if rank == 0:
+                print(json.dumps({
+                    "step": step, "loss": loss, "ce": out.loss_ce.item(),
+                    "aux": out.loss_aux.item(), "z": out.loss_z.item(), "lr": lr,
+                    "tokens_per_s": window_tokens / elapsed}), flush=True)
+            window_start, window_tokens = time.perf_counter(), 0
     if args.save and rank == 0:
         save_pretrained(model.to("cpu"), args.save)
         print(json.dumps({"saved": args.save}), flush=True)
