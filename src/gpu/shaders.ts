@@ -4,11 +4,17 @@
  */
 import matmul from "../../shaders/matmul.wgsl" with { type: "text" };
 import fill from "../../shaders/fill.wgsl" with { type: "text" };
+import norm from "../../shaders/norm.wgsl" with { type: "text" };
+import rope from "../../shaders/rope.wgsl" with { type: "text" };
+import elementwise from "../../shaders/elementwise.wgsl" with { type: "text" };
 import attention from "../../shaders/attention.wgsl" with { type: "text" };
 
 export const SHADERS: Record<string, string> = {
   matmul,
   fill,
+  norm,
+  rope,
+  elementwise,
   attention,
 };
 

@@ -1,0 +1,95 @@
+import { describe, expect, test } from "bun:test";
+import { getGpu } from "../src/gpu/device.ts";
+import { empty, read, submit, upload } from "../src/gpu/tensor.ts";
+import { planRopeBackward, planRopeForward, ropeTable } from "../src/ops/rope.ts";
+import { ropeBackward, ropeForward, ropeTables } from "../src/reference/rope.ts";
+import { expectClose, randomArray } from "./harness.ts";
+import { expectBitIdentical, gpuFdCheck, probe, runAndRead } from "./ops-fd.ts";
+
+const THETA = 10000;
+// Two products and a sum per element with f32 cos/sin (the reference rounds them from f64 the same way).
+const TOL = { atol: 1e-6, rtol: 1e-5 };
+
+describe("rope kernels vs reference", () => {
+  test("table holds cos then sin of p * theta^(-2i/dHead), rounded once to f32", async () => {
+    const gpu = await getGpu();
+    const maxT = 19, dHead = 10, half = 5;
+    const table = ropeTable(gpu, maxT, dHead, THETA);
+    expect([...table.shape]).toEqual([2, maxT, half]);
+    const got = await read(table);
+    const ref = ropeTables(maxT, dHead, THETA);
+    for (let t = 0; t < maxT; t++)
+      for (let i = 0; i < half; i++) {
+        expect(got[t * half + i]).toBe(Math.fround(ref.cos[t * dHead + i]!));
+        expect(got[(maxT + t) * half + i]).toBe(Math.fround(ref.sin[t * dHead + i]!));
+      }
+    table.release();
+  });
+
+  // B=2 checks that positions restart per sequence; a table longer than T checks tableRows addressing.
+  for (const [B, T, H, dHead] of [[2, 7, 3, 10], [3, 37, 2, 48], [1, 1, 1, 2]] as const) {
+    for (const dir of ["forward", "backward"] as const) {
+      for (const inPlace of [false, true]) {
+        test(`${dir} B=${B} T=${T} H=${H} dHead=${dHead}${inPlace ? " in place" : ""}`, async () => {
+          const gpu = await getGpu();
+          const n = B * T * H * dHead;
+          const x = randomArray(n, B * 100 + T + dHead);
+          const table = ropeTable(gpu, T + 5, dHead, THETA);
+          const X = upload(gpu, x);
+          const Y = inPlace ? X : empty(gpu, [n]);
+          const args = { x: X, y: inPlace ? undefined : Y, table, B, T, H, dHead };
+          submit(gpu, await (dir === "forward" ? planRopeForward(gpu, args) : planRopeBackward(gpu, args)));
+          const tabs = ropeTables(T, dHead, THETA);
+          const want = dir === "forward" ? ropeForward(x, B, T, H, dHead, tabs) : ropeBackward(x, B, T, H, dHead, tabs);
+          expectClose(await read(Y), want, TOL, `rope ${dir}`);
+          for (const t of new Set([X, Y, table])) t.release();
+        });
+      }
+    }
+  }
+
+  test("q and k rotated in place inside a fused [N, 3*H*dHead] qkv buffer; v untouched", async () => {
+    const gpu = await getGpu();
+    const B = 2, T = 5, H = 3, dHead = 8, w = H * dHead, N = B * T;
+    const qkv = randomArray(N * 3 * w, 77);
+    const QKV = upload(gpu, qkv);
+    const table = ropeTable(gpu, T, dHead, THETA);
+    for (const off of [0, w]) submit(gpu, await planRopeForward(gpu, { x: QKV, table, B, T, H, dHead, ldX: 3 * w, offX: off }));
+    const got = await read(QKV);
+    const tabs = ropeTables(T, dHead, THETA);
+    for (const [part, off] of [["q", 0], ["k", w]] as const) {
+      const slice = new Float32Array(N * w);
+      for (let n = 0; n < N; n++) slice.set(qkv.subarray(n * 3 * w + off, n * 3 * w + off + w), n * w);
+      const want = ropeForward(slice, B, T, H, dHead, tabs);
+      const gotSlice = new Float32Array(N * w);
+      for (let n = 0; n < N; n++) gotSlice.set(got.subarray(n * 3 * w + off, n * 3 * w + off + w), n * w);
+      expectClose(gotSlice, want, TOL, `fused ${part}`);
+    }
+    for (let n = 0; n < N; n++)
+      for (let i = 2 * w; i < 3 * w; i++) expect(got[n * 3 * w + i]).toBe(qkv[n * 3 * w + i]!);
+    for (const t of [QKV, table]) t.release();
+  });
+
+  test("backward matches finite differences of the GPU forward, and is bit-identical run to run", async () => {
+    const gpu = await getGpu();
+    const B = 2, T = 3, H = 2, dHead = 4, n = B * T * H * dHead;
+    const x = randomArray(n, 81), w = randomArray(n, 82);
+    const table = ropeTable(gpu, T, dHead, THETA);
+    const X = upload(gpu, x), Y = empty(gpu, [n]);
+    const fwd = await planRopeForward(gpu, { x: X, y: Y, table, B, T, H, dHead });
+    const W = upload(gpu, w), DX = empty(gpu, [n]);
+    const bwd = await planRopeBackward(gpu, { x: W, y: DX, table, B, T, H, dHead });
+    const dx = await runAndRead(gpu, bwd, DX);
+    await gpuFdCheck("rope dx", x, X, dx, async () => probe(await runAndRead(gpu, fwd, Y), w));
+    expectBitIdentical(dx, await runAndRead(gpu, bwd, DX), "rope backward");
+    for (const t of [X, Y, W, DX, table]) t.release();
+  });
+
+  test("a table too short for T is refused", async () => {
+    const gpu = await getGpu();
+    const table = ropeTable(gpu, 4, 8, THETA);
+    const X = empty(gpu, [2 * 5 * 8]);
+    await expect(planRopeForward(gpu, { x: X, table, B: 2, T: 5, H: 1, dHead: 8 })).rejects.toThrow(/does not cover/);
+    for (const t of [X, table]) t.release();
+  });
+});
