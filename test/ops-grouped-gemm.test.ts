@@ -1,0 +1,279 @@
+import { describe, expect, test } from "bun:test";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { read, submit, upload, write, type Dispatch, type Tensor } from "../src/gpu/tensor.ts";
+import { groupedMatmul, type GroupedLayout } from "../src/ops/grouped_gemm.ts";
+import { planExpertFfnBackward, planExpertFfnForward, type ExpertAct } from "../src/ops/experts.ts";
+import { groupedMatmulRef } from "../src/reference/grouped_gemm.ts";
+import { groupedExpertBackward, groupedExpertForward, type ExpertWeights } from "../src/reference/experts.ts";
+import { exclusivePrefixSum } from "../src/reference/routing.ts";
+import { expectClose, randomArray } from "./harness.ts";
+
+// f32 sums of K products of values in [-1, 1] against a float64 reference.
+const tol = (K: number) => ({ atol: 2e-5 * Math.sqrt(K + 1), rtol: 1e-4 });
+const SENTINEL = 12345.5;
+
+/** Rows past offsets[E] hold NaN: if a kernel read one into a result, the comparison would fail. */
+function withGarbageTail(data: Float32Array, validRows: number, width: number): Float32Array {
+  const out = Float32Array.from(data);
+  out.fill(NaN, validRows * width);
+  return out;
+}
+
+const LOADS: Record<string, number[]> = {
+  "uneven with empty experts and a tail": [0, 9, 0, 21, 3],
+  "one expert takes every row": [0, 0, 37, 0, 0],
+  "no rows at all": [0, 0, 0, 0, 0],
+};
+
+async function runGemm(
+  gpu: Gpu, layout: GroupedLayout, counts: number[], R: number, dIn: number, dOut: number,
+  variant: "tiled" | "vec4", beta = 0,
+): Promise<void> {
+  const E = counts.length;
+  const offsets = exclusivePrefixSum(Int32Array.from(counts));
+  const valid = offsets[E]!;
+  // Offsets sit at element 3 of a larger buffer, as they may in the routing workspace.
+  const offsetsBuf = upload(gpu, Int32Array.from([7, 7, 7, ...offsets, 99]));
+  let M: number, N: number, K: number, aData: Float32Array, bData: Float32Array, cInit: Float32Array;
+  if (layout === "tn") {
+    [M, N, K] = [dOut, dIn, R];
+    aData = withGarbageTail(randomArray(R * M, 11 + R), valid, M);
+    bData = withGarbageTail(randomArray(R * N, 12 + R), valid, N);
+    cInit = beta ? randomArray(E * M * N, 13) : new Float32Array(E * M * N).fill(SENTINEL);
+  } else {
+    [M, N, K] = layout === "nt" ? [R, dOut, dIn] : [R, dIn, dOut];
+    aData = withGarbageTail(randomArray(R * K, 21 + R), valid, K);
+    bData = randomArray(E * N * K, 22 + E);
+    cInit = beta ? randomArray(M * N, 23) : new Float32Array(M * N).fill(SENTINEL);
+  }
+  const [A, B, C] = [upload(gpu, aData), upload(gpu, bData), upload(gpu, cInit)];
+  submit(gpu, [await groupedMatmul(gpu, { layout, E, M, N, K, a: A, b: B, c: C, offsets: offsetsBuf, offsetsOffset: 3, beta, variant })]);
+  const got = await read(C);
+  for (const t of [A, B, C, offsetsBuf]) t.release();
+  const refA = layout === "tn" ? aData.subarray(0, valid * M) : aData;
+  const refB = layout === "tn" ? bData.subarray(0, valid * N) : bData;
+  const want = groupedMatmulRef(layout, refA, refB, offsets, E, M, N, K, cInit, 1, beta);
+  const what = `grouped ${variant} ${layout} loads [${counts}] R=${R} in=${dIn} out=${dOut} beta=${beta}`;
+  expectClose(got, want, tol(layout === "tn" ? valid : K), what);
+  // rows past the valid count are never written (the reference keeps them at their initial value)
+  if (layout !== "tn" && !beta) expect(Array.from(got.subarray(valid * N)).every((v) => v === SENTINEL)).toBe(true);
+}
+
+describe("grouped GEMM kernels vs reference", () => {
+  for (const variant of ["tiled", "vec4"] as const) {
+    for (const layout of ["nt", "nn", "tn"] as const) {
+      for (const [name, counts] of Object.entries(LOADS)) {
+        test(`${variant} ${layout}: ${name}`, async () => runGemm(await getGpu(), layout, counts, 37, 12, 20, variant));
+      }
+      test(`${variant} ${layout}: accumulate (beta=1)`, async () =>
+        runGemm(await getGpu(), layout, [5, 0, 11, 2, 17], 37, 12, 20, variant, 1));
+    }
+  }
+  // Widths that are not multiples of 4 or of any tile, and more rows than one tile, take the tiled kernel.
+  for (const layout of ["nt", "nn", "tn"] as const) {
+    test(`tiled ${layout}: unaligned widths 13 -> 19, 150 rows over 4 experts`, async () =>
+      runGemm(await getGpu(), layout, [70, 1, 0, 66], 150, 13, 19, "tiled"));
+  }
+  test("vec4 kernel refuses unaligned shapes", async () => {
+    const gpu = await getGpu();
+    const t = upload(gpu, new Float32Array(64));
+    const o = upload(gpu, new Int32Array(3));
+    await expect(groupedMatmul(gpu, { layout: "nt", E: 2, M: 4, N: 4, K: 3, a: t, b: t, c: t, offsets: o, variant: "vec4" })).rejects.toThrow(/4-aligned/);
+    t.release();
+    o.release();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+
+interface FfnCase {
+  E: number;
+  R: number;
+  dSub: number;
+  inner: number;
+  act: ExpertAct;
+  counts: number[];
+}
+
+/** The expert FFN on the GPU with its weights (and their gradients) inside one flat buffer, at offsets. */
+class GpuFfn {
+  readonly tensors: Tensor[] = [];
+  private fwd: Dispatch[] = [];
+  private bwd: Dispatch[] = [];
+  constructor(readonly gpu: Gpu, readonly c: FfnCase) {}
+  get mat(): number {
+    return this.c.inner * this.c.dSub;
+  }
+  t(data: Float32Array | Int32Array): Tensor {
+    const x = upload(this.gpu, data);
+    this.tensors.push(x);
+    return x;
+  }
+  async plan(x: Tensor, offsets: Tensor, flatW: Tensor, flatG: Tensor, dy: Tensor, variant: "tiled" | "vec4") {
+    const { E, R, dSub, inner, act } = this.c;
+    const w = (i: number) => ({ tensor: flatW, offset: 4 + i * E * this.mat });
+    const g = (i: number) => ({ tensor: flatG, offset: 8 + i * E * this.mat });
+    const silu = act === "silu";
+    const buf = (n: number) => this.t(new Float32Array(n).fill(SENTINEL));
+    this.y = buf(R * dSub);
+    this.saved = { x, gatePre: silu ? buf(R * inner) : null, upPre: buf(R * inner), hidden: buf(R * inner) };
+    this.dx = buf(R * dSub);
+    const shape = { E, rows: R, dSub, inner, act, offsets, variant };
+    const weights = { gate: silu ? w(2) : null, up: w(0), down: w(1) };
+    this.fwd = await planExpertFfnForward(this.gpu, { ...shape, ...weights, ...this.saved, y: this.y });
+    this.bwd = await planExpertFfnBackward(this.gpu, {
+      ...shape, ...weights, ...this.saved, dy, dx: this.dx, dGate: silu ? g(2) : null, dUp: g(0), dDown: g(1),
+      dHidden: buf(R * inner), dGatePre: silu ? buf(R * inner) : null,
+    });
+  }
+  y!: Tensor;
+  dx!: Tensor;
+  saved!: { x: Tensor; gatePre: Tensor | null; upPre: Tensor; hidden: Tensor };
+  forward(): void {
+    submit(this.gpu, this.fwd);
+  }
+  backward(): void {
+    submit(this.gpu, this.bwd);
+  }
+  release(): void {
+    for (const t of this.tensors) t.release();
+  }
+}
+
+/** Inputs for a case: x with a NaN tail, weights scaled so the activations bend, a flat weight layout. */
+function ffnInputs(c: FfnCase, seed: number) {
+  const { E, R, dSub, inner, act } = c;
+  const offsets = exclusivePrefixSum(Int32Array.from(c.counts));
+  const valid = offsets[E]!;
+  const mat = inner * dSub;
+  const up = randomArray(E * mat, seed + 1, 0.6);
+  const down = randomArray(E * mat, seed + 2, 0.6);
+  const gate = act === "silu" ? randomArray(E * mat, seed + 3, 0.6) : null;
+  const flatW = new Float32Array(4 + 3 * E * mat);
+  flatW.set(up, 4);
+  flatW.set(down, 4 + E * mat);
+  if (gate) flatW.set(gate, 4 + 2 * E * mat);
+  const x = withGarbageTail(randomArray(R * dSub, seed + 4, 1.5), valid, dSub);
+  const dy = withGarbageTail(randomArray(R * dSub, seed + 5), valid, dSub);
+  const gradInit = randomArray(8 + 3 * E * mat, seed + 6, 0.1);
+  const weights: ExpertWeights = { E, dSub, inner, gate, up, down };
+  return { offsets, valid, mat, flatW, x, dy, gradInit, weights };
+}
+
+async function setupFfn(gpu: Gpu, c: FfnCase, seed: number, variant: "tiled" | "vec4") {
+  const inp = ffnInputs(c, seed);
+  const f = new GpuFfn(gpu, c);
+  const x = f.t(inp.x);
+  const flatW = f.t(inp.flatW);
+  const flatG = f.t(inp.gradInit);
+  await f.plan(x, f.t(inp.offsets), flatW, flatG, f.t(inp.dy), variant);
+  return { f, inp, x, flatW, flatG };
+}
+
+const FFN_CASES: FfnCase[] = [
+  { E: 5, R: 37, dSub: 12, inner: 20, act: "silu", counts: [0, 9, 0, 21, 3] },
+  { E: 5, R: 37, dSub: 12, inner: 20, act: "gelu", counts: [4, 0, 0, 0, 30] },
+  { E: 3, R: 19, dSub: 7, inner: 9, act: "silu", counts: [0, 19, 0] },
+];
+
+describe("expert FFN (grouped GEMMs + activation) vs reference", () => {
+  for (const c of FFN_CASES) {
+    for (const variant of ["tiled", "vec4"] as const) {
+      if (variant === "vec4" && (c.dSub % 4 || c.inner % 4)) continue;
+      test(`${variant} ${c.act} E=${c.E} R=${c.R} dSub=${c.dSub} inner=${c.inner} loads [${c.counts}]`, async () => {
+        const gpu = await getGpu();
+        const { f, inp, flatG } = await setupFfn(gpu, c, 100 + c.R, variant);
+        const { valid, mat, E } = { ...inp, E: c.E };
+        f.forward();
+        f.backward();
+        const ref = groupedExpertForward(inp.x.slice(0, valid * c.dSub), inp.offsets, inp.weights, c.act);
+        const grads = groupedExpertBackward(inp.dy.slice(0, valid * c.dSub), inp.offsets, inp.weights, ref.cache, c.act);
+        const K = Math.max(c.dSub, c.inner);
+        const t = { atol: 1e-4 * Math.sqrt(K), rtol: 5e-4 };
+        const y = await read(f.y);
+        expectClose(y.subarray(0, valid * c.dSub), ref.y, t, "y");
+        expect(Array.from(y.subarray(valid * c.dSub)).every((v) => v === SENTINEL)).toBe(true);
+        expectClose((await read(f.saved.hidden)).subarray(0, valid * c.inner), ref.cache.hidden, t, "hidden");
+        const dx = await read(f.dx);
+        expectClose(dx.subarray(0, valid * c.dSub), grads.dx, t, "dx");
+        expect(Array.from(dx.subarray(valid * c.dSub)).every((v) => v === SENTINEL)).toBe(true);
+        // weight gradients were accumulated onto gradInit; the flat buffer's padding is untouched
+        const g = await read(flatG);
+        const accumulated = (i: number, d: Float32Array) => d.map((v, j) => v + inp.gradInit[8 + i * E * mat + j]!);
+        expectClose(g.subarray(8, 8 + E * mat), accumulated(0, grads.dUp), t, "dUp");
+        expectClose(g.subarray(8 + E * mat, 8 + 2 * E * mat), accumulated(1, grads.dDown), t, "dDown");
+        if (grads.dGate) expectClose(g.subarray(8 + 2 * E * mat, 8 + 3 * E * mat), accumulated(2, grads.dGate), t, "dGate");
+        expect(Array.from(g.subarray(0, 8))).toEqual(Array.from(inp.gradInit.subarray(0, 8)));
+        f.release();
+      });
+    }
+  }
+});
+
+describe("expert FFN backward by finite differences of the GPU forward", () => {
+  const H = 1e-2;
+  for (const act of ["silu", "gelu"] as const) {
+    test(`${act}: dx, dUp, dDown${act === "silu" ? ", dGate" : ""}`, async () => {
+      const gpu = await getGpu();
+      const c: FfnCase = { E: 3, R: 9, dSub: 4, inner: 8, act, counts: [3, 0, 5] };
+      const { f, inp, x, flatW, flatG } = await setupFfn(gpu, c, 7, "tiled");
+      write(flatG, new Float32Array(inp.gradInit.length));
+      const rowsD = inp.valid * c.dSub;
+      // L = sum over valid rows of y * dy, so dL/dy = dy and backward gives the gradients of L
+      const loss = async (): Promise<number> => {
+        f.forward();
+        const y = await read(f.y);
+        let s = 0;
+        for (let i = 0; i < rowsD; i++) s += y[i]! * inp.dy[i]!;
+        return s;
+      };
+      await loss();
+      f.backward();
+      const dx = await read(f.dx);
+      const g = await read(flatG);
+      const probes: [string, Tensor, Float32Array, number, ArrayLike<number>, number][] = [
+        ["dx", x, inp.x, 0, dx, rowsD],
+        ["dUp", flatW, inp.flatW, 4, g.subarray(8), c.E * inp.mat],
+        ["dDown", flatW, inp.flatW, 4 + c.E * inp.mat, g.subarray(8 + c.E * inp.mat), c.E * inp.mat],
+      ];
+      if (act === "silu") probes.push(["dGate", flatW, inp.flatW, 4 + 2 * c.E * inp.mat, g.subarray(8 + 2 * c.E * inp.mat), c.E * inp.mat]);
+      let checked = 0;
+      for (const [name, tensor, data, base, analytic, n] of probes) {
+        // every 5th entry: spans all experts (the empty expert 1 must get exactly zero)
+        for (let i = 0; i < n; i += 5) {
+          const saved = data[base + i]!;
+          data[base + i] = saved + H;
+          write(tensor, data);
+          const up = await loss();
+          data[base + i] = saved - H;
+          write(tensor, data);
+          const down = await loss();
+          data[base + i] = saved;
+          write(tensor, data);
+          const fd = (up - down) / (2 * H);
+          const an = analytic[i]!;
+          if (!(Math.abs(fd - an) <= 2e-3 + 1e-2 * Math.abs(fd))) throw new Error(`${act} ${name}[${i}]: backward ${an} vs finite difference ${fd}`);
+          checked++;
+        }
+      }
+      expect(checked).toBeGreaterThan(20);
+      f.release();
+    });
+  }
+});
+
+test("expert FFN forward and backward are bit-identical when rerun", async () => {
+  const gpu = await getGpu();
+  const c: FfnCase = { E: 5, R: 37, dSub: 12, inner: 20, act: "silu", counts: [0, 9, 0, 21, 3] };
+  const { f, inp, flatG } = await setupFfn(gpu, c, 3, "vec4");
+  const once = async () => {
+    write(flatG, inp.gradInit);
+    f.forward();
+    f.backward();
+    return [await read(f.y), await read(f.dx), await read(flatG)];
+  };
+  const a = await once();
+  const b = await once();
+  for (let i = 0; i < a.length; i++) expect(Buffer.from(b[i]!.buffer).equals(Buffer.from(a[i]!.buffer))).toBe(true);
+  f.release();
+});
