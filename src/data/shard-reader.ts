@@ -33,18 +33,19 @@ function tokenColumnIndex(schema: Schema, path: string): number {
   return index;
 }
 
-/** An Arrow stream ends with an end-of-stream marker, a file with "ARROW1": anything else is cut short. */
+/**
+ * An Arrow stream ends with an end-of-stream marker (0xFFFFFFFF 0x00000000), a file with "ARROW1":
+ * anything else was cut short. (The pre-2019 4-byte marker is not accepted: zero padding at the end
+ * of a record batch body would look the same.)
+ */
 async function checkComplete(handle: FdFile, path: string): Promise<void> {
   const { size } = await handle.stat();
   const tail = new Uint8Array(8);
   if (size >= 8) await handle.read(tail, 0, 8, size - 8);
-  const text = new TextDecoder().decode(tail.subarray(2));
   const view = new DataView(tail.buffer);
   const streamEnd = size >= 8 && view.getUint32(0, true) === 0xffffffff && view.getUint32(4, true) === 0;
-  const legacyStreamEnd = size >= 4 && view.getUint32(4, true) === 0;
-  if (!(streamEnd || legacyStreamEnd || text === "ARROW1")) {
-    throw new UserError(`${path}: not a complete Arrow IPC file (truncated, or not Arrow at all)`);
-  }
+  const fileEnd = new TextDecoder().decode(tail.subarray(2)) === "ARROW1";
+  if (!streamEnd && !fileEnd) throw new UserError(`${path}: not a complete Arrow IPC file (truncated, or not Arrow at all)`);
 }
 
 function describe(path: string, e: unknown): Error {
