@@ -8,8 +8,10 @@ import norm from "../../shaders/norm.wgsl" with { type: "text" };
 import rope from "../../shaders/rope.wgsl" with { type: "text" };
 import elementwise from "../../shaders/elementwise.wgsl" with { type: "text" };
 import attention from "../../shaders/attention.wgsl" with { type: "text" };
+import grouped_gemm from "../../shaders/grouped_gemm.wgsl" with { type: "text" };
 
 export const SHADERS: Record<string, string> = {
+  grouped_gemm,
   matmul,
   fill,
   norm,
