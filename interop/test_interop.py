@@ -239,7 +239,12 @@ class RoutingTest(unittest.TestCase):
                         layer, dict(zip(names, params)), (m,))
                     return torch.cat([out.reshape(-1), aux.reshape(1), z.reshape(1)])
 
-                self.assertTrue(torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5))
+                # Every column for the input; random directions (fast mode) over all parameters.
+                frozen = [p.detach() for p in inputs[1:]]
+                self.assertTrue(torch.autograd.gradcheck(
+                    lambda m: fn(m, *frozen), inputs[:1], eps=1e-6, atol=1e-5))
+                self.assertTrue(torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5,
+                                                         fast_mode=True))
 
 
 class BackboneTest(unittest.TestCase):
