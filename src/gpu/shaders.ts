@@ -9,8 +9,14 @@ import rope from "../../shaders/rope.wgsl" with { type: "text" };
 import elementwise from "../../shaders/elementwise.wgsl" with { type: "text" };
 import attention from "../../shaders/attention.wgsl" with { type: "text" };
 import grouped_gemm from "../../shaders/grouped_gemm.wgsl" with { type: "text" };
+import router from "../../shaders/router.wgsl" with { type: "text" };
+import dispatch from "../../shaders/dispatch.wgsl" with { type: "text" };
+import aux_loss from "../../shaders/aux_loss.wgsl" with { type: "text" };
 
 export const SHADERS: Record<string, string> = {
+  router,
+  dispatch,
+  aux_loss,
   grouped_gemm,
   matmul,
   fill,

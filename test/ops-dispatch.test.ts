@@ -1,0 +1,218 @@
+import { describe, expect, test } from "bun:test";
+import type { Gpu } from "../src/gpu/device.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { empty, read, readInt, submit, upload, type Tensor } from "../src/gpu/tensor.ts";
+import {
+  expertCapacity, planCapacity, planCombine, planCombineBackward, planExpertHistogram, planExpertPermutation,
+  planGatherRows, planGatherRowsBackward, routingBlocks,
+} from "../src/ops/dispatch.ts";
+import { combineWeighted, combineWeightedBackward, gatherRows, gatherRowsBackward } from "../src/reference/dispatch.ts";
+import {
+  admitByCapacity, expertCapacity as refCapacity, expertHistogram, exclusivePrefixSum, permuteByExpert,
+} from "../src/reference/routing.ts";
+import { expectClose, randomArray, rng } from "./harness.ts";
+import { checkGpuGrad, probe } from "./routing-fd.ts";
+
+// Pure data movement is exact; combine sums k <= 3 products, dGates a dSub-long dot product.
+const EXACT = { atol: 0, rtol: 0 };
+const TOL = { atol: 1e-5, rtol: 1e-4 };
+
+type Skew = "random" | "all-to-one" | "skewed";
+
+/** [S, k] distinct experts per sub-token; "all-to-one" sends every first choice to expert 0. */
+function randomTopk(S: number, E: number, k: number, seed: number, skew: Skew): Int32Array {
+  const r = rng(seed);
+  const idx = new Int32Array(S * k);
+  for (let row = 0; row < S; row++) {
+    const experts = Array.from({ length: E }, (_, e) => e).sort(() => r() - 0.5);
+    if (skew === "all-to-one") experts.splice(experts.indexOf(0), 1), experts.unshift(0);
+    // "skewed": low experts first more often, so some experts overflow and others stay empty
+    if (skew === "skewed") experts.sort((a, b) => a * (0.5 + r()) - b * (0.5 + r()));
+    for (let j = 0; j < k; j++) idx[row * k + j] = experts[j]!;
+  }
+  return idx;
+}
+
+interface Routing {
+  idx: Tensor;
+  keep: Tensor | undefined;
+  counts: Tensor;
+  offsets: Tensor;
+  rowAssignment: Tensor;
+  assignmentRow: Tensor;
+  all: Tensor[];
+}
+
+/** Plans capacity (when capacityFactor > 0), histogram and permutation into one dispatch list. */
+async function planRouting(gpu: Gpu, idx: Int32Array, S: number, E: number, k: number, capacityFactor: number) {
+  const blockOffsets = empty(gpu, [routingBlocks(gpu, S, k) * E], "i32");
+  const r = {
+    idx: upload(gpu, idx),
+    keep: capacityFactor > 0 ? empty(gpu, [S * k], "i32") : undefined,
+    dropped: empty(gpu, [1], "i32"),
+    countsBefore: empty(gpu, [E], "i32"),
+    counts: empty(gpu, [E], "i32"),
+    offsets: empty(gpu, [E + 1], "i32"),
+    rowAssignment: empty(gpu, [S * k], "i32"),
+    assignmentRow: empty(gpu, [S * k], "i32"),
+  };
+  const dispatches = [];
+  if (r.keep) {
+    dispatches.push(...(await planCapacity(gpu, {
+      topkIdx: r.idx, keep: r.keep, dropped: r.dropped, countsBeforeCapacity: r.countsBefore, blockOffsets,
+      S, k, E, capacity: expertCapacity(capacityFactor, k, S, E),
+    })));
+  }
+  const common = { topkIdx: r.idx, keep: r.keep, blockOffsets, S, k, E };
+  dispatches.push(...(await planExpertHistogram(gpu, { ...common, counts: r.counts, offsets: r.offsets })));
+  dispatches.push(...(await planExpertPermutation(gpu, { ...common, offsets: r.offsets, rowAssignment: r.rowAssignment, assignmentRow: r.assignmentRow })));
+  const all = [blockOffsets, ...Object.values(r).filter((t): t is Tensor => t !== undefined)];
+  return { r, dispatches, all };
+}
+
+function padded(x: Int32Array, n: number, fill: number): number[] {
+  return [...Array.from(x), ...new Array(n - x.length).fill(fill)];
+}
+
+const CASES: [number, number, number, number, Skew][] = [
+  // S, E, k, capacity_factor, routing
+  [37, 5, 2, 0, "random"],
+  [37, 5, 2, 1.0, "random"],
+  [37, 5, 2, 1.0, "all-to-one"],
+  [37, 5, 2, 0, "all-to-one"],
+  [37, 1, 1, 0, "random"],
+  [37, 1, 1, 0.5, "random"],
+  [130, 8, 3, 1.0, "skewed"],
+  [130, 8, 3, 0, "skewed"],
+  [301, 6, 2, 1.25, "skewed"],
+  [1, 3, 2, 1.0, "random"],
+];
+
+describe("capacity, histogram, permutation vs reference", () => {
+  for (const [S, E, k, cf, skew] of CASES) {
+    test(`S=${S} E=${E} k=${k} capacity_factor=${cf} ${skew}`, async () => {
+      const gpu = await getGpu();
+      const idx = randomTopk(S, E, k, S * 31 + E * 7 + k, skew);
+      const { r, dispatches, all } = await planRouting(gpu, idx, S, E, k, cf);
+      submit(gpu, dispatches);
+      const keep = cf > 0 ? admitByCapacity(idx, S, k, E, refCapacity(cf, k, S, E)) : new Uint8Array(S * k).fill(1);
+      if (r.keep) {
+        expect(Array.from(await readInt(r.keep))).toEqual(Array.from(keep));
+        const dropped = keep.reduce((n, v) => n + (v ? 0 : 1), 0);
+        expect((await readInt(r.dropped))[0]).toBe(dropped);
+        expect(Array.from(await readInt(r.countsBefore))).toEqual(Array.from(expertHistogram(idx, E)));
+        if (skew !== "random") expect(dropped).toBeGreaterThan(0); // the case exercises drops
+      }
+      const counts = expertHistogram(idx, E, keep);
+      expect(Array.from(await readInt(r.counts))).toEqual(Array.from(counts));
+      expect(Array.from(await readInt(r.offsets))).toEqual(Array.from(exclusivePrefixSum(counts)));
+      const perm = permuteByExpert(idx, keep, S, k, E);
+      expect(Array.from(await readInt(r.rowAssignment))).toEqual(padded(perm.rowAssignment, S * k, -1));
+      expect(Array.from(await readInt(r.assignmentRow))).toEqual(Array.from(perm.assignmentRow));
+      for (const t of all) t.release();
+    });
+  }
+
+  test("dropless capacity (factor 0) keeps everything", async () => {
+    const gpu = await getGpu();
+    const S = 37, E = 5, k = 2;
+    const idx = randomTopk(S, E, k, 3, "all-to-one");
+    const t = { idx: upload(gpu, idx), keep: empty(gpu, [S * k], "i32"), dropped: empty(gpu, [1], "i32"), countsBefore: empty(gpu, [E], "i32") };
+    const blockOffsets = empty(gpu, [routingBlocks(gpu, S, k) * E], "i32");
+    submit(gpu, await planCapacity(gpu, {
+      topkIdx: t.idx, keep: t.keep, dropped: t.dropped, countsBeforeCapacity: t.countsBefore, blockOffsets, S, k, E,
+      capacity: expertCapacity(0, k, S, E),
+    }));
+    expect(Array.from(await readInt(t.keep))).toEqual(new Array(S * k).fill(1));
+    expect((await readInt(t.dropped))[0]).toBe(0);
+    for (const x of [...Object.values(t), blockOffsets]) x.release();
+  });
+});
+
+describe("gather and combine vs reference, and their backwards", () => {
+  for (const [S, E, k, cf, skew] of CASES) {
+    const dSub = 7;
+    test(`S=${S} E=${E} k=${k} dSub=${dSub} capacity_factor=${cf} ${skew}`, async () => {
+      const gpu = await getGpu();
+      const idx = randomTopk(S, E, k, S * 13 + E + k, skew);
+      const { r, dispatches, all } = await planRouting(gpu, idx, S, E, k, cf);
+      const keep = cf > 0 ? admitByCapacity(idx, S, k, E, refCapacity(cf, k, S, E)) : new Uint8Array(S * k).fill(1);
+      const perm = permuteByExpert(idx, keep, S, k, E);
+      const R = perm.offsets[E]!;
+      const s = randomArray(S * dSub, 1 + S), gates = randomArray(S * k, 2 + S), yPerm = randomArray(S * k * dSub, 3 + S);
+      const dxPerm = randomArray(S * k * dSub, 4 + S), dy = randomArray(S * dSub, 5 + S), ds0 = randomArray(S * dSub, 6 + S);
+      const t = {
+        s: upload(gpu, s), gates: upload(gpu, gates), yPerm: upload(gpu, yPerm), dxPerm: upload(gpu, dxPerm), dy: upload(gpu, dy),
+        ds: upload(gpu, ds0), xPerm: empty(gpu, [S * k, dSub]), y: empty(gpu, [S, dSub]), yRes: empty(gpu, [S, dSub]),
+        dyPerm: empty(gpu, [S * k, dSub]), dGates: empty(gpu, [S, k]), dsRes: empty(gpu, [S, dSub]),
+      };
+      const rows = { rowAssignment: r.rowAssignment, assignmentRow: r.assignmentRow, S, k, dSub };
+      dispatches.push(
+        ...(await planGatherRows(gpu, { ...rows, s: t.s, xPerm: t.xPerm })),
+        ...(await planGatherRowsBackward(gpu, { ...rows, dxPerm: t.dxPerm, ds: t.ds, accumulate: true })),
+        ...(await planCombine(gpu, { ...rows, yPerm: t.yPerm, gates: t.gates, y: t.y })),
+        ...(await planCombine(gpu, { ...rows, yPerm: t.yPerm, gates: t.gates, y: t.yRes, residual: t.s })),
+        ...(await planCombineBackward(gpu, { ...rows, dy: t.dy, yPerm: t.yPerm, gates: t.gates, dyPerm: t.dyPerm, dGates: t.dGates, dsResidual: t.dsRes })),
+      );
+      submit(gpu, dispatches);
+      const pad = (x: Float32Array) => Float32Array.from([...x, ...new Array(S * k * dSub - x.length).fill(0)]);
+      expectClose(await read(t.xPerm), pad(gatherRows(s, perm.rowAssignment, k, dSub)), EXACT, "gather");
+      const dxKept = dxPerm.subarray(0, R * dSub);
+      expectClose(await read(t.ds), gatherRowsBackward(dxKept, perm.rowAssignment, k, S, dSub).map((v, i) => v + ds0[i]!), TOL, "gather backward (accumulated)");
+      const yKept = yPerm.subarray(0, R * dSub);
+      const y = combineWeighted(yKept, gates, perm.assignmentRow, S, k, dSub);
+      expectClose(await read(t.y), y, TOL, "combine");
+      expectClose(await read(t.yRes), y.map((v, i) => v + s[i]!), TOL, "combine + inner residual");
+      const cb = combineWeightedBackward(dy, yKept, gates, perm.assignmentRow, S, k, dSub);
+      expectClose(await read(t.dyPerm), pad(cb.dyPerm), TOL, "combine backward dyPerm");
+      expectClose(await read(t.dGates), cb.dGates, TOL, "combine backward dGates");
+      expectClose(await read(t.dsRes), dy, EXACT, "combine backward inner-residual ds");
+      for (const x of [...all, ...Object.values(t)]) x.release();
+    });
+  }
+});
+
+describe("dispatch backwards vs finite differences of the GPU forward", () => {
+  // capacity_factor 1 with skewed routing: some assignments are dropped and must get no gradient.
+  const S = 9, E = 4, k = 2, dSub = 3;
+
+  test("gather backward", async () => {
+    const gpu = await getGpu();
+    const { r, dispatches, all } = await planRouting(gpu, randomTopk(S, E, k, 5, "skewed"), S, E, k, 1.0);
+    submit(gpu, dispatches);
+    const s = randomArray(S * dSub, 51), w = randomArray(S * k * dSub, 52);
+    const t = { s: upload(gpu, s), xPerm: empty(gpu, [S * k, dSub]), w: upload(gpu, w), ds: empty(gpu, [S, dSub]) };
+    const rows = { rowAssignment: r.rowAssignment, assignmentRow: r.assignmentRow, S, k, dSub };
+    const fwd = await planGatherRows(gpu, { ...rows, s: t.s, xPerm: t.xPerm });
+    submit(gpu, await planGatherRowsBackward(gpu, { ...rows, dxPerm: t.w, ds: t.ds }));
+    const loss = async () => {
+      submit(gpu, fwd);
+      return probe(await read(t.xPerm), w);
+    };
+    await checkGpuGrad("gather ds", t.s, s, await read(t.ds), loss);
+    for (const x of [...all, ...Object.values(t)]) x.release();
+  });
+
+  test("combine backward (with inner residual)", async () => {
+    const gpu = await getGpu();
+    const { r, dispatches, all } = await planRouting(gpu, randomTopk(S, E, k, 6, "skewed"), S, E, k, 1.0);
+    submit(gpu, dispatches);
+    expect(Array.from(await readInt(r.assignmentRow))).toContain(-1);
+    const s = randomArray(S * dSub, 61), gates = randomArray(S * k, 62), yPerm = randomArray(S * k * dSub, 63), w = randomArray(S * dSub, 64);
+    const t = {
+      s: upload(gpu, s), gates: upload(gpu, gates), yPerm: upload(gpu, yPerm), w: upload(gpu, w), y: empty(gpu, [S, dSub]),
+      dyPerm: empty(gpu, [S * k, dSub]), dGates: empty(gpu, [S, k]), ds: empty(gpu, [S, dSub]),
+    };
+    const rows = { rowAssignment: r.rowAssignment, assignmentRow: r.assignmentRow, S, k, dSub };
+    const fwd = await planCombine(gpu, { ...rows, yPerm: t.yPerm, gates: t.gates, y: t.y, residual: t.s });
+    submit(gpu, await planCombineBackward(gpu, { ...rows, dy: t.w, yPerm: t.yPerm, gates: t.gates, dyPerm: t.dyPerm, dGates: t.dGates, dsResidual: t.ds }));
+    const loss = async () => {
+      submit(gpu, fwd);
+      return probe(await read(t.y), w);
+    };
+    await checkGpuGrad("combine dyPerm", t.yPerm, yPerm, await read(t.dyPerm), loss);
+    await checkGpuGrad("combine dGates", t.gates, gates, await read(t.dGates), loss);
+    await checkGpuGrad("combine ds (residual)", t.s, s, await read(t.ds), loss);
+    for (const x of [...all, ...Object.values(t)]) x.release();
+  });
+});
