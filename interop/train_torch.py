@@ -171,6 +171,9 @@ def main(argv=None) -> int:
     except (UsageError, CheckpointError, ConfigError) as err:
         print(f"train_torch.py: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # e.g. --save into a directory we may not write
+        print(f"train_torch.py: {err.filename}: {err.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
