@@ -11,6 +11,10 @@ import { readSafetensors, tensorToFloat32, writeSafetensors } from "../src/io/sa
 import { referenceForward, referenceBackward } from "../src/reference/model.ts";
 import { adamwInit, adamwStep, type AdamWHyper } from "../src/reference/adamw.ts";
 import { compare, rng } from "./harness.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { read } from "../src/gpu/tensor.ts";
+import { ParamStore } from "../src/model/weights.ts";
+import { Transformer } from "../src/model/transformer.ts";
 
 const PY = process.env.MHMOE_PYTHON ?? "/usr/bin/python3";
 const ROOT = join(import.meta.dir, "..");
@@ -72,15 +76,38 @@ export function scaledError(actual: ArrayLike<number>, expected: ArrayLike<numbe
   return c.maxAbs / Math.max(scale, 1e-12);
 }
 
+/** The GPU model's logits, losses and gradients for one batch (forward + backward in one submit). */
+async function gpuForwardBackward(c: ModelConfig, params: Map<string, Float32Array>, ids: Int32Array) {
+  const gpu = await getGpu();
+  const W = ParamStore.allocate(gpu, c, "param");
+  W.upload(params);
+  const G = ParamStore.allocate(gpu, c, "grad");
+  const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, keepLogits: true });
+  model.setBatch(ids);
+  await model.run();
+  const logits = await read(model.logits);
+  const ce = await model.readScalar(model.ceLoss);
+  let aux = 0, z = 0;
+  for (const l of model.moeLayers) {
+    aux += await model.readScalar(l.auxLoss);
+    z += await model.readScalar(l.zLoss);
+  }
+  const grads = await G.download();
+  model.release();
+  W.release();
+  G.release();
+  return { logits, ce, aux, z, total: ce + c.router_aux_loss_coef * aux + c.router_z_loss_coef * z, grads };
+}
+
 let dir = "";
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "mhmoe-parity-"));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-describe("CPU reference model vs PyTorch (interop/parity.py)", () => {
+describe("GPU model and CPU reference vs PyTorch (interop/parity.py)", () => {
   PARITY_CASES.forEach(([name, c], i) => {
-    test(name, () => {
+    test(name, async () => {
       const params = initParams(c, 100 + i);
       const ids = batchIds(c, 200 + i);
       const torch = runTorchParity(join(dir, `case${i}`), c, params, ids).tensors;
@@ -99,6 +126,17 @@ describe("CPU reference model vs PyTorch (interop/parity.py)", () => {
         expect(want).toBeDefined();
         const err = scaledError(grads.get(s.name)!, want);
         if (!(err <= 1e-3)) throw new Error(`grad ${s.name}: scaled error ${err}`);
+      }
+
+      const gpuRes = await gpuForwardBackward(c, params, ids);
+      expect(scaledError(gpuRes.logits, torch.get("logits")!)).toBeLessThan(1e-4);
+      expect(Math.abs(gpuRes.ce - torch.get("loss.ce")![0]!)).toBeLessThan(1e-5);
+      expect(Math.abs(gpuRes.aux - torch.get("loss.aux")![0]!)).toBeLessThan(1e-5);
+      expect(Math.abs(gpuRes.z - torch.get("loss.z")![0]!)).toBeLessThan(1e-5);
+      expect(Math.abs(gpuRes.total - torch.get("loss.total")![0]!)).toBeLessThan(1e-5);
+      for (const s of specs) {
+        const err = scaledError(gpuRes.grads.get(s.name)!, torch.get(`grad.${s.name}`)!);
+        if (!(err <= 1e-3)) throw new Error(`GPU grad ${s.name}: scaled error ${err}`);
       }
 
       const state = adamwInit(params);

@@ -1,0 +1,202 @@
+/**
+ * The whole MH-MoE decoder on the GPU (MODEL_SPEC.md section 1), planned once for a fixed batch shape:
+ * every kernel's pipeline, uniform buffer, bind group and activation tensor is made here, so a training
+ * step only writes the token batch and encodes the recorded dispatches into one compute pass.
+ */
+import type { Gpu } from "../gpu/device.ts";
+import { encode, readBytes, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { planEmbeddingBackward, planEmbeddingForward, type TokenLayout } from "../ops/embedding.ts";
+import { planRmsNormBackward, planRmsNormForward } from "../ops/norm.ts";
+import { planRopeBackward, planRopeForward, ropeTable } from "../ops/rope.ts";
+import { attentionSavedShapes, planAttentionBackward, planAttentionForward } from "../ops/attention.ts";
+import { planCrossEntropy } from "../ops/loss.ts";
+import { planCopy } from "../ops/elementwise.ts";
+import { isMoeLayer, type ModelConfig } from "./config.ts";
+import { Arena } from "./arena.ts";
+import { linear, linearDw, linearDx, planDenseFfn, type FfnBlock } from "./ffn.ts";
+import { planMoeBlock, type MoeLayerOutputs } from "./moe.ts";
+import type { ParamStore } from "./weights.ts";
+
+export interface TransformerPlanOptions {
+  B: number;
+  T: number;
+  /** plan the backward too (gradients into `grads`) */
+  grads?: ParamStore | null;
+  /** keep logits readable after backward (tests); otherwise dlogits overwrite them in place */
+  keepLogits?: boolean;
+  /** multiplies every gradient (1 / gradient-accumulation steps) */
+  gradScale?: number;
+}
+
+export class Transformer {
+  /** [B, T+1] i32 token windows: inputs ids[:, :T], targets ids[:, 1:] */
+  ids!: Tensor;
+  logits!: Tensor;
+  /** [1] mean cross-entropy of the batch */
+  ceLoss!: Tensor;
+  /** per MoE layer: aux/z loss scalars and routing counts */
+  moeLayers: MoeLayerOutputs[] = [];
+  forward: Dispatch[] = [];
+  backward: Dispatch[] = [];
+  private arena: Arena;
+  private scratch: Arena;
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly config: ModelConfig,
+    readonly params: ParamStore,
+    readonly opts: TransformerPlanOptions,
+  ) {
+    this.arena = new Arena(gpu);
+    this.scratch = new Arena(gpu, true);
+  }
+
+  get N(): number {
+    return this.opts.B * this.opts.T;
+  }
+  get training(): boolean {
+    return !!this.opts.grads;
+  }
+
+  static async plan(gpu: Gpu, c: ModelConfig, params: ParamStore, opts: TransformerPlanOptions): Promise<Transformer> {
+    const t = new Transformer(gpu, c, params, opts);
+    await gpu.checked("planning the model", () => t.build());
+    return t;
+  }
+
+  /** Writes a [B, T+1] token batch (ids must already be checked against the vocabulary). */
+  setBatch(ids: Int32Array): void {
+    const want = this.opts.B * (this.opts.T + 1);
+    if (ids.length !== want) throw new Error(`setBatch: expected ${want} ids, got ${ids.length}`);
+    this.gpu.device.queue.writeBuffer(this.ids.buffer, 0, ids.buffer, ids.byteOffset, ids.byteLength);
+  }
+
+  /** Encodes forward (and backward when planned) into one compute pass of the encoder. */
+  encode(encoder: GPUCommandEncoder, withBackward = this.training): void {
+    if (withBackward && this.opts.grads) this.opts.grads.encodeZero(encoder);
+    const pass = encoder.beginComputePass();
+    encode(pass, this.forward);
+    if (withBackward) encode(pass, this.backward);
+    pass.end();
+  }
+
+  /** Runs one forward (+ backward) and waits; tests and eval use it, training encodes its own step. */
+  async run(withBackward = this.training): Promise<void> {
+    const enc = this.gpu.device.createCommandEncoder();
+    this.encode(enc, withBackward);
+    this.gpu.device.queue.submit([enc.finish()]);
+    await this.gpu.sync();
+  }
+
+  async readScalar(t: Tensor): Promise<number> {
+    return new Float32Array(await readBytes(this.gpu, t.buffer, 4))[0]!;
+  }
+
+  release(): void {
+    this.arena.release();
+    this.scratch.release();
+  }
+
+  private async build(): Promise<void> {
+    const { gpu, config: c, params: W } = this;
+    const G = this.opts.grads ?? null;
+    const { B, T } = this.opts;
+    const N = this.N, d = c.hidden_size, H = c.num_attention_heads, dHead = d / H, V = c.vocab_size, L = c.num_hidden_layers;
+    const A = this.arena, S = this.scratch;
+    const eps = c.rms_norm_eps;
+    const fwd = this.forward;
+    const inputs: TokenLayout = { seqLen: T, rowStride: T + 1, offset: 0 };
+    const targets: TokenLayout = { seqLen: T, rowStride: T + 1, offset: 1 };
+    const lp = (l: number) => `model.layers.${l}`;
+
+    this.ids = A.i32([B, T + 1], "ids");
+    const ropeTab = A.adopt(ropeTable(gpu, T, dHead, c.rope_theta));
+
+    // Residual stream: xs[l] is the input of layer l, xs[L] the input of the final norm.
+    const xs = Array.from({ length: L + 1 }, (_, l) => A.f32([N, d], `x${l}`));
+    fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, idsLayout: inputs, table: W.get("model.embed_tokens.weight"), out: xs[0]!, N, V, d })));
+
+    interface LayerSaved { a: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; o: Tensor; lse: Tensor; xMid: Tensor; m: Tensor; rstd2: Tensor; ffn: FfnBlock }
+    const saved: LayerSaved[] = [];
+    const dRes = G ? S.f32([N, d], "dres") : null; // gradient w.r.t. the residual stream, updated in place
+    const dm = G ? S.f32([N, d], "dm") : null;
+
+    for (let l = 0; l < L; l++) {
+      const p = lp(l);
+      const a = A.f32([N, d], `${p}.a`), rstd1 = A.f32([N], `${p}.rstd1`);
+      const q = A.f32([N, d], `${p}.q`), k = A.f32([N, d], `${p}.k`), v = A.f32([N, d], `${p}.v`);
+      const o = A.f32([N, d], `${p}.o`);
+      const lse = A.f32(attentionSavedShapes({ B, T, H, dHead }).lse, `${p}.lse`);
+      const xMid = A.f32([N, d], `${p}.xmid`), m = A.f32([N, d], `${p}.m`), rstd2 = A.f32([N], `${p}.rstd2`);
+      fwd.push(...(await planRmsNormForward(gpu, { x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), y: a, rstd: rstd1, N, d, eps })));
+      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, N, d, d));
+      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, N, d, d));
+      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, N, d, d));
+      fwd.push(...(await planRopeForward(gpu, { x: q, table: ropeTab, B, T, H, dHead })));
+      fwd.push(...(await planRopeForward(gpu, { x: k, table: ropeTab, B, T, H, dHead })));
+      fwd.push(...(await planAttentionForward(gpu, { B, T, H, dHead, q, k, v, o, lse })));
+      fwd.push(...(await planCopy(gpu, { src: xs[l]!, dst: xMid, rows: N, cols: d })));
+      fwd.push(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 1));
+      fwd.push(...(await planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd: rstd2, N, d, eps })));
+      fwd.push(...(await planCopy(gpu, { src: xMid, dst: xs[l + 1]!, rows: N, cols: d })));
+      const io = { N, width: d, m, out: xs[l + 1]!, dOut: dRes, dm };
+      let ffn: FfnBlock;
+      if (isMoeLayer(c, l)) {
+        const moe = await planMoeBlock(gpu, c, l, io, W, G, A, S, this.opts.gradScale ?? 1);
+        this.moeLayers.push(moe.outputs);
+        ffn = moe.block;
+      } else {
+        const w = { gate: c.hidden_act === "silu" ? W.get(`${p}.mlp.gate_proj.weight`) : null, up: W.get(`${p}.mlp.up_proj.weight`), down: W.get(`${p}.mlp.down_proj.weight`) };
+        const g = G && { gate: c.hidden_act === "silu" ? G.get(`${p}.mlp.gate_proj.weight`) : null, up: G.get(`${p}.mlp.up_proj.weight`), down: G.get(`${p}.mlp.down_proj.weight`) };
+        ffn = await planDenseFfn(gpu, { ...io, inner: c.intermediate_size, act: c.hidden_act }, w, g, A, S, `${p}.mlp`);
+      }
+      fwd.push(...ffn.forward);
+      saved.push({ a, rstd1, q, k, v, o, lse, xMid, m, rstd2, ffn });
+    }
+
+    const xf = A.f32([N, d], "xfinal"), rstdF = A.f32([N], "rstd_final");
+    fwd.push(...(await planRmsNormForward(gpu, { x: xs[L]!, w: W.get("model.norm.weight"), y: xf, rstd: rstdF, N, d, eps })));
+    const headName = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    this.logits = A.f32([N, V], "logits");
+    fwd.push(await linear(gpu, xf, W.get(headName), this.logits, N, d, V));
+    const ceLse = A.f32([N], "ce.lse"), rowLoss = A.f32([N], "ce.rows");
+    this.ceLoss = A.f32([1], "ce.mean");
+    const gradScale = this.opts.gradScale ?? 1;
+    if (!G) {
+      fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss })));
+      return;
+    }
+    const dLogits = this.opts.keepLogits ? A.f32([N, V], "dlogits") : this.logits;
+    fwd.push(...(await planCrossEntropy(gpu, {
+      logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss,
+      dlogits: this.opts.keepLogits ? dLogits : "in-place", gradScale: gradScale / N,
+    })));
+
+    const bwd = this.backward;
+    const dxf = S.f32([N, d], "dxf");
+    bwd.push(await linearDw(gpu, dLogits, xf, G.get(headName), N, d, V));
+    bwd.push(await linearDx(gpu, dLogits, W.get(headName), dxf, N, d, V));
+    bwd.push(...(await planRmsNormBackward(gpu, { dy: dxf, x: xs[L]!, w: W.get("model.norm.weight"), rstd: rstdF, dx: dRes!, dw: G.get("model.norm.weight"), N, d })));
+    const dO = S.f32([N, d], "do"), dq = S.f32([N, d], "dq"), dk = S.f32([N, d], "dk"), dv = S.f32([N, d], "dv");
+    const da = S.f32([N, d], "da");
+    const delta = S.f32(attentionSavedShapes({ B, T, H, dHead }).delta, "attn.delta");
+    for (let l = L - 1; l >= 0; l--) {
+      const p = lp(l), s = saved[l]!;
+      bwd.push(...s.ffn.backward);
+      bwd.push(...(await planRmsNormBackward(gpu, { dy: dm!, x: s.xMid, w: W.get(`${p}.post_attention_layernorm.weight`), rstd: s.rstd2, dx: dRes!, dw: G.get(`${p}.post_attention_layernorm.weight`), N, d, accumulateDx: true })));
+      bwd.push(await linearDx(gpu, dRes!, W.get(`${p}.self_attn.o_proj.weight`), dO, N, d, d));
+      bwd.push(await linearDw(gpu, dRes!, s.o, G.get(`${p}.self_attn.o_proj.weight`), N, d, d));
+      bwd.push(...(await planAttentionBackward(gpu, { B, T, H, dHead, q: s.q, k: s.k, v: s.v, o: s.o, lse: s.lse, dO, dq, dk, dv, delta })));
+      bwd.push(...(await planRopeBackward(gpu, { x: dq, table: ropeTab, B, T, H, dHead })));
+      bwd.push(...(await planRopeBackward(gpu, { x: dk, table: ropeTab, B, T, H, dHead })));
+      bwd.push(await linearDx(gpu, dq, W.get(`${p}.self_attn.q_proj.weight`), da, N, d, d));
+      bwd.push(await linearDx(gpu, dk, W.get(`${p}.self_attn.k_proj.weight`), da, N, d, d, 1));
+      bwd.push(await linearDx(gpu, dv, W.get(`${p}.self_attn.v_proj.weight`), da, N, d, d, 1));
+      bwd.push(await linearDw(gpu, dq, s.a, G.get(`${p}.self_attn.q_proj.weight`), N, d, d));
+      bwd.push(await linearDw(gpu, dk, s.a, G.get(`${p}.self_attn.k_proj.weight`), N, d, d));
+      bwd.push(await linearDw(gpu, dv, s.a, G.get(`${p}.self_attn.v_proj.weight`), N, d, d));
+      bwd.push(...(await planRmsNormBackward(gpu, { dy: da, x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), rstd: s.rstd1, dx: dRes!, dw: G.get(`${p}.input_layernorm.weight`), N, d, accumulateDx: true })));
+    }
+    bwd.push(...(await planEmbeddingBackward(gpu, { ids: this.ids, idsLayout: inputs, dout: dRes!, dtable: G.get("model.embed_tokens.weight"), N, V, d })));
+  }
+}
