@@ -4,6 +4,9 @@
  */
 import matmul from "../../shaders/matmul.wgsl" with { type: "text" };
 import fill from "../../shaders/fill.wgsl" with { type: "text" };
+import embedding from "../../shaders/embedding.wgsl" with { type: "text" };
+import activation from "../../shaders/activation.wgsl" with { type: "text" };
+import loss from "../../shaders/loss.wgsl" with { type: "text" };
 import norm from "../../shaders/norm.wgsl" with { type: "text" };
 import rope from "../../shaders/rope.wgsl" with { type: "text" };
 import elementwise from "../../shaders/elementwise.wgsl" with { type: "text" };
@@ -20,6 +23,9 @@ export const SHADERS: Record<string, string> = {
   grouped_gemm,
   matmul,
   fill,
+  embedding,
+  activation,
+  loss,
   norm,
   rope,
   elementwise,

@@ -1,0 +1,100 @@
+// Cross-entropy over the vocabulary with the softmax fused in. One workgroup per row of logits [N, V]:
+// threads stride over the row (V may be 50257), a workgroup tree takes the max, then the sum of
+// exp(l - max); lse = max + log(sum), loss_n = lse - logit[target]. The fused entries then write
+// dlogits = (softmax - onehot(target)) * scale in the same pass, to a separate buffer or over the logits
+// themselves (the logits are dead after the loss, and at N x V they are the biggest activation).
+// Every reduction has a fixed order, so results are bit-identical run to run.
+// Targets are read through a token layout: target n sits at tOff + (n / tT) * tLd + n % tT, so the
+// shifted ids of a (B, T+1) batch can be used where they are. An out-of-range target is clamped (no
+// out-of-bounds read); the data layer validates ids.
+
+override WG: u32 = 256u;
+
+var<workgroup> red: array<f32, WG>;
+
+struct Params {
+  N: u32, V: u32, tT: u32, tLd: u32,
+  tOff: u32, scale: f32, _p0: u32, _p1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> targets: array<i32>;
+@group(0) @binding(2) var<storage, read_write> lseOut: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rowLoss: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+fn workgroupReduce(lid: u32, v: f32, isMax: bool) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      let o = red[lid + s];
+      red[lid] = select(red[lid] + o, max(red[lid], o), isMax);
+    }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+fn targetOf(row: u32) -> u32 {
+  let t = targets[p.tOff + (row / p.tT) * p.tLd + row % p.tT];
+  return u32(clamp(t, 0, i32(p.V) - 1));
+}
+
+// Computes the row's lse, writes lse and the row loss, and returns lse. The target logit is read before
+// the first barrier, so an in-place gradient written afterwards cannot clobber it.
+fn rowLse(row: u32, lid: u32, tgt: u32) -> f32 {
+  let base = row * p.V;
+  let targetLogit = logits[base + tgt];
+  var m = -3.4028234e38;
+  for (var v = lid; v < p.V; v += WG) { m = max(m, logits[base + v]); }
+  m = workgroupReduce(lid, m, true);
+  var s = 0.0;
+  for (var v = lid; v < p.V; v += WG) { s += exp(logits[base + v] - m); }
+  let lse = m + log(workgroupReduce(lid, s, false));
+  if (lid == 0u) {
+    lseOut[row] = lse;
+    rowLoss[row] = lse - targetLogit;
+  }
+  return lse;
+}
+
+@compute @workgroup_size(WG)
+fn ce_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+  let row = wid.y * nwg.x + wid.x;
+  if (row >= p.N) { return; }
+  _ = rowLse(row, lid, targetOf(row));
+}
+
+@compute @workgroup_size(WG)
+fn ce_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let row = wid.y * nwg.x + wid.x;
+  if (row >= p.N) { return; }
+  let tgt = targetOf(row);
+  let lse = rowLse(row, lid, tgt);
+  let base = row * p.V;
+  for (var v = lid; v < p.V; v += WG) {
+    let g = exp(logits[base + v] - lse) * p.scale;
+    dlogits[base + v] = select(g, g - p.scale, v == tgt);
+  }
+}
+
+@compute @workgroup_size(WG)
+fn ce_fused_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+  let row = wid.y * nwg.x + wid.x;
+  if (row >= p.N) { return; }
+  let tgt = targetOf(row);
+  let lse = rowLse(row, lid, tgt);
+  let base = row * p.V;
+  // Each thread overwrites only the elements it read itself, after the reductions' barriers.
+  for (var v = lid; v < p.V; v += WG) {
+    let g = exp(logits[base + v] - lse) * p.scale;
+    logits[base + v] = select(g, g - p.scale, v == tgt);
+  }
+}

@@ -1,0 +1,90 @@
+/**
+ * Token embedding launchers (shaders/embedding.wgsl): the lookup and its deterministic scatter-add
+ * backward. Token ids are i32 and may be read in place from a wider batch buffer through a TokenLayout.
+ */
+import type { Gpu } from "../gpu/device.ts";
+import { empty, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { bindSlots, checkSize, elementwiseTuning } from "./elementwise.ts";
+
+/**
+ * Where token n's id lives in an i32 buffer: offset + floor(n / seqLen) * rowStride + n % seqLen.
+ * For a (B, T+1) batch, the inputs are {seqLen: T, rowStride: T+1, offset: 0} and the next-token
+ * targets the same with offset 1. Default: packed [N].
+ */
+export interface TokenLayout {
+  seqLen: number;
+  rowStride: number;
+  offset: number;
+}
+
+export function resolveTokenLayout(what: string, ids: Tensor, N: number, layout?: TokenLayout): TokenLayout {
+  const l = layout ?? { seqLen: Math.max(1, N), rowStride: Math.max(1, N), offset: 0 };
+  if (l.seqLen < 1 || l.rowStride < l.seqLen) throw new Error(`${what}: layout seqLen ${l.seqLen}, rowStride ${l.rowStride} is not a valid row layout`);
+  if (N > 0) {
+    const last = N - 1;
+    const end = l.offset + Math.floor(last / l.seqLen) * l.rowStride + (last % l.seqLen) + 1;
+    if (end > ids.size) throw new Error(`${what}: ${N} tokens with this layout reach element ${end}, the buffer has ${ids.size}`);
+  }
+  if (ids.dtype !== "i32") throw new Error(`${what}: ids must be an i32 tensor, got ${ids.dtype}`);
+  return l;
+}
+
+export interface EmbeddingForwardArgs {
+  ids: Tensor;
+  idsLayout?: TokenLayout;
+  /** [V, d] */
+  table: Tensor;
+  /** [N, d] (written) */
+  out: Tensor;
+  N: number;
+  V: number;
+  d: number;
+}
+
+/** out[n, :] = table[clamp(id(n), 0, V-1), :]. */
+export async function planEmbeddingForward(gpu: Gpu, a: EmbeddingForwardArgs): Promise<Dispatch[]> {
+  const l = resolveTokenLayout("embedding ids", a.ids, a.N, a.idsLayout);
+  checkSize("embedding table", a.table, a.V * a.d);
+  checkSize("embedding out", a.out, a.N * a.d);
+  const WG = elementwiseTuning(gpu).WG;
+  const kernel = await gpu.kernel({ shader: "embedding", entry: "embedding_forward", constants: { WG } });
+  const params = uniform(gpu, [a.N, a.V, a.d, l.seqLen, l.rowStride, l.offset], "embedding.params");
+  return [{ kernel, bindGroup: bindSlots(gpu, kernel, [[0, a.ids], [1, a.table], [2, a.out], [3, params]]), workgroups: grid1d(a.N * a.d, WG) }];
+}
+
+export interface EmbeddingBackwardArgs {
+  ids: Tensor;
+  idsLayout?: TokenLayout;
+  /** [N, d] gradient of the lookup's output */
+  dout: Tensor;
+  /** [V, d] table gradient: always ADDED to (tied weights and accumulation share it; zero it per step) */
+  dtable: Tensor;
+  N: number;
+  V: number;
+  d: number;
+}
+
+/**
+ * Two dispatches: link each token to the next one with the same id, then let each id's first token sum
+ * its chain's dout rows in position order into dtable. Deterministic: no float atomics, and the order of
+ * every sum depends on the ids alone. The [2N] u32 link buffer is acquired here, once, for the plan.
+ */
+export async function planEmbeddingBackward(gpu: Gpu, a: EmbeddingBackwardArgs): Promise<Dispatch[]> {
+  const l = resolveTokenLayout("embedding ids", a.ids, a.N, a.idsLayout);
+  checkSize("embedding dout", a.dout, a.N * a.d);
+  checkSize("embedding dtable", a.dtable, a.V * a.d);
+  const WG = elementwiseTuning(gpu).WG;
+  const links = empty(gpu, [2, Math.max(1, a.N)], "u32", "embedding.links");
+  const params = uniform(gpu, [a.N, a.V, a.d, l.seqLen, l.rowStride, l.offset], "embedding.params");
+  const linkKernel = await gpu.kernel({ shader: "embedding", entry: "embedding_links", constants: { WG } });
+  const sumKernel = await gpu.kernel({ shader: "embedding", entry: "embedding_backward", constants: { WG } });
+  const colBlocks = Math.ceil(a.d / WG);
+  return [
+    { kernel: linkKernel, bindGroup: bindSlots(gpu, linkKernel, [[0, a.ids], [3, params], [4, links]]), workgroups: grid1d(a.N, WG) },
+    {
+      kernel: sumKernel,
+      bindGroup: bindSlots(gpu, sumKernel, [[0, a.ids], [1, a.dout], [2, a.dtable], [3, params], [4, links]]),
+      workgroups: grid1d(a.N * colBlocks, 1),
+    },
+  ];
+}

@@ -1,0 +1,64 @@
+/**
+ * Cross-entropy launcher (shaders/loss.wgsl): per-row loss and lse, optionally the gradient of the mean
+ * loss in the same pass, and the mean loss reduced on the GPU into a 1-element buffer.
+ */
+import type { Gpu } from "../gpu/device.ts";
+import { grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { bindSlots, checkSize, planSum } from "./elementwise.ts";
+import { resolveTokenLayout, type TokenLayout } from "./embedding.ts";
+
+/** Threads per row (a power of two); rows are long (V up to ~50k), so a GPU takes 256. */
+export function lossWorkgroup(gpu: Gpu): number {
+  return gpu.isCpu ? 64 : 256;
+}
+
+export interface CrossEntropyArgs {
+  /** [N, V] */
+  logits: Tensor;
+  /** i32 target ids, read through targetLayout (default: packed [N]) */
+  targets: Tensor;
+  targetLayout?: TokenLayout;
+  N: number;
+  V: number;
+  /** [N] log-sum-exp per row (written) */
+  lse: Tensor;
+  /** [N] lse - logit[target] per row (written) */
+  rowLoss: Tensor;
+  /** [1] mean of rowLoss (written) */
+  meanLoss: Tensor;
+  /**
+   * Where dlogits = (softmax - onehot) * gradScale goes: a [N, V] tensor, "in-place" to overwrite the
+   * logits, or omitted for the forward only (evaluation).
+   */
+  dlogits?: Tensor | "in-place";
+  /** default 1/N: the gradient of the mean loss; multiply in a loss weight or 1/accumulation steps here */
+  gradScale?: number;
+}
+
+/** Dispatches: the row kernel, then the mean over rows (one workgroup, fixed order). */
+export async function planCrossEntropy(gpu: Gpu, a: CrossEntropyArgs): Promise<Dispatch[]> {
+  const { N, V } = a;
+  if (V < 1 || N < 1) throw new Error(`cross-entropy: N=${N} and V=${V} must be positive`);
+  checkSize("cross-entropy logits", a.logits, N * V);
+  checkSize("cross-entropy lse", a.lse, N);
+  checkSize("cross-entropy rowLoss", a.rowLoss, N);
+  const layout = resolveTokenLayout("cross-entropy targets", a.targets, N, a.targetLayout);
+  const entry = a.dlogits === undefined ? "ce_forward" : a.dlogits === "in-place" ? "ce_fused_inplace" : "ce_fused";
+  const slots: [number, Tensor | GPUBuffer][] = [[0, a.logits], [1, a.targets], [2, a.lse], [3, a.rowLoss]];
+  if (a.dlogits !== undefined && a.dlogits !== "in-place") {
+    checkSize("cross-entropy dlogits", a.dlogits, N * V);
+    if (a.dlogits.buffer === a.logits.buffer) throw new Error('cross-entropy: dlogits is the logits buffer; pass dlogits: "in-place"');
+    slots.push([4, a.dlogits]);
+  }
+  const WG = lossWorkgroup(gpu);
+  const kernel = await gpu.kernel({ shader: "loss", entry, constants: { WG } });
+  const params = uniform(gpu, [
+    N, V, layout.seqLen, layout.rowStride,
+    layout.offset, { f32: a.gradScale ?? 1 / N }, 0, 0,
+  ], "cross_entropy.params");
+  slots.push([5, params]);
+  return [
+    { kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups: grid1d(N, 1) },
+    await planSum(gpu, { x: a.rowLoss, out: a.meanLoss, n: N, scale: 1 / N }),
+  ];
+}

@@ -1,0 +1,117 @@
+import { describe, expect, test } from "bun:test";
+import { getGpu } from "../src/gpu/device.ts";
+import { empty, read, submit, upload } from "../src/gpu/tensor.ts";
+import { planGeluBackward, planGeluForward, planSwigluBackward, planSwigluForward } from "../src/ops/activation.ts";
+import { geluTanhBackward, geluTanhForward, swigluBackward, swigluForward } from "../src/reference/activations.ts";
+import { expectClose, randomArray } from "./harness.ts";
+import { expectBitIdentical, gpuFdCheck, probe, runAndRead } from "./ops-fd.ts";
+
+// exp/tanh on the GPU are a few ulp from the host's; a handful of f32 products follow.
+const TOL = { atol: 1e-6, rtol: 2e-5 };
+const ROWS = 37, COLS = 48;
+
+/** Values over [-6, 6] plus the extremes where exp or tanh could overflow in a careless formula. */
+function inputs(n: number, seed: number): Float32Array {
+  const x = randomArray(n, seed, 6);
+  x.set([0, -90, 90, -1e4, 1e4].slice(0, n));
+  return x;
+}
+
+describe("activation kernels vs reference", () => {
+  test("swiglu forward and backward", async () => {
+    const gpu = await getGpu();
+    const n = ROWS * COLS;
+    const g = inputs(n, 1), u = randomArray(n, 2, 3), dh = randomArray(n, 3);
+    const G = upload(gpu, g), U = upload(gpu, u), H = empty(gpu, [n]), DH = upload(gpu, dh), DG = empty(gpu, [n]), DU = empty(gpu, [n]);
+    submit(gpu, await planSwigluForward(gpu, { gate: G, up: U, h: H, rows: ROWS, cols: COLS }));
+    submit(gpu, await planSwigluBackward(gpu, { dh: DH, gate: G, up: U, dgate: DG, dup: DU, rows: ROWS, cols: COLS }));
+    const want = swigluBackward(dh, g, u);
+    const h = await read(H), dg = await read(DG), du = await read(DU);
+    for (const v of [h, dg, du]) expect(v.every(Number.isFinite)).toBe(true);
+    expectClose(h, swigluForward(g, u), TOL, "swiglu h");
+    expectClose(dg, want.dgate, TOL, "swiglu dgate");
+    expectClose(du, want.dup, TOL, "swiglu dup");
+    for (const t of [G, U, H, DH, DG, DU]) t.release();
+  });
+
+  test("gelu forward and backward", async () => {
+    const gpu = await getGpu();
+    const n = ROWS * COLS + 3;
+    const x = inputs(n, 4), dy = randomArray(n, 5);
+    const X = upload(gpu, x), Y = empty(gpu, [n]), DY = upload(gpu, dy), DX = empty(gpu, [n]);
+    submit(gpu, await planGeluForward(gpu, { x: X, y: Y, rows: 1, cols: n }));
+    submit(gpu, await planGeluBackward(gpu, { dy: DY, x: X, dx: DX, rows: 1, cols: n }));
+    const y = await read(Y), dx = await read(DX);
+    expect(y.every(Number.isFinite) && dx.every(Number.isFinite)).toBe(true);
+    expectClose(y, geluTanhForward(x), TOL, "gelu y");
+    expectClose(dx, geluTanhBackward(dy, x), TOL, "gelu dx");
+    for (const t of [X, Y, DY, DX]) t.release();
+  });
+
+  test("swiglu reads gate and up as halves of one fused [N, 2*inner] projection", async () => {
+    const gpu = await getGpu();
+    const N = 13, I = 9;
+    const gu = randomArray(N * 2 * I, 6, 4), dh = randomArray(N * I, 7);
+    const g = new Float32Array(N * I), u = new Float32Array(N * I);
+    for (let r = 0; r < N; r++) {
+      g.set(gu.subarray(r * 2 * I, r * 2 * I + I), r * I);
+      u.set(gu.subarray(r * 2 * I + I, r * 2 * I + 2 * I), r * I);
+    }
+    const GU = upload(gpu, gu), H = empty(gpu, [N, I]), DH = upload(gpu, dh);
+    const DG = empty(gpu, [N, 2 * I]), DU = empty(gpu, [N, 2 * I]);
+    const gate = { tensor: GU, ld: 2 * I }, up = { tensor: GU, offset: I, ld: 2 * I };
+    submit(gpu, await planSwigluForward(gpu, { gate, up, h: H, rows: N, cols: I }));
+    submit(gpu, await planSwigluBackward(gpu, {
+      dh: DH, gate, up, dgate: { tensor: DG, ld: 2 * I }, dup: { tensor: DU, offset: I, ld: 2 * I }, rows: N, cols: I,
+    }));
+    expectClose(await read(H), swigluForward(g, u), TOL, "fused swiglu h");
+    const want = swigluBackward(dh, g, u);
+    const dg = await read(DG), du = await read(DU);
+    const pick = (a: Float32Array, off: number) => {
+      const out = new Float32Array(N * I);
+      for (let r = 0; r < N; r++) out.set(a.subarray(r * 2 * I + off, r * 2 * I + off + I), r * I);
+      return out;
+    };
+    expectClose(pick(dg, 0), want.dgate, TOL, "fused swiglu dgate");
+    expectClose(pick(du, I), want.dup, TOL, "fused swiglu dup");
+    for (const t of [GU, H, DH, DG, DU]) t.release();
+  });
+
+  test("an output sharing a buffer with another operand is refused", async () => {
+    const gpu = await getGpu();
+    const A = empty(gpu, [8]), B = empty(gpu, [8]);
+    await expect(planSwigluBackward(gpu, { dh: A, gate: A, up: A, dgate: B, dup: B, rows: 1, cols: 8 })).rejects.toThrow(/shares a buffer/);
+    for (const t of [A, B]) t.release();
+  });
+
+  test("swiglu backward matches finite differences of the GPU forward (gate and up)", async () => {
+    const gpu = await getGpu();
+    const rows = 3, cols = 5, n = rows * cols;
+    const g = randomArray(n, 11, 3), u = randomArray(n, 12, 2), w = randomArray(n, 13);
+    const G = upload(gpu, g), U = upload(gpu, u), H = empty(gpu, [n]), W = upload(gpu, w), DG = empty(gpu, [n]), DU = empty(gpu, [n]);
+    const fwd = await planSwigluForward(gpu, { gate: G, up: U, h: H, rows, cols });
+    const bwd = await planSwigluBackward(gpu, { dh: W, gate: G, up: U, dgate: DG, dup: DU, rows, cols });
+    submit(gpu, bwd);
+    const dg = await read(DG), du = await read(DU);
+    const loss = async () => probe(await runAndRead(gpu, fwd, H), w);
+    await gpuFdCheck("swiglu dgate", g, G, dg, loss);
+    await gpuFdCheck("swiglu dup", u, U, du, loss);
+    submit(gpu, bwd);
+    expectBitIdentical(dg, await read(DG), "swiglu dgate");
+    expectBitIdentical(du, await read(DU), "swiglu dup");
+    for (const t of [G, U, H, W, DG, DU]) t.release();
+  });
+
+  test("gelu backward matches finite differences of the GPU forward", async () => {
+    const gpu = await getGpu();
+    const n = 15;
+    const x = randomArray(n, 21, 3), w = randomArray(n, 22);
+    const X = upload(gpu, x), Y = empty(gpu, [n]), W = upload(gpu, w), DX = empty(gpu, [n]);
+    const fwd = await planGeluForward(gpu, { x: X, y: Y, rows: 3, cols: 5 });
+    const bwd = await planGeluBackward(gpu, { dy: W, x: X, dx: DX, rows: 3, cols: 5 });
+    const dx = await runAndRead(gpu, bwd, DX);
+    await gpuFdCheck("gelu dx", x, X, dx, async () => probe(await runAndRead(gpu, fwd, Y), w));
+    expectBitIdentical(dx, await runAndRead(gpu, bwd, DX), "gelu dx");
+    for (const t of [X, Y, W, DX]) t.release();
+  });
+});
