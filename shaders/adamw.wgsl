@@ -1,0 +1,51 @@
+// AdamW with gradient clipping, PyTorch semantics (torch.optim.AdamW + clip_grad_norm_).
+// The per-step scalars live in one small storage buffer `st` so a training step creates no buffer: the host
+// writes st[0..11) with queue.writeBuffer before each step, the GPU writes the clip scale into st[11] from the
+// global gradient norm (whose sum of squares an earlier reduction left in norm[0]).
+//   st: 0 beta1, 1 1-beta1, 2 beta2, 3 1-beta2, 4 eps, 5 shrink = 1 - lr*wd, 6 stepSize = lr/(1-beta1^t),
+//       7 sqrt(1-beta2^t), 8 max_norm (<= 0: no clipping), 9 lr, 10 t, 11 clip scale (GPU-written)
+// The host computes 1-beta, the bias corrections and the decay factor in double precision, as PyTorch does
+// in Python floats: 1 - f32(0.999) would be off by 1e-5 relative.
+
+override WG: u32 = 256u;
+
+const CLIP: u32 = 11u;
+
+@group(0) @binding(0) var<storage, read_write> norm: array<f32>;
+@group(0) @binding(1) var<storage, read_write> stw: array<f32>;
+
+// One thread: norm[0] holds the global sum of squares on entry and the global norm on exit.
+@compute @workgroup_size(1)
+fn clip_scale() {
+  let n = sqrt(max(norm[0], 0.0));
+  norm[0] = n;
+  let maxNorm = stw[8];
+  var clip = 1.0;
+  if (maxNorm > 0.0) { clip = min(1.0, maxNorm / (n + 1e-6)); }
+  stw[CLIP] = clip;
+}
+
+struct Segment { n: u32, offset: u32, decay: u32, _p0: u32 }
+
+@group(0) @binding(0) var<storage, read_write> param: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> m1: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m2: array<f32>;
+@group(0) @binding(4) var<storage, read> st: array<f32>;
+@group(0) @binding(5) var<uniform> seg: Segment;
+
+// Elements offset..offset+n of one segment (the same offset in param, grad and both moments).
+@compute @workgroup_size(WG)
+fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= seg.n) { return; }
+  let j = seg.offset + i;
+  let g = grad[j] * st[CLIP];
+  var p = param[j];
+  if (seg.decay != 0u) { p *= st[5]; }
+  let m = st[0] * m1[j] + st[1] * g;
+  let v = st[2] * m2[j] + st[3] * (g * g);
+  m1[j] = m;
+  m2[j] = v;
+  param[j] = p - st[6] * m / (sqrt(v) / st[7] + st[4]);
+}

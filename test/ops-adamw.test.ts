@@ -1,0 +1,147 @@
+import { describe, expect, test } from "bun:test";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { read, submit, upload, type Tensor } from "../src/gpu/tensor.ts";
+import {
+  ADAMW_STATE_LENGTH, createAdamWState, planAdamWStep, planAdamWUpdate, writeAdamWStep, type AdamWSegment,
+} from "../src/ops/adamw.ts";
+import type { ParamSpec } from "../src/model/params.ts";
+import { adamwInit, adamwStep, globalGradNorm, type AdamWHyper } from "../src/reference/adamw.ts";
+import type { Vec } from "../src/reference/tensor.ts";
+import { expectClose, randomArray } from "./harness.ts";
+
+// Sizes that are not multiples of any workgroup; matrices decay, vectors don't (ParamSpec.decay).
+const SPECS: ParamSpec[] = [
+  { name: "w1", shape: [7, 13], init: { kind: "zeros" }, decay: true },
+  { name: "b1", shape: [13], init: { kind: "zeros" }, decay: false },
+  { name: "w2", shape: [5, 3], init: { kind: "zeros" }, decay: true },
+  { name: "norm", shape: [37], init: { kind: "zeros" }, decay: false },
+];
+const size = (s: ParamSpec) => s.shape.reduce((a, b) => a * b, 1);
+const HYPER = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+// Gradient scales per step: with max norm 1 the global norm (~7 x scale) is clipped at steps 1 and 3 only.
+const LRS = [1e-2, 5e-3, 2e-2, 1e-2];
+const GRAD_SCALES = [3, 0.05, 2, 0.02];
+
+type Layout = "separate" | "flat" | "flat sorted by decay";
+
+/** GPU buffers for the parameters, in one of three layouts, and the matching optimizer segments. */
+function gpuParams(gpu: Gpu, specs: ParamSpec[], init: Map<string, Float32Array>, layout: Layout) {
+  const owned: Tensor[] = [];
+  const mk = (data: Float32Array) => {
+    const t = upload(gpu, data);
+    owned.push(t);
+    return t;
+  };
+  const where = new Map<string, { t: { param: Tensor; grad: Tensor; m: Tensor; v: Tensor }; offset: number }>();
+  const segments: AdamWSegment[] = [];
+  if (layout === "separate") {
+    for (const s of specs) {
+      const t = { param: mk(init.get(s.name)!), grad: mk(new Float32Array(size(s))), m: mk(new Float32Array(size(s))), v: mk(new Float32Array(size(s))) };
+      where.set(s.name, { t, offset: 0 });
+      segments.push({ ...t, decay: s.decay });
+    }
+  } else {
+    const order = layout === "flat" ? specs : [...specs].sort((a, b) => Number(b.decay) - Number(a.decay));
+    const total = 3 + specs.reduce((a, s) => a + size(s), 0);
+    const flat = new Float32Array(total).fill(0.5); // 3 leading elements no segment covers
+    let off = 3;
+    const offsets = new Map<string, number>();
+    for (const s of order) {
+      flat.set(init.get(s.name)!, off);
+      offsets.set(s.name, off);
+      off += size(s);
+    }
+    const t = { param: mk(flat), grad: mk(new Float32Array(total)), m: mk(new Float32Array(total)), v: mk(new Float32Array(total)) };
+    for (const s of order) {
+      where.set(s.name, { t, offset: offsets.get(s.name)! });
+      segments.push({ ...t, offset: offsets.get(s.name)!, n: size(s), decay: s.decay });
+    }
+  }
+  const get = async (name: string, which: "param" | "grad" | "m" | "v") => {
+    const w = where.get(name)!;
+    const n = size(SPECS.find((s) => s.name === name)!);
+    return (await read(w.t[which])).slice(w.offset, w.offset + n);
+  };
+  const setGrad = (name: string, g: Float32Array) => {
+    const w = where.get(name)!;
+    gpu.device.queue.writeBuffer(w.t.grad.buffer, w.offset * 4, g.buffer, g.byteOffset, g.byteLength);
+  };
+  return { segments, get, setGrad, release: () => owned.forEach((t) => t.release()) };
+}
+
+async function runSteps(layout: Layout, maxGradNorm: number, expectClipped: boolean[]) {
+  const gpu = await getGpu();
+  const init = new Map(SPECS.map((s, i) => [s.name, randomArray(size(s), 40 + i)]));
+  const ref = new Map<string, Vec>([...init].map(([n, p]) => [n, Float32Array.from(p)]));
+  const refState = adamwInit(ref);
+  const g = gpuParams(gpu, SPECS, init, layout);
+  const state = createAdamWState(gpu);
+  const norm = upload(gpu, new Float32Array(1));
+  const step = await planAdamWStep(gpu, { segments: g.segments, norm, state });
+  for (let t = 1; t <= LRS.length; t++) {
+    const grads = new Map(SPECS.map((s, i) => [s.name, randomArray(size(s), 100 * t + i, GRAD_SCALES[t - 1])]));
+    for (const [n, gr] of grads) g.setGrad(n, gr);
+    const hp: AdamWHyper = { ...HYPER, lr: LRS[t - 1]! };
+    writeAdamWStep(gpu, state, t, { ...hp, maxGradNorm });
+    submit(gpu, step);
+
+    // reference: clip_grad_norm_ then AdamW
+    const total = globalGradNorm(grads);
+    const clip = maxGradNorm > 0 ? Math.min(1, maxGradNorm / (total + 1e-6)) : 1;
+    expect(clip < 1).toBe(expectClipped[t - 1]!);
+    const clipped = new Map<string, Vec>([...grads].map(([n, gr]) => [n, gr.map((v) => v * clip)]));
+    adamwStep(SPECS, ref, clipped, refState, hp);
+
+    expect((await read(norm))[0]!).toBeCloseTo(total, 5);
+    const st = await read(state);
+    expect(Math.abs(st[ADAMW_STATE_LENGTH - 1]! - clip)).toBeLessThan(1e-6);
+    for (const s of SPECS) {
+      const what = `${layout} step ${t} ${s.name}`;
+      expectClose(await g.get(s.name, "param"), ref.get(s.name)!, { atol: 2e-6, rtol: 1e-5 }, `${what} param`);
+      expectClose(await g.get(s.name, "m"), refState.m.get(s.name)!, { atol: 1e-8, rtol: 1e-5 }, `${what} m`);
+      expectClose(await g.get(s.name, "v"), refState.v.get(s.name)!, { atol: 1e-10, rtol: 1e-5 }, `${what} v`);
+    }
+  }
+  g.release();
+  state.release();
+  norm.release();
+}
+
+describe("AdamW + global-norm clipping vs reference", () => {
+  const clipped = [true, false, true, false];
+  for (const layout of ["separate", "flat", "flat sorted by decay"] as const) {
+    test(`${layout} buffers, 4 steps, clipping on and off, decay and no-decay params`, () => runSteps(layout, 1, clipped));
+  }
+  test("max_norm 0 never clips, however large the gradients", () => runSteps("separate", 0, [false, false, false, false]));
+
+  test("no-decay parameters are not shrunk, decay parameters are (zero gradients)", async () => {
+    const gpu = await getGpu();
+    const init = new Map(SPECS.map((s, i) => [s.name, randomArray(size(s), 70 + i)]));
+    const g = gpuParams(gpu, SPECS, init, "flat");
+    const state = createAdamWState(gpu);
+    const norm = upload(gpu, new Float32Array(1));
+    writeAdamWStep(gpu, state, 1, { ...HYPER, lr: 0.1, weightDecay: 0.5, maxGradNorm: 1 });
+    submit(gpu, await planAdamWStep(gpu, { segments: g.segments, norm, state }));
+    for (const s of SPECS) {
+      const want = init.get(s.name)!.map((v) => (s.decay ? v * (1 - 0.1 * 0.5) : v));
+      expectClose(await g.get(s.name, "param"), want, { atol: 1e-7, rtol: 1e-6 }, `${s.name} after a zero-gradient step`);
+    }
+    expect((await read(norm))[0]).toBe(0);
+    g.release();
+    state.release();
+    norm.release();
+  });
+
+  test("adjacent segments with the same decay flag share one launch", async () => {
+    const gpu = await getGpu();
+    const init = new Map(SPECS.map((s, i) => [s.name, randomArray(size(s), 90 + i)]));
+    const sorted = gpuParams(gpu, SPECS, init, "flat sorted by decay");
+    const state = createAdamWState(gpu);
+    expect((await planAdamWUpdate(gpu, { segments: sorted.segments, state })).length).toBe(2);
+    const interleaved = gpuParams(gpu, SPECS, init, "flat");
+    expect((await planAdamWUpdate(gpu, { segments: interleaved.segments, state })).length).toBe(4);
+    sorted.release();
+    interleaved.release();
+    state.release();
+  });
+});
