@@ -12,6 +12,7 @@ import rope from "../../shaders/rope.wgsl" with { type: "text" };
 import elementwise from "../../shaders/elementwise.wgsl" with { type: "text" };
 import attention from "../../shaders/attention.wgsl" with { type: "text" };
 import grouped_gemm from "../../shaders/grouped_gemm.wgsl" with { type: "text" };
+import adamw from "../../shaders/adamw.wgsl" with { type: "text" };
 import router from "../../shaders/router.wgsl" with { type: "text" };
 import dispatch from "../../shaders/dispatch.wgsl" with { type: "text" };
 import aux_loss from "../../shaders/aux_loss.wgsl" with { type: "text" };
@@ -21,6 +22,7 @@ export const SHADERS: Record<string, string> = {
   dispatch,
   aux_loss,
   grouped_gemm,
+  adamw,
   matmul,
   fill,
   embedding,
