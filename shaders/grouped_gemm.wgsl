@@ -306,9 +306,9 @@ fn actIndex(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 fn sigmoid(x: f32) -> f32 { return 1.0 / (1.0 + exp(-x)); }
 
-// tanh of the GELU argument, clamped: tanh(15) rounds to 1 in f32, and some tanh implementations overflow
-// to NaN for large arguments.
-fn geluTanh(x: f32) -> f32 { return tanh(clamp(GELU_C * (x + 0.044715 * x * x * x), -15.0, 15.0)); }
+// 0.5 (1 + tanh(z)) of gelu_tanh written as sigmoid(2z): no cancellation in the negative tail, and no tanh
+// (some implementations overflow to NaN for large arguments).
+fn geluGate(x: f32) -> f32 { return sigmoid(2.0 * GELU_C * (x + 0.044715 * x * x * x)); }
 
 @compute @workgroup_size(EW)
 fn swiglu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -334,7 +334,7 @@ fn gelu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
   let i = actIndex(gid, nwg);
   if (i == 0xffffffffu) { return; }
   let x = act0[i];
-  actOut[i] = 0.5 * x * (1.0 + geluTanh(x));
+  actOut[i] = x * geluGate(x);
 }
 
 @compute @workgroup_size(EW)
@@ -342,7 +342,8 @@ fn gelu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
   let i = actIndex(gid, nwg);
   if (i == 0xffffffffu) { return; }
   let x = act0[i];
-  let t = geluTanh(x);
+  let s = geluGate(x);
   let dInner = GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
-  actOut[i] = actOut[i] * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dInner);
+  // with s = 0.5 (1 + tanh z): d/dx = s + x * 0.5 (1 - tanh^2 z) z' = s + 2 x s (1 - s) z'
+  actOut[i] = actOut[i] * (s + 2.0 * x * s * (1.0 - s) * dInner);
 }
