@@ -14,14 +14,23 @@ const CLIP: u32 = 11u;
 @group(0) @binding(0) var<storage, read_write> norm: array<f32>;
 @group(0) @binding(1) var<storage, read_write> stw: array<f32>;
 
-// One thread: norm[0] holds the global sum of squares on entry and the global norm on exit.
+// Inf or NaN by the bit pattern: WGSL lets compilers assume finite floats, so `x != x` may be folded away.
+fn is_nonfinite(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
+}
+
+// One thread: norm[0] holds the global sum of squares on entry and the global norm on exit. A non-finite
+// norm (an overflowed or NaN gradient) sets the clip scale to -1, which makes the update skip the whole
+// step, moments included, so the parameters stay those of the last good step; the host sees the norm.
 @compute @workgroup_size(1)
 fn clip_scale() {
-  let n = sqrt(max(norm[0], 0.0));
+  let ss = norm[0];
+  let n = select(sqrt(max(ss, 0.0)), ss, is_nonfinite(ss));
   norm[0] = n;
   let maxNorm = stw[8];
   var clip = 1.0;
   if (maxNorm > 0.0) { clip = min(1.0, maxNorm / (n + 1e-6)); }
+  if (is_nonfinite(n)) { clip = -1.0; }
   stw[CLIP] = clip;
 }
 
@@ -38,7 +47,7 @@ struct Segment { n: u32, offset: u32, decay: u32, _p0: u32 }
 @compute @workgroup_size(WG)
 fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = gid.x + gid.y * nwg.x * WG;
-  if (i >= seg.n) { return; }
+  if (i >= seg.n || st[CLIP] < 0.0) { return; }
   let j = seg.offset + i;
   let g = grad[j] * st[CLIP];
   var p = param[j];

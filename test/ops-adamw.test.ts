@@ -145,3 +145,33 @@ describe("AdamW + global-norm clipping vs reference", () => {
     state.release();
   });
 });
+
+describe("adamw: non-finite gradients", () => {
+  for (const bad of [NaN, Infinity]) {
+    test(`a ${bad} gradient skips the whole step (params and moments unchanged), reports the norm`, async () => {
+      const gpu = await getGpu();
+      const init = new Map(SPECS.map((s, i) => [s.name, randomArray(size(s), 70 + i)]));
+      const g = gpuParams(gpu, SPECS, init, "separate");
+      const state = createAdamWState(gpu);
+      const norm = upload(gpu, new Float32Array(1));
+      const step = await planAdamWStep(gpu, { segments: g.segments, norm, state });
+      const grads = SPECS.map((s, i) => randomArray(size(s), 90 + i));
+      // A good step first so the moments are non-zero, then one gradient entry goes bad.
+      SPECS.forEach((s, i) => g.setGrad(s.name, grads[i]!));
+      writeAdamWStep(gpu, state, 1, { ...HYPER, lr: 1e-2, maxGradNorm: 1 });
+      submit(gpu, step);
+      const before = await Promise.all(SPECS.flatMap((s) => [g.get(s.name, "param"), g.get(s.name, "m"), g.get(s.name, "v")]));
+      const poisoned = Float32Array.from(grads[1]!);
+      poisoned[3] = bad;
+      g.setGrad(SPECS[1]!.name, poisoned);
+      writeAdamWStep(gpu, state, 2, { ...HYPER, lr: 1e-2, maxGradNorm: 1 });
+      submit(gpu, step);
+      const after = await Promise.all(SPECS.flatMap((s) => [g.get(s.name, "param"), g.get(s.name, "m"), g.get(s.name, "v")]));
+      after.forEach((a, i) => expect(Array.from(a)).toEqual(Array.from(before[i]!)));
+      expect(Number.isFinite((await read(norm))[0]!)).toBe(false);
+      g.release();
+      state.release();
+      norm.release();
+    });
+  }
+});
