@@ -11,6 +11,9 @@
 // Template parameters: D4 = ceil(dHead/4) (vec4s per row; the padding lanes hold zeros), WG = threads
 // (rows) per workgroup, BT = rows per staged tile (bounded by the workgroup-memory limit for large dHead).
 // Grid: x = row tile (ceil(T/WG)), y = b*H + h.
+// The loops over staged rows run to a bound that is the same for the whole workgroup and mask the causal
+// condition inside: the staged-row index then stays uniform, so every thread reads the same workgroup
+// address (a broadcast; lavapipe emits one scalar load instead of a per-lane gather).
 
 struct Params {
   T: u32, H: u32, dHead: u32, rowStride: u32,
@@ -70,6 +73,21 @@ fn loadOfwd(row: u32, c4: u32) -> vec4<f32> {
   return r;
 }
 
+// Stores drop the padding lanes. Loops over a constant D4 (not over the runtime dHead) keep the register
+// arrays statically indexed, so compilers can hold them in registers instead of addressable memory.
+fn storeO(row: u32, c4: u32, x: vec4<f32>) {
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { O[row + c] = x[e]; } }
+}
+fn storeDQ(row: u32, c4: u32, x: vec4<f32>) {
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { dQ[row + c] = x[e]; } }
+}
+fn storeDK(row: u32, c4: u32, x: vec4<f32>) {
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { dK[row + c] = x[e]; } }
+}
+fn storeDV(row: u32, c4: u32, x: vec4<f32>) {
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { dV[row + c] = x[e]; } }
+}
+
 // Element index of token 0 of head h in sequence b (bh = b*H + h).
 fn headBase(bh: u32) -> u32 {
   return (bh / p.H) * p.seqStride + (bh % p.H) * p.dHead;
@@ -111,12 +129,11 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     workgroupBarrier();
     stageKV(base, j0, lid);
     workgroupBarrier();
-    if (inRange && i >= j0) {
-      let n = min(BT, i + 1u - j0);
-      for (var jj = 0u; jj < n; jj++) {
-        var s = 0.0;
-        for (var c4 = 0u; c4 < D4; c4++) { s += dot(q[c4], tileA[jj * D4 + c4]); }
-        s *= p.scale;
+    for (var jj = 0u; jj < min(BT, kEnd - j0); jj++) {
+      var s = 0.0;
+      for (var c4 = 0u; c4 < D4; c4++) { s += dot(q[c4], tileA[jj * D4 + c4]); }
+      s *= p.scale;
+      if (inRange && j0 + jj <= i) {
         // Rescale only when the running max moves (rare after the first few keys), instead of every key.
         if (s > m) {
           let a = exp(m - s);
@@ -132,7 +149,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   }
   if (inRange) {
     let inv = 1.0 / l;
-    for (var c = 0u; c < p.dHead; c++) { O[iRow + c] = acc[c / 4u][c % 4u] * inv; }
+    for (var c4 = 0u; c4 < D4; c4++) { storeO(iRow, c4, acc[c4] * inv); }
     LSE[bh * p.T + i] = m + log(l);
   }
 }
@@ -164,22 +181,21 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     workgroupBarrier();
     stageKV(base, j0, lid);
     workgroupBarrier();
-    if (inRange && i >= j0) {
-      let n = min(BT, i + 1u - j0);
-      for (var jj = 0u; jj < n; jj++) {
-        var s = 0.0;
-        var dp = 0.0;
-        for (var c4 = 0u; c4 < D4; c4++) {
-          s += dot(q[c4], tileA[jj * D4 + c4]);
-          dp += dot(g[c4], tileB[jj * D4 + c4]);
-        }
+    for (var jj = 0u; jj < min(BT, kEnd - j0); jj++) {
+      var s = 0.0;
+      var dp = 0.0;
+      for (var c4 = 0u; c4 < D4; c4++) {
+        s += dot(q[c4], tileA[jj * D4 + c4]);
+        dp += dot(g[c4], tileB[jj * D4 + c4]);
+      }
+      if (inRange && j0 + jj <= i) {
         let ds = exp(s * p.scale - lse) * (dp - delta);
         for (var c4 = 0u; c4 < D4; c4++) { acc[c4] = fma(vec4<f32>(ds), tileA[jj * D4 + c4], acc[c4]); }
       }
     }
   }
   if (inRange) {
-    for (var c = 0u; c < p.dHead; c++) { dQ[iRow + c] = acc[c / 4u][c % 4u] * p.scale; }
+    for (var c4 = 0u; c4 < D4; c4++) { storeDQ(iRow, c4, acc[c4] * p.scale); }
   }
 }
 
@@ -224,16 +240,14 @@ fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
       tileDelta[r] = Delta[bh * p.T + i];
     }
     workgroupBarrier();
-    if (inRange) {
-      let first = select(0u, j - i0, j > i0);
-      let n = min(BT, p.T - i0);
-      for (var ii = first; ii < n; ii++) {
-        var s = 0.0;
-        var dp = 0.0;
-        for (var c4 = 0u; c4 < D4; c4++) {
-          s += dot(tileA[ii * D4 + c4], kr[c4]);
-          dp += dot(tileB[ii * D4 + c4], vr[c4]);
-        }
+    for (var ii = 0u; ii < min(BT, p.T - i0); ii++) {
+      var s = 0.0;
+      var dp = 0.0;
+      for (var c4 = 0u; c4 < D4; c4++) {
+        s += dot(tileA[ii * D4 + c4], kr[c4]);
+        dp += dot(tileB[ii * D4 + c4], vr[c4]);
+      }
+      if (inRange && i0 + ii >= j) {
         let pr = exp(s * p.scale - tileLse[ii]);
         let ds = pr * (dp - tileDelta[ii]);
         for (var c4 = 0u; c4 < D4; c4++) {
@@ -244,9 +258,9 @@ fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
   }
   if (inRange) {
-    for (var c = 0u; c < p.dHead; c++) {
-      dK[jRow + c] = dk[c / 4u][c % 4u] * p.scale;
-      dV[jRow + c] = dv[c / 4u][c % 4u];
+    for (var c4 = 0u; c4 < D4; c4++) {
+      storeDK(jRow, c4, dk[c4] * p.scale);
+      storeDV(jRow, c4, dv[c4]);
     }
   }
 }
