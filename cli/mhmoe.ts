@@ -6,6 +6,9 @@ import { UserError } from "../src/util/errors.ts";
 import { registerInspect } from "./inspect.ts";
 import { registerBench } from "./bench.ts";
 import { registerPending } from "./pending.ts";
+import { registerTrain } from "./train.ts";
+import { registerTokenize } from "./tokenize.ts";
+import { registerEval } from "./eval.ts";
 
 export function buildProgram(): Command {
   const program = new Command("mhmoe")
@@ -17,9 +20,9 @@ export function buildProgram(): Command {
       const sel = cmd.opts().adapter as string | undefined;
       if (sel) process.env.MHMOE_ADAPTER = sel;
     });
-  registerPending(program, "train", "train a model (preset, config or checkpoint) on token shards or text");
-  registerPending(program, "eval", "perplexity and routing metrics of a checkpoint on held-out text");
-  registerPending(program, "tokenize", "turn .txt/.jsonl corpora into Arrow token shards");
+  registerTrain(program);
+  registerEval(program);
+  registerTokenize(program);
   registerPending(program, "generate", "sample text from a checkpoint");
   registerInspect(program);
   registerPending(program, "plan", "show a config's parameters, FLOPs and memory before training");

@@ -1,0 +1,171 @@
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import type { Command } from "commander";
+import { SingleBar } from "cli-progress";
+import { UserError } from "../src/util/errors.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { parseSetArgs, presetConfig, resolveConfig, PRESET_NAMES, type ModelConfig } from "../src/model/config.ts";
+import { TRAIN_DEFAULTS, validateTrainOptions, type TrainOptions } from "../src/train/options.ts";
+import { train, parameterCount } from "../src/train/loop.ts";
+import { readTrainerState, resolveResumeDir } from "../src/train/checkpoint.ts";
+import { loadModelCheckpoint } from "../src/model/load.ts";
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function timestamp(): string {
+  const d = new Date();
+  const p = (n: number) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}${p(d.getMonth() + 1)}${p(d.getDate())}-${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}`;
+}
+
+function readConfigFile(file: string): Record<string, unknown> {
+  if (!existsSync(file)) throw new UserError(`--config: ${file} does not exist`);
+  try {
+    return JSON.parse(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new UserError(`--config: ${file} is not valid JSON (${e instanceof Error ? e.message : e})`);
+  }
+}
+
+/** Preset, then config file, then --set, in that order; the default is the small mhmoe preset. */
+function modelConfig(o: { preset?: string; config?: string; set: string[] }, base?: ModelConfig): ModelConfig {
+  let fields: Record<string, unknown> = base ? { ...base } : {};
+  if (o.preset || (!o.config && !base)) fields = { ...presetConfig(o.preset ?? "mhmoe") };
+  if (o.config) fields = { ...fields, ...readConfigFile(o.config) };
+  return resolveConfig({ ...fields, ...parseSetArgs(o.set) }, o.config ?? "--set");
+}
+
+const num = (flag: string) => (v: string) => {
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isFinite(n)) throw new UserError(`${flag} expects a number, got "${v}"`);
+  return n;
+};
+
+export function registerTrain(program: Command): void {
+  program
+    .command("train")
+    .description("train a model on token shards, text files or the embedded default corpus")
+    .option("--preset <name>", `model preset: ${PRESET_NAMES.join(", ")} (default mhmoe)`)
+    .option("--config <file>", "model config.json (MODEL_SPEC.md field names)")
+    .option("--set <key=value>", "override one model field (repeatable)", collect, [] as string[])
+    .option("--data <path>", "shard set directory, or .txt/.jsonl files/folders (default: embedded corpus)")
+    .option("--eval-data <path>", "held-out data (default: the data's val split)")
+    .option("--tokenizer <name>", "byte or gpt2", TRAIN_DEFAULTS.tokenizer)
+    .option("--out <dir>", "run directory (default ./runs/<timestamp>)")
+    .option("--steps <n>", "optimizer steps", num("--steps"), TRAIN_DEFAULTS.steps)
+    .option("--batch-size <n>", "sequences per micro-batch", num("--batch-size"), TRAIN_DEFAULTS.batchSize)
+    .option("--seq-len <n>", "tokens per sequence", num("--seq-len"), TRAIN_DEFAULTS.seqLen)
+    .option("--grad-accum <n>", "micro-batches per optimizer step", num("--grad-accum"), TRAIN_DEFAULTS.gradAccum)
+    .option("--lr <x>", "peak learning rate", num("--lr"), TRAIN_DEFAULTS.lr)
+    .option("--min-lr <x>", "final learning rate of the decay", num("--min-lr"), TRAIN_DEFAULTS.minLr)
+    .option("--warmup <n>", "linear warmup steps", num("--warmup"), TRAIN_DEFAULTS.warmup)
+    .option("--schedule <kind>", "cosine, linear or constant", TRAIN_DEFAULTS.schedule)
+    .option("--weight-decay <x>", "AdamW decoupled weight decay (matrices only)", num("--weight-decay"), TRAIN_DEFAULTS.weightDecay)
+    .option("--beta1 <x>", "AdamW beta1", num("--beta1"), TRAIN_DEFAULTS.beta1)
+    .option("--beta2 <x>", "AdamW beta2", num("--beta2"), TRAIN_DEFAULTS.beta2)
+    .option("--eps <x>", "AdamW eps", num("--eps"), TRAIN_DEFAULTS.eps)
+    .option("--clip <x>", "max global gradient norm (0: no clipping)", num("--clip"), TRAIN_DEFAULTS.clip)
+    .option("--seed <n>", "initialisation and data-order seed", num("--seed"), TRAIN_DEFAULTS.seed)
+    .option("--log-every <n>", "steps between log lines (and loss readbacks)", num("--log-every"), TRAIN_DEFAULTS.logEvery)
+    .option("--eval-every <n>", "steps between evaluations (0: never)", num("--eval-every"), TRAIN_DEFAULTS.evalEvery)
+    .option("--eval-batches <n>", "batches per evaluation", num("--eval-batches"), TRAIN_DEFAULTS.evalBatches)
+    .option("--checkpoint-every <n>", "steps between checkpoints (0: only at the end)", num("--checkpoint-every"), TRAIN_DEFAULTS.checkpointEvery)
+    .option("--keep <n>", "checkpoints to keep (0: all)", num("--keep"), TRAIN_DEFAULTS.keep)
+    .option("--resume [dir]", "continue from the latest checkpoint of a run directory (default --out) or a checkpoint")
+    .option("--skip-nonfinite", "skip (and count) steps with a non-finite loss or gradient instead of stopping")
+    .option("--json", "print JSON lines on stdout")
+    .action(async (raw: Record<string, unknown>, cmd: Command) => {
+      const given = (name: string) => cmd.getOptionValueSource(name) === "cli";
+      let resumeDir: string | undefined;
+      let base: ModelConfig | undefined;
+      let savedRun: Record<string, unknown> = {};
+      if (raw.resume !== undefined) {
+        const from = typeof raw.resume === "string" ? raw.resume : (raw.out as string | undefined);
+        if (!from) throw new UserError("--resume needs a run or checkpoint directory (or --out)");
+        resumeDir = resolveResumeDir(from);
+        base = loadModelCheckpoint(resumeDir).config;
+        savedRun = readTrainerState(resumeDir).run;
+        if (!raw.out) raw.out = dirname(resumeDir);
+      }
+      // On resume the saved run's options hold unless a flag was given explicitly now.
+      const pick = <T>(name: string, key: string): T => (given(name) || !(key in savedRun) ? raw[name] : savedRun[key]) as T;
+      const config = modelConfig({ preset: raw.preset as string | undefined, config: raw.config as string | undefined, set: raw.set as string[] }, base);
+      const opts: TrainOptions = {
+        config,
+        data: pick<string | undefined>("data", "data"),
+        evalData: pick<string | undefined>("evalData", "evalData"),
+        tokenizer: pick("tokenizer", "tokenizer"),
+        out: resolve((raw.out as string | undefined) ?? join("runs", timestamp())),
+        steps: pick("steps", "steps"), batchSize: pick("batchSize", "batchSize"), seqLen: pick("seqLen", "seqLen"),
+        gradAccum: pick("gradAccum", "gradAccum"), lr: pick("lr", "lr"), minLr: pick("minLr", "minLr"),
+        warmup: pick("warmup", "warmup"), schedule: pick("schedule", "schedule"), weightDecay: pick("weightDecay", "weightDecay"),
+        beta1: pick("beta1", "beta1"), beta2: pick("beta2", "beta2"), eps: pick("eps", "eps"), clip: pick("clip", "clip"),
+        seed: pick("seed", "seed"), logEvery: pick("logEvery", "logEvery"), evalEvery: pick("evalEvery", "evalEvery"),
+        evalBatches: pick("evalBatches", "evalBatches"), checkpointEvery: pick("checkpointEvery", "checkpointEvery"),
+        keep: pick("keep", "keep"), skipNonfinite: given("skipNonfinite") ? !!raw.skipNonfinite : !!(savedRun.skipNonfinite ?? raw.skipNonfinite),
+      };
+      validateTrainOptions(opts);
+      await runTrain(opts, !!raw.json, resumeDir);
+    });
+}
+
+async function runTrain(o: TrainOptions, json: boolean, resumeDir?: string): Promise<void> {
+  mkdirSync(o.out, { recursive: true });
+  const metricsFile = join(o.out, "metrics.jsonl");
+  const say = (obj: Record<string, unknown>, text: string) => {
+    if (json) console.log(JSON.stringify(obj));
+    else process.stderr.write(text + "\n");
+  };
+  const gpu = await getGpu();
+  const tty = !json && process.stderr.isTTY;
+  const bar = tty ? new SingleBar({ format: "step {value}/{total} |{bar}| loss {loss} | {tps} tok/s | ETA {eta_formatted}", hideCursor: true }) : null;
+  let stop = false;
+  const onSignal = (sig: string) => {
+    if (stop) process.exit(130);
+    stop = true;
+    process.stderr.write(`\n${sig}: finishing the current step and writing a checkpoint (again to quit at once)\n`);
+  };
+  const sigint = () => onSignal("SIGINT"), sigterm = () => onSignal("SIGTERM");
+  process.on("SIGINT", sigint);
+  process.on("SIGTERM", sigterm);
+  say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, config: o.config },
+    `mhmoe train: ${parameterCount(o).toLocaleString()} parameters, ${o.config.num_experts > 0 ? `${o.config.num_experts} experts, h=${o.config.mhmoe_heads}` : "dense"}, ` +
+      `${o.steps} steps of ${o.gradAccum * o.batchSize}x${o.seqLen} tokens on ${gpu.adapter.name}; run directory ${o.out}`);
+  let started = false;
+  try {
+    const result = await train(gpu, o, {
+      onInfo: (line) => say({ event: "info", message: line }, line),
+      onStep: (r) => {
+        appendFileSync(metricsFile, JSON.stringify(r) + "\n");
+        if (bar) {
+          if (!started) bar.start(o.steps, 0, { loss: "-", tps: "-" });
+          started = true;
+          bar.update(r.step, { loss: r.loss.toFixed(4), tps: Math.round(r.tokens_per_s) });
+        } else {
+          say({ event: "step", ...r }, `step ${r.step}/${o.steps}  loss ${r.loss.toFixed(4)}  lr ${r.lr.toExponential(2)}  grad norm ${r.grad_norm.toFixed(3)}  ${Math.round(r.tokens_per_s)} tok/s` +
+            (r.routing.length ? `  active ${(r.routing.reduce((a, l) => a + l.activation, 0) / r.routing.length).toFixed(2)}` : ""));
+        }
+      },
+      onEval: (r) => {
+        appendFileSync(metricsFile, JSON.stringify(r) + "\n");
+        if (!bar) say({ event: "eval", ...r }, `step ${r.step}  eval loss ${r.eval_loss.toFixed(4)}  ppl ${r.eval_ppl.toFixed(2)}`);
+      },
+      onCheckpoint: (dir, step) => {
+        if (!bar) say({ event: "checkpoint", step, dir }, `step ${step}: checkpoint ${dir}`);
+      },
+      shouldStop: () => stop,
+    }, resumeDir);
+    bar?.stop();
+    if (result.stoppedEarly) {
+      say({ event: "stopped", step: result.step, checkpoint: result.checkpoint, resume: `mhmoe train --resume ${o.out}` },
+        `stopped at step ${result.step}; checkpoint ${result.checkpoint}; resume with: mhmoe train --resume ${o.out}`);
+    } else {
+      say({ event: "done", step: result.step, checkpoint: result.checkpoint, final_loss: result.losses.at(-1) },
+        `done: ${result.step} steps, final loss ${result.losses.at(-1)?.toFixed(4)}; checkpoint ${result.checkpoint}`);
+    }
+  } finally {
+    bar?.stop();
+    process.off("SIGINT", sigint);
+    process.off("SIGTERM", sigterm);
+  }
+}
