@@ -135,10 +135,12 @@ describe("shard sets: bad input", () => {
   test("a file that is not Arrow at all", () => {
     const dir = tempDir();
     const path = writeText(join(dir, "hf", "data.arrow"), "just some text, not an Arrow stream at all\n");
-    expectError(load(join(dir, "hf"), "byte"), `${path}: not a complete Arrow IPC file`);
-    // Garbage that happens to end like a stream still fails inside the Arrow reader, by name.
-    writeFileSync(path, Buffer.concat([Buffer.from("garbage!"), Buffer.from([255, 255, 255, 255, 0, 0, 0, 0])]));
+    expectError(load(join(dir, "hf"), "byte"), `${path}: not a valid Arrow IPC file (no Arrow message at byte 0)`);
+    // Bytes that start like an Arrow message but whose metadata is garbage fail inside the decoder, by name.
+    writeFileSync(path, Buffer.concat([Buffer.from([255, 255, 255, 255, 8, 0, 0, 0]), Buffer.from("garbage!"), Buffer.from([255, 255, 255, 255, 0, 0, 0, 0])]));
     expectError(load(join(dir, "hf"), "byte"), `${path}: not a valid Arrow IPC file`);
+    writeFileSync(path, "");
+    expectError(load(join(dir, "hf"), "byte"), `${path}: not a complete Arrow IPC file`);
   });
 
   test("a shard without input_ids, or with a non-integer token column", () => {

@@ -40,6 +40,19 @@ describe("Hugging Face datasets .arrow files", () => {
     });
   }
 
+  test("the Arrow file format (ARROW1 magic, footer) is read too", async () => {
+    const { RecordBatchFileWriter, RecordBatchReader } = await import("apache-arrow");
+    const dir = tempDir();
+    const stream = writeHfArrow(join(dir, "s", "data.arrow"), DOCS, { rowsPerBatch: 2 });
+    const batches = [...RecordBatchReader.from(new Uint8Array(await Bun.file(stream).arrayBuffer()))];
+    const bytes = RecordBatchFileWriter.writeAll(batches).toUint8Array(true);
+    writeText(join(dir, "f", "data.arrow"), bytes);
+    expect(new TextDecoder().decode(bytes.subarray(0, 6))).toBe("ARROW1");
+    expect(await allDocuments(join(dir, "f"), "byte")).toEqual(DOCS);
+    writeText(join(dir, "t", "data.arrow"), bytes.subarray(0, bytes.length - 10));
+    await expect(allDocuments(join(dir, "t"), "byte")).rejects.toThrow(/data\.arrow: not a complete Arrow IPC file/);
+  });
+
   test("null rows (None in Python) are skipped like empty documents", async () => {
     const dir = tempDir();
     writeHfArrow(join(dir, "data.arrow"), [DOCS[0], null, DOCS[1], null, DOCS[2]], { rowsPerBatch: 3 });

@@ -65,6 +65,20 @@ describe("Loader", () => {
     expect(epochs[0]).not.toEqual(trainDocs);
   });
 
+  test("within a shard, record batches are visited in a shuffled order, and rows within them", async () => {
+    const many = Array.from({ length: 24 }, (_, i) => `doc-${String(i).padStart(2, "0")}`);
+    const out = join(tempDir(), "one-shard");
+    await writeShardSet(many, { out, valFraction: 0, recordBatchRows: 2 });
+    const one = await openShardSet(out);
+    expect(one.splits.train.length).toBe(1);
+    const [order] = await epochDocuments(new Loader(one, { batchSize: 1, seqLen: 16, seed: 2 }), 1, many.length);
+    expect([...order].sort()).toEqual(many);
+    const recordBatchOf = order.map((d) => Math.floor(Number(d.slice(4)) / 2));
+    const visited = recordBatchOf.filter((b, i) => i % 2 === 0);
+    expect(visited).not.toEqual([...visited].sort((a, b) => a - b)); // not file order
+    expect(recordBatchOf.every((b, i) => i % 2 === 0 || b === recordBatchOf[i - 1])).toBe(true); // rows stay with their batch
+  });
+
   test("resume from any saved position gives the same next batches, across shard and epoch boundaries", async () => {
     const opts = { batchSize: B, seqLen: T, seed: 3 };
     const run = await take(new Loader(set, opts), 120);

@@ -4,12 +4,13 @@
  * at stream token b*T; consecutive rows, and consecutive batches, share one token), so every token
  * is a target exactly once per epoch, as in llm.c.
  *
- * Order: each epoch visits the split's shards in a permutation drawn from (seed, epoch), and the
- * documents of each record batch in a permutation drawn from a running RNG. Only one record batch
- * is in memory. position() captures everything needed to continue exactly where it is.
+ * Order: each epoch visits the split's shards in a permutation drawn from (seed, epoch), each
+ * shard's record batches in a permutation drawn from (seed, epoch, shard), and the documents of
+ * each record batch in a permutation drawn from a running RNG. Only one record batch is in memory.
+ * position() captures everything needed to continue exactly where it is.
  */
 import { UserError } from "../util/errors.ts";
-import { readTokenBatches, type TokenBatch } from "./shard-reader.ts";
+import { ShardReader, type TokenBatch } from "./shard-reader.ts";
 import { verifyShard, type ShardInfo, type ShardSet, type Split } from "./shard-set.ts";
 import { isShuffleState, permutation, ShuffleRng, type ShuffleState } from "./shuffle.ts";
 
@@ -33,7 +34,7 @@ export interface LoaderPosition {
   epoch: number;
   /** index into this epoch's shard order */
   shard: number;
-  /** record batch within that shard */
+  /** index into that shard's (shuffled) record batch order */
   recordBatch: number;
   /** index into that record batch's (shuffled) document order */
   row: number;
@@ -65,7 +66,8 @@ export class Loader {
   private cursor: Cursor;
   private rng: ShuffleRng;
   private order: Uint32Array;
-  private reader: AsyncGenerator<TokenBatch> | null = null;
+  private reader: ShardReader | null = null;
+  private batchOrder: Uint32Array | null = null;
   private batch: TokenBatch | null = null;
   private rows: Uint32Array | null = null;
   private carry: number | null = null;
@@ -138,7 +140,11 @@ export class Loader {
     if (position.shard >= this.order.length) throw new UserError(`loader position: shard ${position.shard} is past the ${this.order.length} ${this.split} shards`);
     this.carry = position.carry;
     this.seen = position.tokensSeen;
+    this.shardsWithoutTokens = 0;
     await this.loadCurrentBatch();
+    if (this.cursor.shard !== position.shard || this.cursor.epoch !== position.epoch) {
+      throw new UserError(`loader position: record batch ${position.recordBatch} is past the end of its shard`);
+    }
     if (position.row > this.batch!.rows) throw new UserError(`loader position: row ${position.row} is past the end of its record batch`);
     const len = position.row < this.batch!.rows ? this.docLength(position.row) : 0;
     if (position.offset > len) throw new UserError(`loader position: offset ${position.offset} is past the end of its document`);
@@ -168,14 +174,15 @@ export class Loader {
   async close(): Promise<void> {
     const reader = this.reader;
     this.reader = null;
+    this.batchOrder = null;
     this.batch = null;
     this.rows = null;
-    await reader?.return(undefined);
+    await reader?.close();
   }
 
   private shardOrder(epoch: number): Uint32Array {
     const n = this.shards.length;
-    return this.shuffle ? permutation(n, new ShuffleRng(this.seed, epoch + 1)) : identity(n);
+    return this.shuffle ? permutation(n, new ShuffleRng(this.seed, streamId(epoch, 0))) : identity(n);
   }
 
   private docLength(row: number): number {
@@ -190,7 +197,7 @@ export class Loader {
       const c = this.cursor;
       const batch = this.batch!;
       if (c.row >= batch.rows) {
-        await this.advance();
+        this.advance();
         continue;
       }
       const doc = this.rows![c.row];
@@ -213,54 +220,45 @@ export class Loader {
     }
   }
 
-  /** Moves to the next record batch, shard, or epoch, drawing the next row permutation. */
-  private async advance(): Promise<void> {
+  /** Moves on to the next record batch; loadCurrentBatch() finds it, in this shard or the next. */
+  private advance(): void {
     const c = this.cursor;
     c.recordBatch++;
     c.row = 0;
     c.offset = 0;
     c.rng = this.rng.getState();
-    const next = await this.reader!.next();
-    if (!next.done) {
-      this.setBatch(next.value);
-      return;
-    }
-    await this.close();
-    c.recordBatch = 0;
-    c.shard++;
-    if (c.shard === this.order.length) {
-      c.shard = 0;
-      c.epoch++;
-      this.order = this.shardOrder(c.epoch);
-    }
+    this.batch = null;
+    this.rows = null;
   }
 
-  private setBatch(batch: TokenBatch): void {
-    this.batch = batch;
-    this.rows = this.shuffle ? permutation(batch.rows, this.rng) : identity(batch.rows);
-  }
-
-  /** Opens the cursor's shard, skips to its record batch and reshuffles that batch from the saved RNG state. */
+  /**
+   * Loads the cursor's record batch, opening its shard (checksum verified once per run) when needed,
+   * and shuffles its documents from the cursor's RNG state: the same call serves a fresh start,
+   * normal progress and a resume.
+   */
   private async loadCurrentBatch(): Promise<void> {
     const c = this.cursor;
     for (;;) {
-      const shard = this.shards[this.order[c.shard]];
-      if (++this.shardsWithoutTokens > this.shards.length + 1) {
-        throw new UserError(`${this.set.dir}: the ${this.split} split has no tokens`);
+      if (!this.reader) {
+        if (++this.shardsWithoutTokens > this.shards.length + 1) {
+          throw new UserError(`${this.set.dir}: the ${this.split} split has no tokens`);
+        }
+        const shardIndex = this.order[c.shard];
+        const shard = this.shards[shardIndex];
+        await verifyShard(this.set, shard);
+        this.reader = await ShardReader.open(shard.path, this.set.vocabSize);
+        const n = this.reader.recordBatchCount;
+        this.batchOrder = this.shuffle ? permutation(n, new ShuffleRng(this.seed, streamId(c.epoch, shardIndex + 1))) : identity(n);
       }
-      await verifyShard(this.set, shard);
-      this.reader = readTokenBatches(shard.path, this.set.vocabSize);
-      for (let i = 0; i < c.recordBatch; i++) {
-        if ((await this.reader.next()).done) throw new UserError(`loader position: ${shard.path} has only ${i} record batches, not ${c.recordBatch + 1}`);
-      }
-      const first = await this.reader.next();
-      this.rng = ShuffleRng.fromState(c.rng);
-      if (!first.done) {
-        this.setBatch(first.value);
+      if (c.recordBatch < this.reader.recordBatchCount) {
+        const batch = await this.reader.read(this.batchOrder![c.recordBatch]);
+        this.rng = ShuffleRng.fromState(c.rng);
+        this.batch = batch;
+        this.rows = this.shuffle ? permutation(batch.rows, this.rng) : identity(batch.rows);
         return;
       }
-      // A shard without record batches: move on as advance() would.
       await this.close();
+      c.recordBatch = 0;
       c.shard++;
       if (c.shard === this.order.length) {
         c.shard = 0;
@@ -269,6 +267,11 @@ export class Loader {
       }
     }
   }
+}
+
+/** Independent RNG streams for shard orders (salt 0) and each shard's record batch order (salt i+1). */
+function streamId(epoch: number, salt: number): number {
+  return (Math.imul(epoch + 1, 0x9e3779b1) ^ Math.imul(salt + 0x632be5ab, 0x85ebca77)) >>> 0;
 }
 
 function identity(n: number): Uint32Array {

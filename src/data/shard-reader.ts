@@ -1,154 +1,213 @@
 /**
- * Reads the `input_ids` column of one Arrow IPC file (stream or file format) one record batch at a
- * time through a file handle: memory holds one record batch, never the shard. Every id is checked
- * against the vocabulary on the way, so a bad shard fails with its file name instead of a garbage
- * embedding lookup on the GPU.
+ * Random access to the record batches of one Arrow IPC file. Stream format (ours, Hugging Face's):
+ * opening scans only the message headers (a few small reads per record batch) into an index of
+ * where each record batch lies; read(k) reads that one message and decodes it with
+ * RecordBatchReader after the schema. File format (ARROW1): apache-arrow's file reader, which
+ * has the same index in its footer. Either way memory holds one record batch, never the shard,
+ * and the loader can visit a shard's record batches in a shuffled order and resume at any of
+ * them without reading the ones before.
  */
-import { DataType, RecordBatchReader, type Data, type FileHandle as ArrowFileHandle, type List, type Schema } from "apache-arrow";
+import { Message, MessageHeader, RecordBatchReader, type FileHandle, type RecordBatch } from "apache-arrow";
 import { UserError } from "../util/errors.ts";
 import { FdFile } from "./fd-file.ts";
 import { fileError } from "./inputs.ts";
 import { verifyShard, type ShardSet, type Split } from "./shard-set.ts";
-import { TOKEN_COLUMN } from "./shard-writer.ts";
+import { toTokenBatch, tokenColumnIndex, type TokenBatch } from "./token-column.ts";
 
-/** One record batch's documents: document r is values[offsets[r] .. offsets[r+1]). */
-export interface TokenBatch {
-  rows: number;
-  offsets: Int32Array;
-  values: Int32Array;
+export type { TokenBatch } from "./token-column.ts";
+
+const END_OF_STREAM = Uint8Array.of(0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0);
+const FILE_MAGIC = "ARROW1";
+
+interface MessageSpan {
+  offset: number;
+  length: number;
 }
 
-const ACCEPTED = "List<Int32> (or List<Int64>, List<UInt16>, List<UInt32>)";
+function notArrow(path: string, why: string): UserError {
+  return new UserError(`${path}: not a valid Arrow IPC file (${why})`);
+}
 
-function tokenColumnIndex(schema: Schema, path: string): number {
-  const index = schema.fields.findIndex((f) => f.name === TOKEN_COLUMN);
-  if (index < 0) {
-    const found = schema.fields.map((f) => f.name).join(", ") || "none";
-    throw new UserError(`${path}: no "${TOKEN_COLUMN}" column (columns: ${found})`);
+/** Where record batches come from: our message index (stream format) or Arrow's file reader. */
+interface BatchSource {
+  count: number;
+  read(k: number): Promise<RecordBatch | null>;
+}
+
+export class ShardReader {
+  private constructor(
+    readonly path: string,
+    private readonly file: FdFile,
+    private readonly source: BatchSource,
+    private readonly column: number,
+    private readonly vocabSize: number,
+  ) {}
+
+  static async open(path: string, vocabSize: number): Promise<ShardReader> {
+    let file: FdFile;
+    try {
+      file = await FdFile.open(path);
+    } catch (e) {
+      throw fileError(path, e);
+    }
+    try {
+      const { source, schema } = (await hasFileMagic(file, path)) ? await fileFormatSource(file, path) : await streamSource(file, path);
+      return new ShardReader(path, file, source, tokenColumnIndex(schema, path), vocabSize);
+    } catch (e) {
+      await file.close();
+      throw e instanceof UserError ? e : fileError(path, e);
+    }
   }
-  const type = schema.fields[index].type;
-  const item = DataType.isList(type) ? (type as List).children[0].type : null;
-  const ok = item && DataType.isInt(item) && (item.bitWidth === 32 || (item.bitWidth === 64 && item.isSigned) || (item.bitWidth === 16 && !item.isSigned));
-  if (!ok) throw new UserError(`${path}: column "${TOKEN_COLUMN}" is ${type}; expected ${ACCEPTED}`);
-  return index;
+
+  get recordBatchCount(): number {
+    return this.source.count;
+  }
+
+  /** Record batch k (in file order) as int32 documents, every id checked against the vocabulary. */
+  async read(k: number): Promise<TokenBatch> {
+    let batch;
+    try {
+      batch = await this.source.read(k);
+    } catch (e) {
+      throw e instanceof UserError ? e : notArrow(this.path, `record batch ${k}: ${(e as Error).message}`);
+    }
+    if (!batch) throw notArrow(this.path, `record batch ${k} is missing`);
+    return toTokenBatch(batch.data.children[this.column], this.path, k, this.vocabSize);
+  }
+
+  async close(): Promise<void> {
+    await this.file.close();
+  }
+}
+
+async function hasFileMagic(file: FdFile, path: string): Promise<boolean> {
+  const size = (await file.stat()).size;
+  if (size < 8) return false;
+  const head = new Uint8Array(6);
+  await readExactly(file, path, head, 0);
+  if (new TextDecoder().decode(head) !== FILE_MAGIC) return false;
+  await readExactly(file, path, head, size - 6);
+  if (new TextDecoder().decode(head) !== FILE_MAGIC) throw new UserError(`${path}: not a complete Arrow IPC file (truncated)`);
+  return true;
+}
+
+async function fileFormatSource(file: FdFile, path: string) {
+  try {
+    const reader = await RecordBatchReader.from(file as unknown as FileHandle);
+    await reader.open({ autoDestroy: false });
+    if (!reader.isFile() || !reader.schema) throw new Error("no footer");
+    const source: BatchSource = { count: reader.numRecordBatches, read: (k) => Promise.resolve(reader.readRecordBatch(k)) };
+    return { source, schema: reader.schema };
+  } catch (e) {
+    throw notArrow(path, (e as Error).message);
+  }
+}
+
+async function streamSource(file: FdFile, path: string) {
+  const { prefix, batches } = await scanMessages(file, path);
+  const schema = decode(path, concat(prefix, END_OF_STREAM)).schema;
+  const read = async (k: number) => {
+    const span = batches[k];
+    const bytes = new Uint8Array(prefix.length + span.length + END_OF_STREAM.length);
+    bytes.set(prefix);
+    await readExactly(file, path, bytes.subarray(prefix.length, prefix.length + span.length), span.offset);
+    bytes.set(END_OF_STREAM, prefix.length + span.length);
+    const next = decode(path, bytes).next();
+    return next.done ? null : next.value;
+  };
+  return { source: { count: batches.length, read } as BatchSource, schema };
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+function decode(path: string, bytes: Uint8Array) {
+  try {
+    const reader = RecordBatchReader.from(bytes);
+    reader.open();
+    if (!reader.schema) throw new Error("no schema");
+    return reader;
+  } catch (e) {
+    throw notArrow(path, (e as Error).message);
+  }
+}
+
+async function readExactly(file: FdFile, path: string, into: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    let n;
+    try {
+      n = (await file.read(into, done, into.length - done, position + done)).bytesRead;
+    } catch (e) {
+      throw fileError(path, e);
+    }
+    if (n === 0) throw new UserError(`${path}: truncated (file ended inside an Arrow message)`);
+    done += n;
+  }
 }
 
 /**
- * An Arrow stream ends with an end-of-stream marker (0xFFFFFFFF 0x00000000), a file with "ARROW1":
- * anything else was cut short. (The pre-2019 4-byte marker is not accepted: zero padding at the end
- * of a record batch body would look the same.)
+ * Walks the IPC messages: 0xFFFFFFFF, int32 metadata length, flatbuffer Message, body of
+ * Message.bodyLength bytes; a zero length is the end-of-stream marker, which a complete file has.
  */
-async function checkComplete(handle: FdFile, path: string): Promise<void> {
-  const { size } = await handle.stat();
-  const tail = new Uint8Array(8);
-  if (size >= 8) await handle.read(tail, 0, 8, size - 8);
-  const view = new DataView(tail.buffer);
-  const streamEnd = size >= 8 && view.getUint32(0, true) === 0xffffffff && view.getUint32(4, true) === 0;
-  const fileEnd = new TextDecoder().decode(tail.subarray(2)) === "ARROW1";
-  if (!streamEnd && !fileEnd) throw new UserError(`${path}: not a complete Arrow IPC file (truncated, or not Arrow at all)`);
-}
-
-function describe(path: string, e: unknown): Error {
-  if (e instanceof UserError) return e;
-  const code = (e as { code?: string } | null)?.code;
-  if (code) return fileError(path, e);
-  return new UserError(`${path}: not a valid Arrow IPC file (${(e as Error)?.message ?? e})`);
-}
-
-/** The list's values [start, end) as int32; ids that do not fit become -1 and fail the vocab check. */
-function valuesAsInt32(child: Data, start: number, end: number): Int32Array {
-  const source = child.values as Int32Array | Uint32Array | Uint16Array | BigInt64Array;
-  if (source instanceof Int32Array) return source.subarray(start, end);
-  const values = new Int32Array(end - start);
-  if (source instanceof BigInt64Array) {
-    for (let i = start; i < end; i++) {
-      const v = source[i];
-      values[i - start] = v < 0n || v > 2147483647n ? -1 : Number(v);
+async function scanMessages(file: FdFile, path: string): Promise<{ prefix: Uint8Array; batches: MessageSpan[] }> {
+  const size = (await file.stat()).size;
+  const head = new Uint8Array(8);
+  let pos = 0;
+  const prefix: Uint8Array[] = [];
+  const batches: MessageSpan[] = [];
+  let sawSchema = false;
+  for (;;) {
+    if (pos + 8 > size) throw new UserError(`${path}: not a complete Arrow IPC file (truncated, or not Arrow at all)`);
+    await readExactly(file, path, head, pos);
+    const view = new DataView(head.buffer);
+    // Every writer since Arrow 0.15 (2019) starts a message with 0xFFFFFFFF; older streams are not read.
+    if (view.getInt32(0, true) !== -1) throw notArrow(path, `no Arrow message at byte ${pos}`);
+    const headerBytes = 8;
+    const metaLength = view.getInt32(4, true);
+    if (metaLength === 0) break;
+    if (metaLength < 0 || pos + headerBytes + metaLength > size) {
+      throw new UserError(`${path}: not a complete Arrow IPC file (truncated, or not Arrow at all)`);
     }
-  } else {
-    for (let i = start; i < end; i++) values[i - start] = source[i] > 2147483647 ? -1 : source[i];
-  }
-  return values;
-}
-
-/** Null rows become empty documents; their slots may still span values, so copy valid rows only. */
-function dropNullRows(data: Data, offsets: Int32Array, values: Int32Array): Int32Array {
-  const bitmap = data.nullBitmap as Uint8Array;
-  const kept: Int32Array[] = [];
-  const out = new Int32Array(offsets.length);
-  for (let r = 0; r < data.length; r++) {
-    const bit = data.offset + r;
-    const valid = ((bitmap[bit >> 3] >> (bit & 7)) & 1) === 1;
-    const doc = valid ? values.subarray(offsets[r], offsets[r + 1]) : values.subarray(0, 0);
-    kept.push(doc);
-    out[r + 1] = out[r] + doc.length;
-  }
-  const compact = new Int32Array(out[data.length]);
-  kept.forEach((doc, r) => compact.set(doc, out[r]));
-  offsets.set(out);
-  return compact;
-}
-
-/** One record batch's list column as int32 offsets relative to its own int32 values. */
-function toTokenBatch(data: Data, path: string, batchIndex: number, vocabSize: number): TokenBatch {
-  const rows = data.length;
-  const raw = data.valueOffsets as Int32Array;
-  const base = raw[data.offset];
-  const offsets = new Int32Array(rows + 1);
-  for (let r = 0; r < rows; r++) offsets[r + 1] = raw[data.offset + r + 1] - base;
-  const child = data.children[0];
-  let values = valuesAsInt32(child, child.offset + base, child.offset + raw[data.offset + rows]);
-  if (data.nullCount > 0 && data.nullBitmap) values = dropNullRows(data, offsets, values);
-  for (let i = 0; i < values.length; i++) {
-    const id = values[i];
-    if (id < 0 || id >= vocabSize) {
-      const where = `record batch ${batchIndex}, row ${rowOf(offsets, i)}`;
-      const why = id < 0 ? "is negative (or does not fit in int32)" : `is >= the vocab size ${vocabSize}`;
-      throw new UserError(`${path}: token id ${id < 0 ? "" : id + " "}(${where}) ${why}`);
-    }
-  }
-  return { rows, offsets, values };
-}
-
-function rowOf(offsets: Int32Array, valueIndex: number): number {
-  let r = 0;
-  while (offsets[r + 1] <= valueIndex) r++;
-  return r;
-}
-
-/** Yields each record batch of a shard; closes the file when done or when the caller stops early. */
-export async function* readTokenBatches(path: string, vocabSize: number): AsyncGenerator<TokenBatch> {
-  let handle: FdFile;
-  try {
-    handle = await FdFile.open(path);
-  } catch (e) {
-    throw fileError(path, e);
-  }
-  try {
-    await checkComplete(handle, path);
-    let reader;
+    const meta = new Uint8Array(metaLength);
+    await readExactly(file, path, meta, pos + headerBytes);
+    let message: Message;
     try {
-      reader = await RecordBatchReader.from(handle as unknown as ArrowFileHandle);
-      await reader.open();
+      message = Message.decode(meta);
     } catch (e) {
-      throw describe(path, e);
+      throw notArrow(path, `bad message at byte ${pos}: ${(e as Error).message}`);
     }
-    if (!reader.schema) throw new UserError(`${path}: not a valid Arrow IPC file (no schema)`);
-    const column = tokenColumnIndex(reader.schema, path);
-    const batches = reader[Symbol.asyncIterator]();
-    for (let batchIndex = 0; ; batchIndex++) {
-      let next;
-      try {
-        next = await batches.next();
-      } catch (e) {
-        throw describe(path, e);
-      }
-      if (next.done) break;
-      const columnData = next.value.data.children[column];
-      yield toTokenBatch(columnData, path, batchIndex, vocabSize);
+    const length = headerBytes + metaLength + message.bodyLength;
+    if (pos + length > size) throw new UserError(`${path}: not a complete Arrow IPC file (truncated, or not Arrow at all)`);
+    if (message.headerType === MessageHeader.RecordBatch) {
+      if (!sawSchema) throw notArrow(path, "record batch before the schema");
+      batches.push({ offset: pos, length });
+    } else if (message.headerType === MessageHeader.Schema || message.headerType === MessageHeader.DictionaryBatch) {
+      if (batches.length > 0) throw notArrow(path, "dictionary batches between record batches are not supported");
+      const bytes = new Uint8Array(length);
+      await readExactly(file, path, bytes, pos);
+      prefix.push(bytes);
+      sawSchema ||= message.headerType === MessageHeader.Schema;
+    } else {
+      throw notArrow(path, `unexpected message type ${message.headerType} at byte ${pos}`);
     }
+    pos += length;
+  }
+  if (!sawSchema) throw notArrow(path, "no schema");
+  return { prefix: prefix.reduce(concat, new Uint8Array(0)), batches };
+}
+
+/** Yields each record batch of a shard in file order; closes the file when done or abandoned. */
+export async function* readTokenBatches(path: string, vocabSize: number): AsyncGenerator<TokenBatch> {
+  const reader = await ShardReader.open(path, vocabSize);
+  try {
+    for (let k = 0; k < reader.recordBatchCount; k++) yield await reader.read(k);
   } finally {
-    await handle.close();
+    await reader.close();
   }
 }
 

@@ -24,7 +24,7 @@ export const TOKEN_COLUMN = "input_ids";
 /** Hugging Face's default writer_batch_size, so our files look like theirs to a reader. */
 export const ROWS_PER_RECORD_BATCH = 1000;
 /** A record batch is also cut at this many tokens, which bounds the writer's and reader's memory. */
-export const TOKENS_PER_RECORD_BATCH = 1 << 20;
+export const TOKENS_PER_RECORD_BATCH = 1 << 18;
 
 /** The schema every shard has; the metadata lets `datasets.Dataset.from_file` type the column. */
 export function shardSchema(tokenizer: TokenizerName, vocabSize: number): Schema {

@@ -1,0 +1,92 @@
+/**
+ * The `input_ids` column of a record batch as int32 documents: type check (List of Int32, Int64,
+ * UInt16 or UInt32), conversion, null rows, and the vocabulary check that keeps a bad id from
+ * becoming a garbage embedding lookup on the GPU.
+ */
+import { DataType, type Data, type List, type Schema } from "apache-arrow";
+import { UserError } from "../util/errors.ts";
+import { TOKEN_COLUMN } from "./shard-writer.ts";
+
+/** One record batch's documents: document r is values[offsets[r] .. offsets[r+1]). */
+export interface TokenBatch {
+  rows: number;
+  offsets: Int32Array;
+  values: Int32Array;
+}
+
+const ACCEPTED = "List<Int32> (or List<Int64>, List<UInt16>, List<UInt32>)";
+
+export function tokenColumnIndex(schema: Schema, path: string): number {
+  const index = schema.fields.findIndex((f) => f.name === TOKEN_COLUMN);
+  if (index < 0) {
+    const found = schema.fields.map((f) => f.name).join(", ") || "none";
+    throw new UserError(`${path}: no "${TOKEN_COLUMN}" column (columns: ${found})`);
+  }
+  const type = schema.fields[index].type;
+  const item = DataType.isList(type) ? (type as List).children[0].type : null;
+  const ok = item && DataType.isInt(item) && (item.bitWidth === 32 || (item.bitWidth === 64 && item.isSigned) || (item.bitWidth === 16 && !item.isSigned));
+  if (!ok) throw new UserError(`${path}: column "${TOKEN_COLUMN}" is ${type}; expected ${ACCEPTED}`);
+  return index;
+}
+
+/** The list's values [start, end) as int32; ids that do not fit become -1 and fail the vocab check. */
+function valuesAsInt32(child: Data, start: number, end: number): Int32Array {
+  const source = child.values as Int32Array | Uint32Array | Uint16Array | BigInt64Array;
+  if (source instanceof Int32Array) return source.subarray(start, end);
+  const values = new Int32Array(end - start);
+  if (source instanceof BigInt64Array) {
+    for (let i = start; i < end; i++) {
+      const v = source[i];
+      values[i - start] = v < 0n || v > 2147483647n ? -1 : Number(v);
+    }
+  } else {
+    for (let i = start; i < end; i++) values[i - start] = source[i] > 2147483647 ? -1 : source[i];
+  }
+  return values;
+}
+
+/** Null rows become empty documents; their slots may still span values, so copy valid rows only. */
+function dropNullRows(data: Data, offsets: Int32Array, values: Int32Array): Int32Array {
+  const bitmap = data.nullBitmap as Uint8Array;
+  const kept: Int32Array[] = [];
+  const out = new Int32Array(offsets.length);
+  for (let r = 0; r < data.length; r++) {
+    const bit = data.offset + r;
+    const valid = ((bitmap[bit >> 3] >> (bit & 7)) & 1) === 1;
+    const doc = valid ? values.subarray(offsets[r], offsets[r + 1]) : values.subarray(0, 0);
+    kept.push(doc);
+    out[r + 1] = out[r] + doc.length;
+  }
+  const compact = new Int32Array(out[data.length]);
+  kept.forEach((doc, r) => compact.set(doc, out[r]));
+  offsets.set(out);
+  return compact;
+}
+
+/** One record batch's list column as int32 offsets relative to its own int32 values. */
+export function toTokenBatch(data: Data, path: string, batchIndex: number, vocabSize: number): TokenBatch {
+  const rows = data.length;
+  const raw = data.valueOffsets as Int32Array;
+  const base = raw[data.offset];
+  const offsets = new Int32Array(rows + 1);
+  for (let r = 0; r < rows; r++) offsets[r + 1] = raw[data.offset + r + 1] - base;
+  const child = data.children[0];
+  let values = valuesAsInt32(child, child.offset + base, child.offset + raw[data.offset + rows]);
+  if (data.nullCount > 0 && data.nullBitmap) values = dropNullRows(data, offsets, values);
+  for (let i = 0; i < values.length; i++) {
+    const id = values[i];
+    if (id < 0 || id >= vocabSize) {
+      const where = `record batch ${batchIndex}, row ${rowOf(offsets, i)}`;
+      const why = id < 0 ? "is negative (or does not fit in int32)" : `is >= the vocab size ${vocabSize}`;
+      throw new UserError(`${path}: token id ${id < 0 ? "" : id + " "}(${where}) ${why}`);
+    }
+  }
+  return { rows, offsets, values };
+}
+
+function rowOf(offsets: Int32Array, valueIndex: number): number {
+  let r = 0;
+  while (offsets[r + 1] <= valueIndex) r++;
+  return r;
+}
+
