@@ -1,0 +1,92 @@
+/** `mhmoe eval`: flags and output only; the work is src/eval/perplexity.ts's evaluateCheckpoint. */
+import type { Command } from "commander";
+import cliProgress from "cli-progress";
+import { getGpu } from "../src/gpu/device.ts";
+import { DEFAULT_EVAL_BATCH_SIZE, evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
+import { UserError } from "../src/util/errors.ts";
+
+interface EvalFlags {
+  checkpoint: string;
+  data: string;
+  seqLen: string;
+  batchSize: string;
+  activationThreshold?: string;
+  entropy: boolean;
+  json?: boolean;
+}
+
+function parseNumber(flag: string, text: string, integer: boolean): number {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value) || (integer && !Number.isSafeInteger(value))) {
+    throw new UserError(`${flag}: expected ${integer ? "an integer" : "a number"}, got "${text}"`);
+  }
+  return value;
+}
+
+/** A bar on a terminal; nothing otherwise (eval of a held-out file takes seconds to minutes). */
+function progressBar(): { update: (done: number, total: number) => void; stop: () => void } {
+  if (!process.stderr.isTTY) return { update() {}, stop() {} };
+  const bar = new cliProgress.SingleBar(
+    { stream: process.stderr, format: "eval |{bar}| {value}/{total} windows | eta {eta_formatted}", clearOnComplete: true },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  return {
+    update(done, total) {
+      if (!started) bar.start(total, 0);
+      started = true;
+      bar.update(done);
+    },
+    stop: () => started && bar.stop(),
+  };
+}
+
+const fmt = (x: number, digits = 4) => x.toFixed(digits);
+
+function printResult(r: EvalResult): void {
+  console.log(
+    `loss ${fmt(r.loss)} nats | ppl ${fmt(r.ppl, 3)} | bpb ${fmt(r.bpb)} | ${r.tokens} tokens in ${r.windows} windows of ${r.seq_len}`,
+  );
+  if (!r.routing) return;
+  const g = r.routing;
+  console.log(`routing: activation ratio ${fmt(g.activation_ratio, 3)} (threshold ${g.activation_threshold.toPrecision(3)})`);
+  for (const l of g.layers) {
+    const entropy = l.router_entropy === null ? "" : ` | entropy ${fmt(l.router_entropy, 3)} nats`;
+    console.log(
+      `  layer ${l.layer}: active ${fmt(l.activation_ratio, 3)} | load cv ${fmt(l.load_cv, 3)} | dead ${fmt(l.dead_expert_frac, 3)} | ` +
+        `drop ${fmt(l.drop_rate, 3)}${entropy} | load [${l.load.join(" ")}]`,
+    );
+  }
+}
+
+async function evalAction(flags: EvalFlags): Promise<void> {
+  const progress = flags.json ? { update() {}, stop() {} } : progressBar();
+  try {
+    const result = await evaluateCheckpoint(() => getGpu(), flags.checkpoint, flags.data, {
+      seqLen: parseNumber("--seq-len", flags.seqLen, true),
+      batchSize: parseNumber("--batch-size", flags.batchSize, true),
+      activationThreshold: flags.activationThreshold === undefined ? undefined : parseNumber("--activation-threshold", flags.activationThreshold, false),
+      routerEntropy: flags.entropy,
+      onProgress: progress.update,
+    });
+    progress.stop();
+    if (flags.json) console.log(JSON.stringify(result));
+    else printResult(result);
+  } finally {
+    progress.stop();
+  }
+}
+
+export function registerEval(program: Command): void {
+  program
+    .command("eval")
+    .description("loss, perplexity, bits per byte and routing metrics of a checkpoint on a text file")
+    .requiredOption("--checkpoint <dir>", "checkpoint directory (config.json + model.safetensors)")
+    .requiredOption("--data <file>", "UTF-8 .txt file, scored as one document with the byte tokenizer")
+    .requiredOption("--seq-len <T>", "window length: the text is cut into windows of T targets (the last may be shorter)")
+    .option("--batch-size <B>", "windows per forward pass", String(DEFAULT_EVAL_BATCH_SIZE))
+    .option("--activation-threshold <x>", "routing: an expert is active when its share of the load is at least x (default 1/(4E))")
+    .option("--no-entropy", "skip the router entropy (saves reading router probabilities back)")
+    .option("--json", "print the result as one JSON object")
+    .action(evalAction);
+}

@@ -1,0 +1,120 @@
+/**
+ * `mhmoe eval`: mean next-token loss, perplexity and bits per byte of a checkpoint on a text file,
+ * with the routing metrics of every MoE layer. Forward only, on the GPU model; the windows are those
+ * of windows.ts, each scored with its own length (the tail gets a plan of its own, never padding,
+ * so no position is counted that is not a real next-token prediction).
+ */
+import * as path from "node:path";
+import type { Gpu } from "../gpu/device.ts";
+import { read, readInt } from "../gpu/tensor.ts";
+import { CONFIG_FILE } from "../io/checkpoint.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { loadModelCheckpoint } from "../model/load.ts";
+import { Transformer } from "../model/transformer.ts";
+import { uploadParams } from "../model/weights.ts";
+import { UserError } from "../util/errors.ts";
+import { RoutingTally, type RoutingReport } from "./routing.ts";
+import { batchIds, checkVocabulary, readEvalText, windowBatches, type EvalText } from "./windows.ts";
+
+export const DEFAULT_EVAL_BATCH_SIZE = 8;
+
+export interface EvalOptions {
+  seqLen: number;
+  batchSize?: number;
+  /** routing activation threshold (default 1/(4E)) */
+  activationThreshold?: number;
+  /** read the router probabilities back for the router entropy (default true) */
+  routerEntropy?: boolean;
+  onProgress?: (windowsDone: number, windowsTotal: number) => void;
+}
+
+export interface EvalResult {
+  /** mean negative log-likelihood per target, nats */
+  loss: number;
+  /** scored targets */
+  tokens: number;
+  ppl: number;
+  bpb: number;
+  bytes: number;
+  windows: number;
+  seq_len: number;
+  batch_size: number;
+  /** MoE models only */
+  routing?: RoutingReport;
+}
+
+function checkOptions(c: ModelConfig, opts: EvalOptions, configFile: string): { T: number; B: number } {
+  const T = opts.seqLen, B = opts.batchSize ?? DEFAULT_EVAL_BATCH_SIZE;
+  if (!Number.isSafeInteger(T) || T < 1) throw new UserError(`--seq-len must be a positive integer, got ${T}`);
+  if (!Number.isSafeInteger(B) || B < 1) throw new UserError(`--batch-size must be a positive integer, got ${B}`);
+  if (T > c.max_position_embeddings) {
+    throw new UserError(`--seq-len ${T} exceeds max_position_embeddings ${c.max_position_embeddings} of ${configFile}`);
+  }
+  const th = opts.activationThreshold;
+  if (th !== undefined && !(th >= 0 && th <= 1)) throw new UserError(`--activation-threshold must be in [0, 1], got ${th}`);
+  return { T, B };
+}
+
+/** Scores already-tokenized text (ids checked against the vocabulary by the caller). */
+export async function evaluateTokens(
+  gpu: Gpu, c: ModelConfig, params: Map<string, Float32Array>, text: EvalText, opts: EvalOptions, configFile = "config",
+): Promise<EvalResult> {
+  const { T, B } = checkOptions(c, opts, configFile);
+  const targets = text.tokens.length - 1;
+  if (targets < 1) throw new UserError("the eval data holds no token to predict");
+  const batches = windowBatches(targets, T, B);
+  const windowsTotal = batches.reduce((a, b) => a + b.windows, 0);
+  const W = uploadParams(gpu, c, params);
+  const tally = new RoutingTally();
+  const wantEntropy = opts.routerEntropy ?? true;
+  let model: Transformer | null = null;
+  let nll = 0, scored = 0, windowsDone = 0;
+  try {
+    for (const batch of batches) {
+      // Batches come grouped by shape (full, leftover full, tail): at most three plans per run.
+      if (!model || model.opts.B !== batch.windows || model.opts.T !== batch.T) {
+        model?.release();
+        model = null;
+        model = await Transformer.plan(gpu, c, W, { B: batch.windows, T: batch.T });
+      }
+      model.setBatch(batchIds(text.tokens, batch, T));
+      await model.run(false);
+      const positions = batch.windows * batch.T;
+      // ceLoss is the mean over this batch's positions: weight it back to a sum.
+      nll += (await model.readScalar(model.ceLoss)) * positions;
+      scored += positions;
+      for (const l of model.moeLayers) {
+        tally.add({
+          layer: l.layer, E: l.E, k: l.k, S: l.S,
+          load: await readInt(l.load),
+          dropped: l.dropped ? (await readInt(l.dropped))[0]! : 0,
+          probs: wantEntropy ? await read(l.probs) : null,
+        });
+      }
+      windowsDone += batch.windows;
+      opts.onProgress?.(windowsDone, windowsTotal);
+    }
+  } finally {
+    model?.release();
+    W.release();
+  }
+  const loss = nll / scored;
+  const result: EvalResult = {
+    loss, tokens: scored, ppl: Math.exp(loss), bpb: (loss * scored) / (Math.LN2 * text.bytes), bytes: text.bytes,
+    windows: windowsTotal, seq_len: T, batch_size: B,
+  };
+  if (!tally.empty) result.routing = tally.report(opts.activationThreshold);
+  return result;
+}
+
+/** Loads checkpoint `dir`, tokenizes `dataFile` with the byte tokenizer and scores it. */
+export async function evaluateCheckpoint(gpu: Gpu | (() => Promise<Gpu>), dir: string, dataFile: string, opts: EvalOptions): Promise<EvalResult> {
+  const { config, params } = loadModelCheckpoint(dir);
+  const configFile = path.join(dir, CONFIG_FILE);
+  checkOptions(config, opts, configFile);
+  const text = readEvalText(dataFile);
+  checkVocabulary(text.tokens, config.vocab_size, dataFile, configFile);
+  // The device is opened only once every file has been checked, so a bad input fails fast.
+  const device = typeof gpu === "function" ? await gpu() : gpu;
+  return evaluateTokens(device, config, params, text, opts, configFile);
+}

@@ -1,0 +1,239 @@
+// `mhmoe eval` (src/eval, src/model/load.ts): loss against the CPU reference model and against PyTorch on
+// the same windows (partial last window included), routing metrics against the reference's routing,
+// window layout, bpb/ppl arithmetic and the CLI's JSON.
+import { describe, test, expect, beforeAll, afterAll } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { presetConfig, type ModelConfig } from "../src/model/config.ts";
+import { initParams, parameterSpecs } from "../src/model/params.ts";
+import { loadModelCheckpoint, saveModelCheckpoint } from "../src/model/load.ts";
+import { evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
+import { RoutingTally, entropySum } from "../src/eval/routing.ts";
+import { batchIds, readEvalText, windowBatches } from "../src/eval/windows.ts";
+import { referenceForward } from "../src/reference/model.ts";
+import { expertHistogram } from "../src/reference/routing.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { rng } from "./harness.ts";
+
+const ROOT = join(import.meta.dir, "..");
+const PY = process.env.MHMOE_PYTHON ?? "/usr/bin/python3";
+const T = 16;
+const TINY: Partial<ModelConfig> = {
+  vocab_size: 257, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 48,
+  max_position_embeddings: 64, num_experts_per_tok: 2,
+};
+// 117 UTF-8 bytes (two 2-byte and one 3-byte character): 117 targets = 7 windows of 16 + a tail of 5.
+const TEXT = "Multi-head MoE splits each token into sub-tokens — café, naïve — and routes them to experts; the rest is nice!\n";
+
+let dir = "";
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "mhmoe-eval-"));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Seeded init scaled up (std ~0.1) so logits and routing are far from uniform and errors show. */
+function params(c: ModelConfig, seed: number): Map<string, Float32Array> {
+  const p = initParams(c, seed);
+  const r = rng(seed + 7);
+  for (const s of parameterSpecs(c)) {
+    const v = p.get(s.name)!;
+    if (s.shape.length >= 2) for (let i = 0; i < v.length; i++) v[i] = v[i]! * 5;
+    else if (!s.name.endsWith("temperature")) for (let i = 0; i < v.length; i++) v[i] = v[i]! + 0.2 * (r() - 0.5);
+  }
+  return p;
+}
+
+function writeCase(name: string, c: ModelConfig, seed: number): { ckpt: string; data: string; p: Map<string, Float32Array> } {
+  const p = params(c, seed);
+  const ckpt = join(dir, name);
+  saveModelCheckpoint(ckpt, c, p);
+  const data = join(dir, `${name}.txt`);
+  writeFileSync(data, TEXT);
+  return { ckpt, data, p };
+}
+
+/** Every token of TEXT after the first, scored by the reference one window at a time (B=1). */
+function tokensOf(text: string): Int32Array {
+  const bytes = new TextEncoder().encode(text);
+  return Int32Array.from([...bytes, 256]);
+}
+
+function referenceWindows(c: ModelConfig, p: Map<string, Float32Array>, tokens: Int32Array, seqLen: number) {
+  const targets = tokens.length - 1;
+  let nll = 0, count = 0;
+  const loads = new Map<number, Int32Array>();
+  const entropy = new Map<number, { sum: number; rows: number }>();
+  for (let start = 0; start < targets; start += seqLen) {
+    const len = Math.min(seqLen, targets - start);
+    const fwd = referenceForward(c, p, tokens.slice(start, start + len + 1), 1, len, { training: false });
+    nll += fwd.ceLoss * len;
+    count += len;
+    for (const { layer, routing } of fwd.routing) {
+      const S = routing.probs.length / c.num_experts;
+      const h = expertHistogram(routing.topk.idx, c.num_experts, routing.keep);
+      const acc = loads.get(layer) ?? new Int32Array(c.num_experts);
+      for (let e = 0; e < c.num_experts; e++) acc[e]! += h[e]!;
+      loads.set(layer, acc);
+      const en = entropy.get(layer) ?? { sum: 0, rows: 0 };
+      en.sum += entropySum(routing.probs, S, c.num_experts);
+      en.rows += S;
+      entropy.set(layer, en);
+    }
+  }
+  return { loss: nll / count, tokens: count, loads, entropy };
+}
+
+const CASES: [string, ModelConfig][] = [
+  ["dense", presetConfig("dense", { ...TINY })],
+  ["mhmoe", presetConfig("mhmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2 })],
+  ["xmoe tied, vocab padded to 300", presetConfig("xmoe", { ...TINY, vocab_size: 300, num_experts: 4, moe_intermediate_size: 24, tie_word_embeddings: true })],
+];
+
+describe("eval windows", () => {
+  test("full batches, the leftover full windows, then the tail alone", () => {
+    expect(windowBatches(117, 16, 3)).toEqual([
+      { first: 0, windows: 3, T: 16 }, { first: 3, windows: 3, T: 16 }, { first: 6, windows: 1, T: 16 }, { first: 7, windows: 1, T: 5 },
+    ]);
+    expect(windowBatches(32, 16, 8)).toEqual([{ first: 0, windows: 2, T: 16 }]);
+    expect(windowBatches(3, 16, 8)).toEqual([{ first: 0, windows: 1, T: 3 }]);
+  });
+
+  test("window i holds tokens[i*T .. i*T+T] (inputs and targets overlap by T-1)", () => {
+    const tokens = Int32Array.from({ length: 40 }, (_, i) => i);
+    expect([...batchIds(tokens, { first: 1, windows: 2, T: 4 }, 4)]).toEqual([4, 5, 6, 7, 8, 8, 9, 10, 11, 12]);
+    expect([...batchIds(tokens, { first: 9, windows: 1, T: 3 }, 4)]).toEqual([36, 37, 38, 39]);
+  });
+
+  test("the text is its UTF-8 bytes then <|endoftext|>, and bytes counts the file", () => {
+    const f = join(dir, "w.txt");
+    writeFileSync(f, "é\n");
+    const t = readEvalText(f);
+    expect([...t.tokens]).toEqual([0xc3, 0xa9, 10, 256]);
+    expect(t.bytes).toBe(3);
+  });
+});
+
+describe("routing metrics arithmetic", () => {
+  test("load, utilisation, activation ratio, CV, dead fraction, drop rate, entropy", () => {
+    const tally = new RoutingTally();
+    tally.add({ layer: 1, E: 4, k: 2, S: 2, load: [4, 1, 0, 0], dropped: 1, probs: [0.5, 0.5, 0, 0, 1, 0, 0, 0] });
+    tally.add({ layer: 1, E: 4, k: 2, S: 2, load: [2, 1, 0, 0], dropped: 1, probs: [0.25, 0.25, 0.25, 0.25, 1, 0, 0, 0] });
+    const r = tally.report();
+    const l = r.layers[0]!;
+    expect(r.activation_threshold).toBe(1 / 16);
+    expect(l.load).toEqual([6, 2, 0, 0]);
+    expect(l.utilisation).toEqual([3, 1, 0, 0]);
+    expect(l.activation_ratio).toBe(0.5);
+    expect(l.load_cv).toBeCloseTo(Math.sqrt(6) / 2, 12);
+    expect(l.dead_expert_frac).toBe(0.5);
+    expect(l.drop_rate).toBe(2 / 8);
+    expect(l.router_entropy).toBeCloseTo((Math.LN2 + Math.log(4)) / 4, 12);
+    expect(r.activation_ratio).toBe(0.5);
+    // a share of exactly 0.25 passes a threshold of 0.25 (at least), a share of 2/8 of expert 1 too
+    expect(tally.report(0.25).layers[0]!.activation_ratio).toBe(0.5);
+    expect(tally.report(0.3).layers[0]!.activation_ratio).toBe(0.25);
+  });
+});
+
+describe("eval loss equals the CPU reference over the same windows", () => {
+  CASES.forEach(([name, c], i) => {
+    test(name, async () => {
+      const { ckpt, data, p } = writeCase(`ref${i}`, c, 10 + i);
+      const got = await evaluateCheckpoint(await getGpu(), ckpt, data, { seqLen: T, batchSize: 3 });
+      const want = referenceWindows(c, p, tokensOf(TEXT), T);
+      expect(got.tokens).toBe(117);
+      expect(want.tokens).toBe(117);
+      expect(got.windows).toBe(8);
+      expect(Math.abs(got.loss - want.loss)).toBeLessThan(1e-5);
+      // (c) the derived figures follow from the loss
+      expect(got.ppl).toBeCloseTo(Math.exp(got.loss), 9);
+      expect(got.bytes).toBe(new TextEncoder().encode(TEXT).length);
+      expect(got.bpb).toBeCloseTo((got.loss * got.tokens) / (Math.LN2 * got.bytes), 12);
+      if (c.num_experts === 0) {
+        expect(got.routing).toBeUndefined();
+        return;
+      }
+      const layers = got.routing!.layers;
+      expect(layers.map((l) => l.layer)).toEqual([...want.loads.keys()]);
+      for (const l of layers) {
+        expect(l.load).toEqual([...want.loads.get(l.layer)!]);
+        expect(l.sub_tokens).toBe(117 * c.mhmoe_heads);
+        expect(l.load.reduce((a, b) => a + b, 0)).toBe(117 * c.mhmoe_heads * c.num_experts_per_tok);
+        const en = want.entropy.get(l.layer)!;
+        expect(Math.abs(l.router_entropy! - en.sum / en.rows)).toBeLessThan(1e-5);
+        expect(l.drop_rate).toBe(0);
+      }
+    });
+  });
+
+  test("capacity 1.0: loss, kept load and drop rate equal the reference on the same batches", async () => {
+    const c = presetConfig("smoe", { ...TINY, num_experts: 4, moe_intermediate_size: 24, capacity_factor: 1.0 });
+    const { ckpt, data, p } = writeCase("capacity", c, 31);
+    // batch size 8 > 7 full windows: one batch of 7 windows of 16, then the tail of 5 alone
+    const got = await evaluateCheckpoint(await getGpu(), ckpt, data, { seqLen: T, batchSize: 8 });
+    const tokens = tokensOf(TEXT);
+    const full = referenceForward(c, p, batchIds(tokens, { first: 0, windows: 7, T }, T), 7, T, { training: false });
+    const tail = referenceForward(c, p, tokens.slice(7 * T), 1, 5, { training: false });
+    expect(Math.abs(got.loss - (full.ceLoss * 7 * T + tail.ceLoss * 5) / 117)).toBeLessThan(1e-5);
+    const r = full.routing[0]!.routing, rt = tail.routing[0]!.routing;
+    const load = [...expertHistogram(r.topk.idx, 4, r.keep)].map((v, e) => v + expertHistogram(rt.topk.idx, 4, rt.keep)[e]!);
+    const kept = [...r.keep, ...rt.keep].reduce((a, b) => a + b, 0);
+    const l = got.routing!.layers[0]!;
+    expect(l.load).toEqual(load);
+    expect(kept).toBeLessThan(117 * 2); // the case really drops something
+    expect(l.drop_rate).toBeCloseTo((117 * 2 - kept) / (117 * 2), 12);
+  });
+});
+
+describe("checkpoints written elsewhere", () => {
+  test("saveModelCheckpoint then loadModelCheckpoint round-trips config and every tensor", () => {
+    const c = CASES[1]![1];
+    const p = params(c, 5);
+    const ckpt = join(dir, "roundtrip");
+    saveModelCheckpoint(ckpt, c, p, { maxShardBytes: 20_000 });
+    const back = loadModelCheckpoint(ckpt);
+    expect(back.config).toEqual(c);
+    expect([...back.params.keys()].sort()).toEqual([...p.keys()].sort());
+    for (const [name, v] of p) expect(back.params.get(name)).toEqual(v);
+  });
+
+  test("a checkpoint written by PyTorch (save_pretrained) evaluates to PyTorch's loss", async () => {
+    const config = {
+      vocab_size: 260, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 48,
+      max_position_embeddings: 64, num_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 16,
+      mhmoe_heads: 2, router_type: "xmoe", mhmoe_inner_residual: true, shared_expert_intermediate_size: 24,
+    };
+    const ckpt = join(dir, "torch-ckpt");
+    const data = join(dir, "torch.txt");
+    writeFileSync(data, TEXT);
+    const py = Bun.spawnSync([PY, join(ROOT, "test/fixtures/eval_torch.py"), "--out", ckpt, "--data", data, "--seq-len", String(T), "--config", JSON.stringify(config), "--seed", "3"]);
+    if (py.exitCode !== 0) throw new Error(`eval_torch.py failed: ${py.stderr.toString()}`);
+    const torch = JSON.parse(py.stdout.toString()) as { loss: number; tokens: number };
+    const got = await evaluateCheckpoint(await getGpu(), ckpt, data, { seqLen: T, batchSize: 4 });
+    expect(got.tokens).toBe(torch.tokens);
+    expect(Math.abs(got.loss - torch.loss)).toBeLessThan(1e-4);
+    expect(got.routing!.layers.map((l) => l.layer)).toEqual([1]);
+  });
+});
+
+describe("mhmoe eval (CLI)", () => {
+  test("--json prints loss, tokens, ppl, bpb and routing equal to the library's result", async () => {
+    const { ckpt, data } = writeCase("cli", CASES[1]![1], 12);
+    const lib: EvalResult = await evaluateCheckpoint(await getGpu(), ckpt, data, { seqLen: T, batchSize: 2 });
+    const p = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "eval", "--checkpoint", ckpt, "--data", data, "--seq-len", String(T), "--batch-size", "2", "--json"], { cwd: ROOT });
+    expect(p.stderr.toString()).toBe("");
+    expect(p.exitCode).toBe(0);
+    const out = JSON.parse(p.stdout.toString());
+    expect(out.tokens).toBe(117);
+    expect(out.loss).toBeCloseTo(lib.loss, 9);
+    expect(out.ppl).toBeCloseTo(Math.exp(out.loss), 6);
+    expect(out.bpb).toBeCloseTo((out.loss * out.tokens) / (Math.LN2 * out.bytes), 9);
+    expect(out.routing.layers[0].load).toEqual(lib.routing!.layers[0]!.load);
+
+    const text = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "eval", "--checkpoint", ckpt, "--data", data, "--seq-len", String(T)], { cwd: ROOT });
+    expect(text.exitCode).toBe(0);
+    expect(text.stdout.toString()).toContain(`loss ${lib.loss.toFixed(4)} nats`);
+    expect(text.stdout.toString()).toContain("layer 1: active");
+  });
+});
