@@ -12,9 +12,10 @@ import { referenceForward, referenceBackward } from "../src/reference/model.ts";
 import { adamwInit, adamwStep, type AdamWHyper } from "../src/reference/adamw.ts";
 import { compare, rng } from "./harness.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { read } from "../src/gpu/tensor.ts";
+import { encode, read } from "../src/gpu/tensor.ts";
 import { ParamStore } from "../src/model/weights.ts";
 import { Transformer } from "../src/model/transformer.ts";
+import { GpuAdamW } from "../src/train/optimizer.ts";
 
 const PY = process.env.MHMOE_PYTHON ?? "/usr/bin/python3";
 const ROOT = join(import.meta.dir, "..");
@@ -93,10 +94,20 @@ async function gpuForwardBackward(c: ModelConfig, params: Map<string, Float32Arr
     z += await model.readScalar(l.zLoss);
   }
   const grads = await G.download();
+  // One AdamW step on the GPU from these gradients (no clipping, as parity.py).
+  const opt = await GpuAdamW.plan(gpu, c, W, G);
+  opt.prepareStep(1, { ...HP, maxGradNorm: 0 });
+  const enc = gpu.device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  encode(pass, opt.dispatches);
+  pass.end();
+  gpu.device.queue.submit([enc.finish()]);
+  const stepped = await W.download();
+  opt.release();
   model.release();
   W.release();
   G.release();
-  return { logits, ce, aux, z, total: ce + c.router_aux_loss_coef * aux + c.router_z_loss_coef * z, grads };
+  return { logits, ce, aux, z, total: ce + c.router_aux_loss_coef * aux + c.router_z_loss_coef * z, grads, stepped };
 }
 
 let dir = "";
@@ -137,6 +148,11 @@ describe("GPU model and CPU reference vs PyTorch (interop/parity.py)", () => {
       for (const s of specs) {
         const err = scaledError(gpuRes.grads.get(s.name)!, torch.get(`grad.${s.name}`)!);
         if (!(err <= 1e-3)) throw new Error(`GPU grad ${s.name}: scaled error ${err}`);
+      }
+
+      for (const s of specs) {
+        const err = scaledError(gpuRes.stepped.get(s.name)!, torch.get(`param.${s.name}`)!);
+        if (!(err <= 1e-4)) throw new Error(`GPU AdamW: param ${s.name} after one step: scaled error ${err}`);
       }
 
       const state = adamwInit(params);
