@@ -97,9 +97,11 @@ export async function listInputs(paths: readonly string[]): Promise<InputFile[]>
   return files;
 }
 
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
 function decodeUtf8(bytes: Uint8Array, where: string): string {
   try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return strictUtf8.decode(bytes);
   } catch {
     throw new UserError(`${where}: not valid UTF-8 text`);
   }
