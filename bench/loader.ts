@@ -28,12 +28,15 @@ export async function benchLoader(opts: LoaderBenchOptions): Promise<void> {
       set.verified.clear(); // every shape pays for the checksum pass, as a fresh run would
       const loader = new Loader(set, { batchSize: B, seqLen: T, seed: 1 });
       const t0 = performance.now();
+      const c0 = process.cpuUsage();
       let batches = 0;
       while (loader.epoch === 0 && batches < (opts.maxBatches ?? Infinity)) {
         await loader.next();
         batches++;
       }
       const s = (performance.now() - t0) / 1000;
+      const cu = process.cpuUsage(c0);
+      const cpu = (cu.user + cu.system) / 1e6;
       const saved = loader.position();
       await loader.close();
       const t1 = performance.now();
@@ -43,7 +46,8 @@ export async function benchLoader(opts: LoaderBenchOptions): Promise<void> {
       await resumed.close();
       print(JSON.stringify({
         bench: "loader", tokenizer: set.tokenizer, shards: set.splits.train.length, train_tokens: trainTokens || null, batch_size: B, seq_len: T,
-        batches, tokens: loader.tokensSeen, seconds: +s.toFixed(3), tokens_per_s: Math.round(loader.tokensSeen / s), resume_ms: +resumeMs.toFixed(1),
+        batches, tokens: loader.tokensSeen, seconds: +s.toFixed(3), tokens_per_s: Math.round(loader.tokensSeen / s),
+        cpu_tokens_per_s: Math.round(loader.tokensSeen / cpu), resume_ms: +resumeMs.toFixed(1),
         rss_mb: Math.round(process.memoryUsage().rss / 1e6),
       }));
     }
