@@ -46,7 +46,10 @@ function progressReporter(): { update: (p: TokenizeProgress) => void; stop: () =
         started = true;
         bar.update(Math.min(p.bytesDone, p.bytesTotal), payload);
       },
-      stop: () => started && bar.stop(),
+      stop() {
+        if (started) bar.stop();
+        started = false;
+      },
     };
   }
   let nextTenth = 1;
@@ -80,7 +83,7 @@ async function tokenizeAction(flags: TokenizeFlags): Promise<void> {
       field: flags.field,
       onProgress: progress.update,
     });
-    progress.stop();
+    progress.stop(); // before the summary, so the bar's last redraw does not land after it
     if (flags.json) console.log(JSON.stringify(summary));
     else printSummary(summary);
   } finally {
