@@ -105,10 +105,18 @@ export type Binding = Tensor | GPUBuffer;
 
 /** Bind group for binding slots 0..n-1 of group 0, in order. Made once when an op is planned, then reused. */
 export function bindGroup(gpu: Gpu, kernel: Kernel, bindings: Binding[]): GPUBindGroup {
+  return bindSlots(gpu, kernel, bindings.map((b, i) => [i, b]));
+}
+
+/**
+ * A bind group with explicit slot numbers, for entry points whose used bindings leave gaps (an entry that
+ * shares a file's declarations but not all of them). Slots must be exactly the ones the entry point uses.
+ */
+export function bindSlots(gpu: Gpu, kernel: Kernel, slots: [number, Binding][]): GPUBindGroup {
   return gpu.device.createBindGroup({
     label: kernel.name,
     layout: kernel.layout,
-    entries: bindings.map((b, i) => ({ binding: i, resource: { buffer: b instanceof Tensor ? b.buffer : b } })),
+    entries: slots.map(([binding, b]) => ({ binding, resource: { buffer: b instanceof Tensor ? b.buffer : b } })),
   });
 }
 

@@ -5,8 +5,8 @@
  * Outputs must not share a buffer with any other operand (WebGPU forbids aliasing writable bindings).
  */
 import type { Gpu } from "../gpu/device.ts";
-import { grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
-import { bindSlots, elementwiseTuning, resolveView, type Operand, type ResolvedView } from "./elementwise.ts";
+import { bindSlots, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { elementwiseTuning, resolveView, type Operand, type ResolvedView } from "./elementwise.ts";
 
 /** Slot of each operand in the entry point, in the order of the entry's parameter fields (ld0/off0, ...). */
 const SLOTS: Record<string, number[]> = {

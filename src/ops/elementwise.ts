@@ -56,18 +56,6 @@ export function resolveView(what: string, o: Operand, rows: number, cols: number
   return { tensor: v.tensor, offset, ld };
 }
 
-/**
- * A bind group with explicit slot numbers, for entries whose used bindings leave gaps (bindGroup in
- * src/gpu/tensor.ts numbers them 0..n-1). Slots must be exactly the ones the entry point uses.
- */
-export function bindSlots(gpu: Gpu, kernel: Kernel, slots: [number, Tensor | GPUBuffer][]): GPUBindGroup {
-  return gpu.device.createBindGroup({
-    label: kernel.name,
-    layout: kernel.layout,
-    entries: slots.map(([binding, b]) => ({ binding, resource: { buffer: b instanceof Tensor ? b.buffer : b } })),
-  });
-}
-
 export function checkSize(what: string, t: Tensor, n: number): void {
   if (t.size < n) throw new Error(`${what}: needs ${n} elements, the tensor has ${t.size}`);
 }

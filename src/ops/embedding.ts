@@ -3,8 +3,8 @@
  * backward. Token ids are i32 and may be read in place from a wider batch buffer through a TokenLayout.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { empty, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
-import { bindSlots, checkSize, elementwiseTuning } from "./elementwise.ts";
+import { bindSlots, empty, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { checkSize, elementwiseTuning } from "./elementwise.ts";
 
 /**
  * Where token n's id lives in an i32 buffer: offset + floor(n / seqLen) * rowStride + n % seqLen.

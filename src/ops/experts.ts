@@ -6,9 +6,9 @@
  * ignored and never written); gate/up [E, inner, dSub], down [E, dSub, inner], stacked per expert.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { bindSlots, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { matmulTiles } from "./matmul.ts";
-import { ACTIVATION_WORKGROUP, bindSlots, groupedMatmul, groupedTemplate, type GroupedMatmulArgs } from "./grouped_gemm.ts";
+import { ACTIVATION_WORKGROUP, groupedMatmul, groupedTemplate, type GroupedMatmulArgs } from "./grouped_gemm.ts";
 
 export type ExpertAct = "silu" | "gelu";
 

@@ -11,7 +11,7 @@
  */
 import type { Gpu } from "../gpu/device.ts";
 import type { Kernel } from "../gpu/kernel.ts";
-import { Tensor, uniform, type Dispatch } from "../gpu/tensor.ts";
+import { bindSlots, Tensor, uniform, type Dispatch } from "../gpu/tensor.ts";
 import { matmulTiles, type MatmulTiles } from "./matmul.ts";
 
 export type GroupedLayout = "nt" | "nn" | "tn";
@@ -64,15 +64,6 @@ export function rowBlocks(R: number, E: number, h: number): number {
 
 function need(what: string, t: Tensor, elements: number): void {
   if (t.size < elements) throw new Error(`groupedMatmul: ${what} has ${t.size} elements, needs ${elements}`);
-}
-
-/** Bind group with explicit binding numbers (the activation entries use a sparse set of slots). */
-export function bindSlots(gpu: Gpu, kernel: Kernel, slots: [number, Tensor | GPUBuffer][]): GPUBindGroup {
-  return gpu.device.createBindGroup({
-    label: kernel.name,
-    layout: kernel.layout,
-    entries: slots.map(([binding, b]) => ({ binding, resource: { buffer: b instanceof Tensor ? b.buffer : b } })),
-  });
 }
 
 /** Plans one grouped GEMM; the returned dispatch can be encoded any number of times. */

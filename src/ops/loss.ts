@@ -3,8 +3,8 @@
  * loss in the same pass, and the mean loss reduced on the GPU into a 1-element buffer.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
-import { bindSlots, checkSize, planSum } from "./elementwise.ts";
+import { bindSlots, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { checkSize, planSum } from "./elementwise.ts";
 import { resolveTokenLayout, type TokenLayout } from "./embedding.ts";
 
 /** Threads per row (a power of two); rows are long (V up to ~50k), so a GPU takes 256. */

@@ -3,8 +3,8 @@
  * positions restarting per sequence. The cos/sin table is made once per run by ropeTable.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { upload, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
-import { bindSlots, elementwiseTuning } from "./elementwise.ts";
+import { bindSlots, upload, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { elementwiseTuning } from "./elementwise.ts";
 
 /**
  * [2, maxT, dHead/2]: cos(p * theta^(-2i/dHead)) for p < maxT, i < dHead/2, then sin. Angles are taken
