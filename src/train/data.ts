@@ -18,7 +18,7 @@ export async function openTrainData(data: string | undefined, tokenizer: string,
   if (!data) return { set: await defaultShardSet({ tokenizer }), source: "default corpus" };
   if (!existsSync(data)) throw new UserError(`--data: ${data} does not exist`);
   const isDir = statSync(data).isDirectory();
-  if (isDir && (existsSync(join(data, "index.json")) || (await hasArrow(data)))) {
+  if (isDir && (await isShardDir(data))) {
     return { set: await openShardSet(data, { tokenizer }), source: data };
   }
   const dir = join(out, "data");
@@ -26,7 +26,14 @@ export async function openTrainData(data: string | undefined, tokenizer: string,
   return { set: await openShardSet(dir, { tokenizer }), source: data };
 }
 
-async function hasArrow(dir: string): Promise<boolean> {
+/** Ours (index.json), Hugging Face (.arrow files, dataset_dict.json, or split folders of .arrow files). */
+async function isShardDir(dir: string): Promise<boolean> {
   const { readdir } = await import("node:fs/promises");
-  return (await readdir(dir)).some((n) => n.endsWith(".arrow"));
+  if (existsSync(join(dir, "index.json")) || existsSync(join(dir, "dataset_dict.json"))) return true;
+  const entries = await readdir(dir, { withFileTypes: true });
+  if (entries.some((e) => e.isFile() && e.name.endsWith(".arrow"))) return true;
+  for (const e of entries.filter((e) => e.isDirectory())) {
+    if ((await readdir(join(dir, e.name))).some((n) => n.endsWith(".arrow"))) return true;
+  }
+  return false;
 }
