@@ -8,6 +8,7 @@ import { parseSetArgs, presetConfig, resolveConfig, PRESET_NAMES, type ModelConf
 import { TRAIN_DEFAULTS, validateTrainOptions, type TrainOptions } from "../src/train/options.ts";
 import { train, parameterCount } from "../src/train/loop.ts";
 import { readTrainerState, resolveResumeDir } from "../src/train/checkpoint.ts";
+import { checkResumable } from "../src/train/compat.ts";
 import { loadModelCheckpoint } from "../src/model/load.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -79,12 +80,15 @@ export function registerTrain(program: Command): void {
       let resumeDir: string | undefined;
       let base: ModelConfig | undefined;
       let savedRun: Record<string, unknown> = {};
+      let savedTokenizer = "";
       if (raw.resume !== undefined) {
         const from = typeof raw.resume === "string" ? raw.resume : (raw.out as string | undefined);
         if (!from) throw new UserError("--resume needs a run or checkpoint directory (or --out)");
         resumeDir = resolveResumeDir(from);
         base = loadModelCheckpoint(resumeDir).config;
-        savedRun = readTrainerState(resumeDir).run;
+        const state = readTrainerState(resumeDir);
+        savedRun = state.run;
+        savedTokenizer = state.tokenizer;
         if (!raw.out) raw.out = dirname(resumeDir);
       }
       // On resume the saved run's options hold unless a flag was given explicitly now.
@@ -105,6 +109,8 @@ export function registerTrain(program: Command): void {
         keep: pick("keep", "keep"), skipNonfinite: given("skipNonfinite") ? !!raw.skipNonfinite : !!(savedRun.skipNonfinite ?? raw.skipNonfinite),
       };
       validateTrainOptions(opts);
+      // Refuse an incompatible resume before the GPU starts and the run banner is printed.
+      if (resumeDir && base) checkResumable(resumeDir, { config: base, tokenizer: savedTokenizer }, opts);
       await runTrain(opts, !!raw.json, resumeDir);
     });
 }

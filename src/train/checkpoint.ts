@@ -5,10 +5,10 @@
  * when complete; OUT/latest (a one-line file naming the newest complete checkpoint) is replaced
  * atomically after it, so a kill at any moment leaves the previous checkpoint and pointer usable.
  */
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { writeFileAtomic, isAtomicLeftoverName } from "../io/atomic.ts";
+import { writeFileAtomic, isAtomicLeftoverName, ioError } from "../io/atomic.ts";
 import { saveCheckpointDir, type ShapedTensor } from "../io/checkpoint.ts";
 import { encodeSafetensors, readSafetensors, tensorToFloat32 } from "../io/safetensors.ts";
 import type { ModelConfig } from "../model/config.ts";
@@ -80,17 +80,35 @@ export function saveTrainingCheckpoint(a: SaveTrainingArgs): string {
   writeFileAtomic(join(a.out, LATEST_FILE), name + "\n");
   if (a.keep > 0) {
     const all = listCheckpoints(a.out);
-    for (const old of all.slice(0, Math.max(0, all.length - a.keep))) rmSync(join(a.out, old), { recursive: true, force: true });
+    for (const old of all.slice(0, Math.max(0, all.length - a.keep))) removeCheckpoint(join(a.out, old));
   }
   return dir;
 }
 
+/**
+ * Deleting a directory file by file can be killed half way, leaving a checkpoint-STEP that still looks
+ * complete (trainer_state.json present) but lacks its weights; renaming it to a leftover name first
+ * makes it stop being a checkpoint in one atomic step.
+ */
+function removeCheckpoint(dir: string): void {
+  const doomed = `${dir}.old-${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
+  try {
+    renameSync(dir, doomed);
+  } catch (e) {
+    throw ioError(e, "remove old checkpoint", dir);
+  }
+  rmSync(doomed, { recursive: true, force: true });
+}
+
+const stepOf = (name: string) => Number(name.slice("checkpoint-".length));
+
 /** Complete checkpoint directories of a run, oldest first (leftovers of interrupted writes excluded). */
 export function listCheckpoints(out: string): string[] {
   if (!existsSync(out)) return [];
+  // By step, not by name: past 999999 steps the zero padding no longer keeps names in order.
   return readdirSync(out)
     .filter((n) => /^checkpoint-\d+$/.test(n) && !isAtomicLeftoverName(n) && existsSync(join(out, n, TRAINER_STATE_FILE)))
-    .sort();
+    .sort((x, y) => stepOf(x) - stepOf(y));
 }
 
 /**

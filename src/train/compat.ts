@@ -11,3 +11,11 @@ export function sameModelConfig(saved: ModelConfig, now: ModelConfig, dir: strin
     }
   }
 }
+
+/** Refuses a resume whose model config or tokenizer differs from the checkpoint's (the CLI checks before it starts the GPU). */
+export function checkResumable(dir: string, saved: { config: ModelConfig; tokenizer: string }, now: { config: ModelConfig; tokenizer: string }): void {
+  sameModelConfig(saved.config, now.config, dir);
+  if (saved.tokenizer !== now.tokenizer) {
+    throw new UserError(`cannot resume ${dir}: it was trained with tokenizer "${saved.tokenizer}", this run uses "${now.tokenizer}"`);
+  }
+}

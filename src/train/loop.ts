@@ -17,7 +17,7 @@ import type { TrainOptions } from "./options.ts";
 import { openTrainData } from "./data.ts";
 import { readMoments, readTrainerState, resolveResumeDir, saveTrainingCheckpoint, type TrainerState } from "./checkpoint.ts";
 import { loadModelCheckpoint } from "../model/load.ts";
-import { sameModelConfig } from "./compat.ts";
+import { checkResumable } from "./compat.ts";
 import { routingStats, type StepRecord } from "./metrics.ts";
 
 export interface TrainHooks {
@@ -49,8 +49,7 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
     const dir = resolveResumeDir(resumeFrom);
     state = readTrainerState(dir);
     const ck = loadModelCheckpoint(dir);
-    sameModelConfig(ck.config, c, dir);
-    if (state.tokenizer !== o.tokenizer) throw new UserError(`cannot resume ${dir}: it was trained with tokenizer "${state.tokenizer}", this run uses "${o.tokenizer}"`);
+    checkResumable(dir, { config: ck.config, tokenizer: state.tokenizer }, o);
     hostParams = ck.params;
     moments = readMoments(dir, c);
     hooks.onInfo?.(`resuming from ${dir} at step ${state.step}`);
@@ -94,6 +93,9 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
   const hostIds = new Int32Array(A * idsPerBatch);
 
   let step = state?.step ?? 0;
+  // First step whose scalars are still on the GPU; a resumed run starts mid-window, so the slots to
+  // read are those of steps pendingFrom..step, not the whole window.
+  let pendingFrom = step + 1;
   let skipped = state?.skippedSteps ?? 0;
   const losses: number[] = [];
   let lastCheckpoint: string | null = null;
@@ -145,15 +147,17 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
       step++;
       windowTokens += A * B * T;
 
+      // Between log readbacks every await above settles as a microtask, so without a macrotask turn
+      // a SIGINT handler (and with it shouldStop) would only run at the next log interval.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       const stop = hooks.shouldStop?.() ?? false;
       const logNow = step % window === 0 || step === o.steps || stop;
       if (logNow) {
         const vals = new Float32Array(await readBytes(gpu, metrics, metrics.size));
         const routing = await routingStats(gpu, model.moeLayers);
         const seconds = (performance.now() - windowStart) / 1000;
-        const firstStep = step - (slot + 1) + 1;
-        for (let s = 0; s <= slot; s++) {
-          const rec = vals.subarray(s * (A * scalarsPerMicro + 1));
+        for (let at = pendingFrom; at <= step; at++) {
+          const rec = vals.subarray(((at - 1) % window) * (A * scalarsPerMicro + 1));
           let ce = 0, aux = 0, z = 0;
           for (let a = 0; a < A; a++) {
             ce += rec[a * scalarsPerMicro]! / A;
@@ -163,7 +167,6 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
             }
           }
           const gradNorm = rec[A * scalarsPerMicro]!;
-          const at = firstStep + s;
           if (!Number.isFinite(ce) || !Number.isFinite(gradNorm)) {
             if (!o.skipNonfinite) {
               throw new UserError(
@@ -174,13 +177,14 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
             skipped++;
           }
           losses.push(ce);
-          if (s === slot) {
+          if (at === step) {
             hooks.onStep?.({
               step: at, loss: ce, aux_loss: aux, z_loss: z, lr: learningRate({ kind: o.schedule, lr: o.lr, minLr: o.minLr, warmup: o.warmup, steps: o.steps }, at),
               grad_norm: gradNorm, tokens_per_s: windowTokens / seconds, tokens_seen: loader.tokensSeen, skipped_steps: skipped, routing,
             });
           }
         }
+        pendingFrom = step + 1;
         windowStart = performance.now();
         windowTokens = 0;
       }
