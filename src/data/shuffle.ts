@@ -3,20 +3,9 @@
  * gives the same stream) whose whole state fits in a loader position as four numbers.
  */
 
+import { splitmix32, xoshiro128ssNext } from "../util/rng.ts";
+
 export type ShuffleState = [number, number, number, number];
-
-function rotl(x: number, k: number): number {
-  return ((x << k) | (x >>> (32 - k))) >>> 0;
-}
-
-/** splitmix32 spreads a seed into independent-looking words, so nearby seeds give unrelated streams. */
-function splitmix32(state: { x: number }): number {
-  state.x = (state.x + 0x9e3779b9) >>> 0;
-  let z = state.x;
-  z = Math.imul(z ^ (z >>> 16), 0x21f0aaad) >>> 0;
-  z = Math.imul(z ^ (z >>> 15), 0x735a2d97) >>> 0;
-  return (z ^ (z >>> 15)) >>> 0;
-}
 
 export class ShuffleRng {
   private s: ShuffleState;
@@ -39,16 +28,7 @@ export class ShuffleRng {
   }
 
   nextU32(): number {
-    const s = this.s;
-    const result = Math.imul(rotl(Math.imul(s[1], 5) >>> 0, 7), 9) >>> 0;
-    const t = (s[1] << 9) >>> 0;
-    s[2] = (s[2] ^ s[0]) >>> 0;
-    s[3] = (s[3] ^ s[1]) >>> 0;
-    s[1] = (s[1] ^ s[2]) >>> 0;
-    s[0] = (s[0] ^ s[3]) >>> 0;
-    s[2] = (s[2] ^ t) >>> 0;
-    s[3] = rotl(s[3], 11);
-    return result;
+    return xoshiro128ssNext(this.s);
   }
 
   /** uniform integer in [0, n) for n <= 2^32, by rejection so small n carry no modulo bias */

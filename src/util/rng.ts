@@ -16,7 +16,7 @@ function rotl(x: number, k: number): number {
 }
 
 /** splitmix32: spreads a seed over well-mixed words so that nearby seeds give unrelated streams. */
-function splitmix32(state: { x: number }): number {
+export function splitmix32(state: { x: number }): number {
   state.x = (state.x + 0x9e3779b9) >>> 0;
   let z = state.x;
   z = Math.imul(z ^ (z >>> 16), 0x21f0aaad) >>> 0;
@@ -24,11 +24,21 @@ function splitmix32(state: { x: number }): number {
   return (z ^ (z >>> 15)) >>> 0;
 }
 
+/** One xoshiro128** step: advances the four-word state in place and returns the next u32. */
+export function xoshiro128ssNext(s: [number, number, number, number]): number {
+  const result = Math.imul(rotl(Math.imul(s[1], 5) >>> 0, 7), 9) >>> 0;
+  const t = (s[1] << 9) >>> 0;
+  s[2] = (s[2] ^ s[0]) >>> 0;
+  s[3] = (s[3] ^ s[1]) >>> 0;
+  s[1] = (s[1] ^ s[2]) >>> 0;
+  s[0] = (s[0] ^ s[3]) >>> 0;
+  s[2] = (s[2] ^ t) >>> 0;
+  s[3] = rotl(s[3], 11);
+  return result;
+}
+
 export class Rng {
-  private s0 = 0;
-  private s1 = 0;
-  private s2 = 0;
-  private s3 = 0;
+  private s: [number, number, number, number] = [0, 0, 0, 0];
   private spare: number | null = null;
 
   /** seed: any non-negative integer below 2^53 (both halves of it are used). */
@@ -37,12 +47,12 @@ export class Rng {
     const lo = seed >>> 0;
     const hi = Math.floor(seed / 4294967296) >>> 0;
     const mix = { x: (lo ^ Math.imul(hi, 0x85ebca6b)) >>> 0 };
-    this.s0 = splitmix32(mix);
-    this.s1 = splitmix32(mix);
-    this.s2 = splitmix32(mix) ^ hi;
-    this.s3 = splitmix32(mix);
+    const s0 = splitmix32(mix);
+    const s1 = splitmix32(mix);
+    const s2 = (splitmix32(mix) ^ hi) >>> 0;
+    this.s = [s0, s1, s2, splitmix32(mix)];
     // xoshiro must never have an all-zero state.
-    if ((this.s0 | this.s1 | this.s2 | this.s3) === 0) this.s0 = 1;
+    if ((this.s[0] | this.s[1] | this.s[2] | this.s[3]) === 0) this.s[0] = 1;
   }
 
   static fromState(state: RngState): Rng {
@@ -52,7 +62,7 @@ export class Rng {
   }
 
   getState(): RngState {
-    return { s: [this.s0, this.s1, this.s2, this.s3], spare: this.spare };
+    return { s: [this.s[0], this.s[1], this.s[2], this.s[3]], spare: this.spare };
   }
 
   setState(state: RngState): void {
@@ -61,24 +71,13 @@ export class Rng {
       if (!Number.isInteger(w) || w < 0 || w > 0xffffffff) throw new RangeError(`bad Rng state word ${w}`);
     }
     if ((a | b | c | d) === 0) throw new RangeError("Rng state must not be all zero");
-    this.s0 = a >>> 0;
-    this.s1 = b >>> 0;
-    this.s2 = c >>> 0;
-    this.s3 = d >>> 0;
+    this.s = [a >>> 0, b >>> 0, c >>> 0, d >>> 0];
     this.spare = state.spare;
   }
 
   /** Next unsigned 32-bit integer. */
   nextU32(): number {
-    const result = Math.imul(rotl(Math.imul(this.s1, 5) >>> 0, 7), 9) >>> 0;
-    const t = (this.s1 << 9) >>> 0;
-    this.s2 = (this.s2 ^ this.s0) >>> 0;
-    this.s3 = (this.s3 ^ this.s1) >>> 0;
-    this.s1 = (this.s1 ^ this.s2) >>> 0;
-    this.s0 = (this.s0 ^ this.s3) >>> 0;
-    this.s2 = (this.s2 ^ t) >>> 0;
-    this.s3 = rotl(this.s3, 11);
-    return result;
+    return xoshiro128ssNext(this.s);
   }
 
   /** Uniform double in [0, 1) with 53 random bits. */
