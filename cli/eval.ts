@@ -12,6 +12,7 @@ interface EvalFlags {
   batchSize: string;
   activationThreshold?: string;
   entropy: boolean;
+  tokenizer?: string;
   json?: boolean;
 }
 
@@ -67,6 +68,7 @@ async function evalAction(flags: EvalFlags): Promise<void> {
       batchSize: parseNumber("--batch-size", flags.batchSize, true),
       activationThreshold: flags.activationThreshold === undefined ? undefined : parseNumber("--activation-threshold", flags.activationThreshold, false),
       routerEntropy: flags.entropy,
+      tokenizer: flags.tokenizer,
       onProgress: progress.update,
     });
     progress.stop();
@@ -86,6 +88,7 @@ export function registerEval(program: Command): void {
     .requiredOption("--seq-len <T>", "window length: the text is cut into windows of T targets (the last may be shorter)")
     .option("--batch-size <B>", "windows per forward pass", String(DEFAULT_EVAL_BATCH_SIZE))
     .option("--activation-threshold <x>", "routing: an expert is active when its share of the load is at least x (default 1/(4E))")
+    .option("--tokenizer <name>", "byte or gpt2 (default: the checkpoint's, recorded by mhmoe train; else byte)")
     .option("--no-entropy", "skip the router entropy (saves reading router probabilities back)")
     .option("--json", "print the result as one JSON object")
     .action(evalAction);

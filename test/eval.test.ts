@@ -237,3 +237,18 @@ describe("mhmoe eval (CLI)", () => {
     expect(text.stdout.toString()).toContain("layer 1: active");
   });
 });
+
+describe("eval reads text with the checkpoint's tokenizer", () => {
+  test("a training checkpoint's recorded tokenizer is used, and a different --tokenizer is refused", async () => {
+    const c = presetConfig("dense", { ...TINY, vocab_size: 50257 });
+    const { ckpt, data } = writeCase("gpt2-trained", c, 5);
+    writeFileSync(join(ckpt, "trainer_state.json"), JSON.stringify({ tokenizer: "gpt2" }));
+    await expect(evaluateCheckpoint(() => getGpu(), ckpt, data, { seqLen: T, tokenizer: "byte" })).rejects.toThrow(
+      /tokenizer mismatch: checkpoint .* uses "gpt2" but --tokenizer uses "byte"/,
+    );
+    const r = await evaluateCheckpoint(() => getGpu(), ckpt, data, { seqLen: T });
+    const gpt2Tokens = (await import("../src/data/tokenizer.ts")).getTokenizer("gpt2").encode(TEXT).length + 1;
+    expect(r.tokens).toBe(gpt2Tokens - 1); // every token after the first is a target
+    expect(r.tokens).toBeLessThan(new TextEncoder().encode(TEXT).length); // BPE, not bytes
+  });
+});

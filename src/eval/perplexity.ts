@@ -4,6 +4,7 @@
  * of windows.ts, each scored with its own length (the tail gets a plan of its own, never padding,
  * so no position is counted that is not a real next-token prediction).
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { read, readInt } from "../gpu/tensor.ts";
@@ -15,6 +16,7 @@ import { uploadParams } from "../model/weights.ts";
 import { UserError } from "../util/errors.ts";
 import { RoutingTally, type RoutingReport } from "./routing.ts";
 import { batchIds, checkVocabulary, readEvalText, windowBatches, type EvalText } from "./windows.ts";
+import { assertSameTokenizer, getTokenizer, type Tokenizer } from "../data/tokenizer.ts";
 
 export const DEFAULT_EVAL_BATCH_SIZE = 8;
 
@@ -26,6 +28,8 @@ export interface EvalOptions {
   /** read the router probabilities back for the router entropy (default true) */
   routerEntropy?: boolean;
   onProgress?: (windowsDone: number, windowsTotal: number) => void;
+  /** byte or gpt2; default: what the checkpoint was trained with (trainer_state.json), else byte */
+  tokenizer?: string;
 }
 
 export interface EvalResult {
@@ -107,12 +111,30 @@ export async function evaluateTokens(
   return result;
 }
 
-/** Loads checkpoint `dir`, tokenizes `dataFile` with the byte tokenizer and scores it. */
+/**
+ * The tokenizer to read eval text with: a training checkpoint records its own (trainer_state.json); a
+ * different --tokenizer is refused, since the scores would be meaningless. Other checkpoints: byte.
+ */
+function evalTokenizer(dir: string, requested: string | undefined): Tokenizer {
+  const stateFile = path.join(dir, "trainer_state.json");
+  let recorded: string | undefined;
+  if (fs.existsSync(stateFile)) {
+    try {
+      recorded = JSON.parse(fs.readFileSync(stateFile, "utf8")).tokenizer;
+    } catch {
+      throw new UserError(`${stateFile}: not valid JSON`);
+    }
+  }
+  if (requested && recorded) assertSameTokenizer({ tokenizer: recorded, where: `checkpoint ${dir}` }, { tokenizer: requested, where: "--tokenizer" });
+  return getTokenizer(requested ?? recorded ?? "byte");
+}
+
+/** Loads checkpoint `dir`, tokenizes `dataFile` with its tokenizer and scores it. */
 export async function evaluateCheckpoint(gpu: Gpu | (() => Promise<Gpu>), dir: string, dataFile: string, opts: EvalOptions): Promise<EvalResult> {
   const { config, params } = loadModelCheckpoint(dir);
   const configFile = path.join(dir, CONFIG_FILE);
   checkOptions(config, opts, configFile);
-  const text = readEvalText(dataFile);
+  const text = readEvalText(dataFile, evalTokenizer(dir, opts.tokenizer));
   checkVocabulary(text.tokens, config.vocab_size, dataFile, configFile);
   // The device is opened only once every file has been checked, so a bad input fails fast.
   const device = typeof gpu === "function" ? await gpu() : gpu;

@@ -1,23 +1,24 @@
 /**
- * Eval input: a .txt file as one document of the byte tokenizer (MODEL_SPEC.md section 5), cut into
+ * Eval input: a .txt file as one document of the checkpoint's tokenizer (byte by default, MODEL_SPEC.md
+ * section 5), cut into
  * consecutive windows of T targets. Window i reads inputs tokens[i*T .. i*T+T) and targets
  * tokens[i*T+1 .. i*T+T+1), so every token after the first is scored exactly once; the last window
  * may be shorter (its own length, never padded).
  */
 import * as fs from "node:fs";
-import { BYTE_EOT, encodeBytes } from "../data/tokenizer.ts";
+import { BYTE_EOT, getTokenizer, type Tokenizer } from "../data/tokenizer.ts";
 import { ioError } from "../io/atomic.ts";
 import { UserError } from "../util/errors.ts";
 
 export interface EvalText {
-  /** UTF-8 bytes then <|endoftext|> */
+  /** the document's tokens then <|endoftext|> */
   tokens: Int32Array;
   /** size of the file in bytes (the bits-per-byte denominator) */
   bytes: number;
 }
 
 /** Reads a UTF-8 text file the way `mhmoe tokenize` reads a .txt document, plus the trailing EOT. */
-export function readEvalText(file: string): EvalText {
+export function readEvalText(file: string, tokenizer: Tokenizer = getTokenizer("byte")): EvalText {
   let raw: Uint8Array;
   try {
     raw = fs.readFileSync(file);
@@ -30,10 +31,10 @@ export function readEvalText(file: string): EvalText {
   } catch {
     throw new UserError(`${file}: not valid UTF-8 text`);
   }
-  const body = encodeBytes(text);
+  const body = tokenizer.encode(text);
   const tokens = new Int32Array(body.length + 1);
   tokens.set(body);
-  tokens[body.length] = BYTE_EOT;
+  tokens[body.length] = tokenizer.eot;
   return { tokens, bytes: raw.length };
 }
 
