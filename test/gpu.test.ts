@@ -83,3 +83,20 @@ describe("GPU runtime", () => {
     expect(gpu.limits.maxStorageBufferBindingSize).toBeGreaterThanOrEqual(128 * 1024 * 1024);
   });
 });
+
+describe("GPU memory limits", () => {
+  test("a tensor larger than the adapter can bind is one clear UserError naming it, not a validation error", async () => {
+    const gpu = await getGpu();
+    const { empty } = await import("../src/gpu/tensor.ts");
+    const { UserError } = await import("../src/util/errors.ts");
+    const tooMany = Math.floor(gpu.limits.maxStorageBufferBindingSize! / 4) + 1;
+    let err: unknown;
+    try {
+      empty(gpu, [tooMany], "f32", "huge.logits");
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as Error).message).toMatch(/^tensor huge\.logits .* more than this adapter binds \(maxStorageBufferBindingSize \d+ MiB\)/);
+  });
+});

@@ -1,5 +1,6 @@
 import type { Gpu } from "./device.ts";
 import type { Kernel } from "./kernel.ts";
+import { UserError } from "../util/errors.ts";
 
 export type DType = "f32" | "i32" | "u32";
 type Typed = Float32Array | Int32Array | Uint32Array;
@@ -31,6 +32,15 @@ export class Tensor {
 /** An uninitialised tensor (pooled memory may hold old data: ops write every element, or call zeros()). */
 export function empty(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", label = ""): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
+  // Kernels bind whole tensors, so one past the adapter's binding limit could never be used.
+  const limit = gpu.limits.maxStorageBufferBindingSize ?? Infinity;
+  if (n * 4 > limit) {
+    const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+    throw new UserError(
+      `tensor ${label || "[" + shape.join(", ") + "]"} [${shape.join(", ")}] needs ${mib(n * 4)}, more than this adapter binds ` +
+        `(maxStorageBufferBindingSize ${mib(limit)}); use a smaller batch, sequence length or model`,
+    );
+  }
   return new Tensor(gpu, gpu.pool.acquire(n * 4, undefined, label), shape, dtype, label);
 }
 

@@ -70,16 +70,20 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
     ? await Loader.resume(data.set, { batchSize: B, seqLen: T }, state.loader)
     : new Loader(data.set, { batchSize: B, seqLen: T, seed: o.seed, split: "train" });
 
-  const W = ParamStore.allocate(gpu, c, "param");
-  W.upload(hostParams);
-  const G = ParamStore.allocate(gpu, c, "grad");
-  const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A });
-  const opt = await GpuAdamW.plan(gpu, c, W, G);
-  if (moments) {
-    opt.m.upload(moments.m);
-    opt.v.upload(moments.v);
-  }
-  const evalModel = o.evalEvery > 0 || o.evalData ? await Transformer.plan(gpu, c, W, { B, T }) : null;
+  // Everything the run keeps on the GPU is made here, once; out-of-memory becomes one UserError line.
+  const { W, G, model, opt, evalModel } = await gpu.checked("allocating the model, gradients and optimizer", async () => {
+    const W = ParamStore.allocate(gpu, c, "param");
+    W.upload(hostParams);
+    const G = ParamStore.allocate(gpu, c, "grad");
+    const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A });
+    const opt = await GpuAdamW.plan(gpu, c, W, G);
+    if (moments) {
+      opt.m.upload(moments.m);
+      opt.v.upload(moments.v);
+    }
+    const evalModel = o.evalEvery > 0 || o.evalData ? await Transformer.plan(gpu, c, W, { B, T }) : null;
+    return { W, G, model, opt, evalModel };
+  });
   const evalData = o.evalData ? await openTrainData(o.evalData, o.tokenizer, `${o.out}/eval`) : data;
   const evalSplit = evalData.set.splits.val.length > 0 ? "val" : "train";
 
