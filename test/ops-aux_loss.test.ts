@@ -7,7 +7,7 @@ import { loadBalanceLoss, loadBalanceLossBackward, routerZLoss, routerZLossBackw
 import { softmaxRowsBackward } from "../src/reference/router.ts";
 import { topkGatesBackward } from "../src/reference/routing.ts";
 import { expectClose, randomArray, rng } from "./harness.ts";
-import { checkGpuGrad } from "./routing-fd.ts";
+import { gpuFdCheck } from "./ops-fd.ts";
 
 // Losses are sums of S*E (or S) O(1) terms in f32: relative error ~1e-6 * sqrt(terms).
 const LOSS_TOL = { atol: 1e-5, rtol: 1e-4 };
@@ -114,7 +114,7 @@ describe("aux-loss backward vs finite differences of the GPU forward", () => {
         expect(Array.from(await readInt(t.counts))).toEqual(counts0);
         return auxCoef * (await read(t.auxLoss))[0]! + zCoef * (await read(t.zLoss))[0]!;
       };
-      await checkGpuGrad("aux-loss dz", t.z, z, await read(dz), loss, { atol: 2e-4 });
+      await gpuFdCheck("aux-loss dz", z, t.z, await read(dz), loss, { atol: 2e-4 });
       releaseAll([...Object.values(t), ...Object.values(g)]);
     });
   }
