@@ -1,9 +1,9 @@
 /** `mhmoe eval`: flags and output only; the work is src/eval/perplexity.ts's evaluateCheckpoint. */
 import type { Command } from "commander";
 import cliProgress from "cli-progress";
+import { parseNumber } from "./flags.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { DEFAULT_EVAL_BATCH_SIZE, evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
-import { UserError } from "../src/util/errors.ts";
 
 interface EvalFlags {
   checkpoint: string;
@@ -14,14 +14,6 @@ interface EvalFlags {
   entropy: boolean;
   tokenizer?: string;
   json?: boolean;
-}
-
-function parseNumber(flag: string, text: string, integer: boolean): number {
-  const value = Number(text);
-  if (text.trim() === "" || !Number.isFinite(value) || (integer && !Number.isSafeInteger(value))) {
-    throw new UserError(`${flag}: expected ${integer ? "an integer" : "a number"}, got "${text}"`);
-  }
-  return value;
 }
 
 /** A bar on a terminal; nothing otherwise (eval of a held-out file takes seconds to minutes). */

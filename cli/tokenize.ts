@@ -1,7 +1,7 @@
 /** `mhmoe tokenize`: flags and output only; the work is src/data/tokenize.ts's runTokenize. */
 import type { Command } from "commander";
 import cliProgress from "cli-progress";
-import { UserError } from "../src/util/errors.ts";
+import { parseNumber } from "./flags.ts";
 import {
   DEFAULT_SHARD_TOKENS,
   DEFAULT_VAL_FRACTION,
@@ -19,14 +19,6 @@ interface TokenizeFlags {
   shardTokens: string;
   field: string;
   json?: boolean;
-}
-
-function parseNumber(flag: string, text: string, integer: boolean): number {
-  const value = Number(text);
-  if (text.trim() === "" || !Number.isFinite(value) || (integer && !Number.isSafeInteger(value))) {
-    throw new UserError(`${flag}: expected ${integer ? "an integer" : "a number"}, got "${text}"`);
-  }
-  return value;
 }
 
 const MB = 1e6;

@@ -3,6 +3,7 @@ import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { SingleBar } from "cli-progress";
 import { UserError } from "../src/util/errors.ts";
+import { parseNumber } from "./flags.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { parseSetArgs, presetConfig, resolveConfig, PRESET_NAMES, type ModelConfig } from "../src/model/config.ts";
 import { TRAIN_DEFAULTS, validateTrainOptions, type TrainOptions } from "../src/train/options.ts";
@@ -36,11 +37,7 @@ function modelConfig(o: { preset?: string; config?: string; set: string[] }, bas
   return resolveConfig({ ...fields, ...parseSetArgs(o.set) }, o.config ?? "--set");
 }
 
-const num = (flag: string) => (v: string) => {
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n)) throw new UserError(`${flag} expects a number, got "${v}"`);
-  return n;
-};
+const num = (flag: string) => (v: string) => parseNumber(flag, v, false);
 
 export function registerTrain(program: Command): void {
   program
