@@ -174,3 +174,30 @@ describe("train() against PyTorch", () => {
     expect(worst.err).toBeLessThan(1e-4);
   });
 });
+
+describe("gradient accumulation", () => {
+  test("--grad-accum 2 at batch 4 trains like batch 8 (same windows, same mean loss and gradient)", async () => {
+    // The loader's micro-batches of a step are consecutive B*T-token spans, so two of batch 4 hold the
+    // same rows as one of batch 8. A dense model has no batch statistics (MoE aux losses do), so the two
+    // runs differ only by float summation order.
+    const config = tinyConfig({ num_experts: 0 });
+    const base = { data: prose, steps: 6, logEvery: 1, config, warmup: 0 };
+    const big = await train(gpu, tinyOptions({ ...base, out: join(tmp, "accum-big"), batchSize: 8 }));
+    const acc = await train(gpu, tinyOptions({ ...base, out: join(tmp, "accum-2x4"), batchSize: 4, gradAccum: 2 }));
+    expect(acc.losses).toHaveLength(6);
+    for (let i = 0; i < 6; i++) expect(Math.abs(acc.losses[i]! - big.losses[i]!)).toBeLessThan(1e-5);
+    const a = loadModelCheckpoint(big.checkpoint!).params, b = loadModelCheckpoint(acc.checkpoint!).params;
+    for (const [name, w] of a) {
+      const v = b.get(name)!;
+      let scale = 0, err = 0;
+      for (let i = 0; i < w.length; i++) {
+        scale = Math.max(scale, Math.abs(w[i]!));
+        err = Math.max(err, Math.abs(w[i]! - v[i]!));
+      }
+      expect(err / scale, name).toBeLessThan(1e-4);
+    }
+    // and a run without accumulation at batch 4 is a different run (the test can fail)
+    const small = await train(gpu, tinyOptions({ ...base, out: join(tmp, "accum-small"), batchSize: 4 }));
+    expect(Math.abs(small.losses[5]! - big.losses[5]!)).toBeGreaterThan(1e-4);
+  });
+});
