@@ -12,19 +12,7 @@ fn flatIndex(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
   return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-// Tree sum over the workgroup; WG is a power of two (checked by the launcher). Ends with a barrier so
-// `red` can be reused straight away.
-fn workgroupSum(lid: u32, v: f32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] += red[lid + s]; }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  workgroupBarrier();
-  return total;
-}
+// #include "lib/reduce"
 
 // ---- y = a + b --------------------------------------------------------------------------------------
 

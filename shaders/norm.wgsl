@@ -8,17 +8,7 @@ override WG: u32 = 256u;
 
 var<workgroup> red: array<f32, WG>;
 
-fn workgroupSum(lid: u32, v: f32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] += red[lid + s]; }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  workgroupBarrier();
-  return total;
-}
+// #include "lib/reduce"
 
 struct Params { N: u32, d: u32, eps: f32, beta: f32 }
 

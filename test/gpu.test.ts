@@ -1,7 +1,7 @@
 import { describe, test, expect } from "bun:test";
 import { getGpu } from "../src/gpu/device.ts";
 import { ShaderError } from "../src/gpu/kernel.ts";
-import { SHADERS } from "../src/gpu/shaders.ts";
+import { SHADERS, shaderSource } from "../src/gpu/shaders.ts";
 import { grid1d, read, upload, uniform, zeros } from "../src/gpu/tensor.ts";
 import { listAdapters, pickAdapter } from "../src/gpu/adapter.ts";
 
@@ -24,6 +24,20 @@ describe("GPU runtime", () => {
     await expect(gpu.kernel({ shader: "fill", entry: "no_such_entry" })).rejects.toBeInstanceOf(ShaderError);
     await expect(gpu.kernel({ shader: "matmul", entry: "main", template: { BM: 64 } })).rejects.toThrow(/template parameter \{\{BN\}\}/);
     await expect(gpu.kernel({ shader: "nope", entry: "main" })).rejects.toThrow(/unknown shader "nope"/);
+  });
+
+  test('`// #include "lib/reduce"` splices the shared helper in once; an unknown include is an error', () => {
+    const norm = shaderSource("norm");
+    expect(norm).not.toMatch(/^\/\/ #include/m);
+    expect(norm.match(/fn workgroupSum\(/g)).toHaveLength(1);
+    SHADERS["include_test"] = '// #include "lib/reduce"\n// #include "lib/reduce"\n// #include "lib/nope"\n';
+    try {
+      expect(() => shaderSource("include_test")).toThrow(/unknown shader "lib\/nope"/);
+      SHADERS["include_test"] = '// #include "lib/reduce"\n// #include "lib/reduce"\n';
+      expect(shaderSource("include_test").match(/fn workgroupSum\(/g)).toHaveLength(1);
+    } finally {
+      delete SHADERS["include_test"];
+    }
   });
 
   test("pipelines are cached per shader, entry and specialisation", async () => {

@@ -16,8 +16,10 @@ import adamw from "../../shaders/adamw.wgsl" with { type: "text" };
 import router from "../../shaders/router.wgsl" with { type: "text" };
 import dispatch from "../../shaders/dispatch.wgsl" with { type: "text" };
 import aux_loss from "../../shaders/aux_loss.wgsl" with { type: "text" };
+import libReduce from "../../shaders/lib/reduce.wgsl" with { type: "text" };
 
 export const SHADERS: Record<string, string> = {
+  "lib/reduce": libReduce,
   router,
   dispatch,
   aux_loss,
@@ -34,8 +36,13 @@ export const SHADERS: Record<string, string> = {
   attention,
 };
 
-export function shaderSource(name: string): string {
+/**
+ * A shader's source with its `// #include "lib/name"` lines replaced by those files (WGSL has no
+ * includes; shared helpers live once in shaders/lib/). Each file is included at most once.
+ */
+export function shaderSource(name: string, included = new Set<string>()): string {
   const src = SHADERS[name];
   if (src === undefined) throw new Error(`unknown shader "${name}" (is it registered in src/gpu/shaders.ts?)`);
-  return src;
+  included.add(name);
+  return src.replace(/^\/\/ #include "([\w/]+)"[ \t]*$/gm, (_, dep: string) => (included.has(dep) ? "" : shaderSource(dep, included)));
 }
