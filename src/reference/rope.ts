@@ -25,11 +25,8 @@ export function ropeTables(T: number, dHead: number, theta: number): RopeTables 
   return { cos, sin };
 }
 
-/** x' = x*cos + rotate_half(x)*sin, rotate_half(x) = concat(-x[half:], x[:half]). */
-export function ropeForward<T extends Vec>(
-  x: T, B: number, Tn: number, H: number, dHead: number, tables: RopeTables,
-): T {
-  checkLength("rope x", x, B * Tn * H * dHead);
+/** Rotates each (i, i+half) pair of every head by the angle of its position, times `sign`. */
+function rotate<T extends Vec>(x: T, B: number, Tn: number, H: number, dHead: number, tables: RopeTables, sign: 1 | -1): T {
   const out = allocLike(x, x.length);
   const half = dHead / 2;
   for (let b = 0; b < B; b++) {
@@ -38,7 +35,7 @@ export function ropeForward<T extends Vec>(
         const base = ((b * Tn + t) * H + h) * dHead;
         for (let i = 0; i < half; i++) {
           const c = tables.cos[t * dHead + i];
-          const s = tables.sin[t * dHead + i];
+          const s = sign * tables.sin[t * dHead + i];
           const x1 = x[base + i];
           const x2 = x[base + half + i];
           out[base + i] = x1 * c - x2 * s;
@@ -50,27 +47,18 @@ export function ropeForward<T extends Vec>(
   return out;
 }
 
+/** x' = x*cos + rotate_half(x)*sin, rotate_half(x) = concat(-x[half:], x[:half]). */
+export function ropeForward<T extends Vec>(
+  x: T, B: number, Tn: number, H: number, dHead: number, tables: RopeTables,
+): T {
+  checkLength("rope x", x, B * Tn * H * dHead);
+  return rotate(x, B, Tn, H, dHead, tables, 1);
+}
+
 /** The rotation is orthogonal, so the backward rotates dy by the opposite angle. */
 export function ropeBackward<T extends Vec>(
   dy: T, B: number, Tn: number, H: number, dHead: number, tables: RopeTables,
 ): T {
   checkLength("rope dy", dy, B * Tn * H * dHead);
-  const dx = allocLike(dy, dy.length);
-  const half = dHead / 2;
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < Tn; t++) {
-      for (let h = 0; h < H; h++) {
-        const base = ((b * Tn + t) * H + h) * dHead;
-        for (let i = 0; i < half; i++) {
-          const c = tables.cos[t * dHead + i];
-          const s = tables.sin[t * dHead + i];
-          const g1 = dy[base + i];
-          const g2 = dy[base + half + i];
-          dx[base + i] = g1 * c + g2 * s;
-          dx[base + half + i] = g2 * c - g1 * s;
-        }
-      }
-    }
-  }
-  return dx;
+  return rotate(dy, B, Tn, H, dHead, tables, -1);
 }
