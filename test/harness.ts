@@ -33,6 +33,28 @@ export interface Comparison {
   bad: number;
 }
 
+/**
+ * MHMOE_REPORT_TOL=1 prints, for every tolerance check, the calling test line, the measured max abs and max
+ * relative error, and the fraction of the tolerance used (max over elements of err / (atol + rtol * |want|)):
+ * how tolerances are set from measurements (a used fraction below ~0.05 means the tolerance is loose).
+ */
+export const REPORT_TOL = !!process.env.MHMOE_REPORT_TOL;
+
+/** The first test-file frame on the stack ("file.test.ts:line"), for MHMOE_REPORT_TOL. */
+export function callSite(): string {
+  for (const line of (new Error().stack ?? "").split("\n")) {
+    const m = /([\w.-]+\.test\.ts):(\d+)/.exec(line);
+    if (m) return `${m[1]}:${m[2]}`;
+  }
+  return "?";
+}
+
+/** One MHMOE_REPORT_TOL line: site, label, max abs err, max rel err, used fraction of the tolerance. */
+export function reportTol(what: string, maxAbs: number, maxRel: number, used: number): void {
+  const f = (v: number) => v.toExponential(2);
+  console.error(`TOL ${callSite()} ${JSON.stringify(what)} maxAbs=${f(maxAbs)} maxRel=${f(maxRel)} used=${f(used)}`);
+}
+
 export function compare(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: Tolerance): Comparison {
   let maxAbs = 0;
   let maxRel = 0;
@@ -60,6 +82,14 @@ export function compare(actual: ArrayLike<number>, expected: ArrayLike<number>, 
 export function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: Tolerance, what = "result"): void {
   expect(actual.length).toBe(expected.length);
   const c = compare(actual, expected, tol);
+  if (REPORT_TOL) {
+    let used = 0;
+    for (let i = 0; i < expected.length; i++) {
+      const d = Math.abs(actual[i]! - expected[i]!);
+      used = Math.max(used, d === 0 ? 0 : d / (tol.atol + tol.rtol * Math.abs(expected[i]!)));
+    }
+    reportTol(what, c.maxAbs, c.maxRel, used);
+  }
   if (c.bad > 0) {
     const w = c.worst;
     throw new Error(

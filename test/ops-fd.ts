@@ -7,6 +7,7 @@
  */
 import type { Gpu } from "../src/gpu/device.ts";
 import { read, submit, write, type Dispatch, type Tensor } from "../src/gpu/tensor.ts";
+import { REPORT_TOL, reportTol } from "./harness.ts";
 
 export interface GpuFdOptions {
   h?: number;
@@ -46,6 +47,7 @@ export async function gpuFdCheck(
   const rtol = opts.rtol ?? 1e-2;
   if (analytic.length !== x.length) throw new Error(`${label}: ${analytic.length} gradients for ${x.length} inputs`);
   const probeX = Float32Array.from(x);
+  let maxAbs = 0, maxRel = 0, used = 0;
   for (const i of opts.indices ?? Array.from({ length: x.length }, (_, i) => i)) {
     probeX[i] = x[i]! + h;
     write(input, probeX);
@@ -58,12 +60,17 @@ export async function gpuFdCheck(
     const fd = (up - down) / (Math.fround(x[i]! + h) - Math.fround(x[i]! - h));
     const an = analytic[i]!;
     const tol = atol + rtol * Math.max(Math.abs(fd), Math.abs(an));
-    if (!(Math.abs(fd - an) <= tol)) {
+    const err = Math.abs(fd - an);
+    maxAbs = Math.max(maxAbs, err);
+    if (Math.max(Math.abs(fd), Math.abs(an)) > atol) maxRel = Math.max(maxRel, err / Math.max(Math.abs(fd), Math.abs(an)));
+    used = Math.max(used, err / tol);
+    if (!(err <= tol)) {
       write(input, x);
       throw new Error(`${label}[${i}]: GPU backward ${an} vs finite difference of the GPU forward ${fd} (tolerance ${tol.toExponential(2)})`);
     }
   }
   write(input, x);
+  if (REPORT_TOL) reportTol(`fd ${label}`, maxAbs, maxRel, used);
 }
 
 /** Asserts two arrays are bit-for-bit equal (NaN payloads included), naming the first difference. */

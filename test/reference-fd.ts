@@ -7,6 +7,7 @@ import { expect } from "bun:test";
 import type { ModelConfig } from "../src/model/config.ts";
 import { numel, parameterSpecs } from "../src/model/params.ts";
 import { Rng } from "../src/util/rng.ts";
+import { REPORT_TOL, reportTol } from "./harness.ts";
 
 export const FD_EPS = 1e-5;
 export const FD_RTOL = 1e-5;
@@ -57,6 +58,7 @@ export function checkGrad(
     base = opts.signature();
   }
   let skipped = 0;
+  let maxAbs = 0, maxRel = 0, used = 0;
   for (const i of indices) {
     const saved = x[i];
     x[i] = saved + eps;
@@ -73,10 +75,15 @@ export function checkGrad(
     const fd = (up - down) / (2 * eps);
     const an = analytic[i];
     const tol = atol + rtol * Math.max(Math.abs(fd), Math.abs(an));
-    if (!(Math.abs(fd - an) <= tol)) {
+    const err = Math.abs(fd - an);
+    maxAbs = Math.max(maxAbs, err);
+    if (Math.max(Math.abs(fd), Math.abs(an)) > atol) maxRel = Math.max(maxRel, err / Math.max(Math.abs(fd), Math.abs(an)));
+    used = Math.max(used, err / tol);
+    if (!(err <= tol)) {
       throw new Error(`${label}[${i}]: analytic ${an} vs finite difference ${fd} (tolerance ${tol})`);
     }
   }
+  if (REPORT_TOL) reportTol(`fd ${label}`, maxAbs, maxRel, used);
   return { checked: indices.length - skipped, skipped };
 }
 
