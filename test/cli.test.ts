@@ -1,4 +1,6 @@
-import { describe, test, expect } from "bun:test";
+import { describe, test, expect, beforeAll, afterAll } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const ROOT = join(import.meta.dir, "..");
@@ -65,14 +67,50 @@ describe("mhmoe CLI", () => {
 });
 
 describe("compiled binary", () => {
-  test("bun build --compile embeds the shaders and the WebGPU library", () => {
-    const out = join(require("node:os").tmpdir(), `mhmoe-bin-${process.pid}`);
-    const build = Bun.spawnSync([process.execPath, "build", "--compile", CLI, "--outfile", out], { cwd: ROOT });
-    expect(build.exitCode).toBe(0);
-    // Run from an unrelated directory so nothing can be found relative to the checkout.
-    const r = Bun.spawnSync([out, "bench", "matmul", "--sizes", "16", "--layouts", "nt", "--reps", "1"], { cwd: "/" });
-    require("node:fs").rmSync(out, { force: true });
-    expect(r.exitCode).toBe(0);
-    expect(JSON.parse(r.stdout.toString()).layout).toBe("nt");
+  // Built once; every run is from an empty directory outside the checkout, with its own TMPDIR so the
+  // default corpus is read from the binary rather than from a shard cache an earlier run left behind.
+  let dir: string, bin: string;
+  const tiny = ["--set", "hidden_size=32", "--set", "num_hidden_layers=2", "--set", "num_attention_heads=2",
+    "--set", "intermediate_size=64", "--set", "moe_intermediate_size=16", "--set", "mhmoe_heads=2",
+    "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--log-every", "1"];
+  const runBin = (args: string[]) => {
+    const p = Bun.spawnSync([bin, ...args], { cwd: join(dir, "work"), env: { ...process.env, TMPDIR: join(dir, "tmp") } });
+    return { code: p.exitCode, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
+  };
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "mhmoe-bin-"));
+    for (const d of ["bin", "work", "tmp"]) mkdirSync(join(dir, d));
+    bin = join(dir, "bin", "mhmoe");
+    const build = Bun.spawnSync([process.execPath, "build", "--compile", CLI, "--outfile", bin], { cwd: ROOT });
+    expect(build.exitCode, build.stderr.toString()).toBe(0);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  test("embeds the shaders and the WebGPU library", () => {
+    const r = runBin(["bench", "matmul", "--sizes", "16", "--layouts", "nt", "--reps", "1"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).layout).toBe("nt");
+  });
+
+  test("embeds the default corpus: train with no --data", () => {
+    const r = runBin(["train", ...tiny, "--out", "default"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain("step 2/2");
+    expect(existsSync(join(dir, "work/default/checkpoint-000002/model.safetensors"))).toBe(true);
+  });
+
+  test("embeds the GPT-2 tokenizer: tokenize, train on the shards, eval the checkpoint", () => {
+    writeFileSync(join(dir, "work/a.txt"), readFileSync(join(ROOT, "test/fixtures/train/sotu-1790-washington.txt"), "utf8").slice(0, 4000));
+    const tok = runBin(["tokenize", "--input", "a.txt", "--out", "shards", "--tokenizer", "gpt2", "--val-fraction", "0"]);
+    expect(tok.code, tok.stderr).toBe(0);
+    const tr = runBin(["train", ...tiny, "--data", "shards", "--tokenizer", "gpt2", "--set", "vocab_size=50257", "--out", "gpt2"]);
+    expect(tr.code, tr.stderr).toBe(0);
+    const ev = runBin(["eval", "--checkpoint", "gpt2/checkpoint-000002", "--data", "a.txt", "--seq-len", "16", "--json"]);
+    expect(ev.code, ev.stderr).toBe(0);
+    const result = JSON.parse(ev.stdout);
+    // GPT-2 tokens, not bytes: about four characters each.
+    expect(result.tokens).toBeGreaterThan(500);
+    expect(result.tokens).toBeLessThan(1500);
+    expect(result.loss).toBeGreaterThan(0);
   });
 });

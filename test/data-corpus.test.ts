@@ -34,3 +34,8 @@ test("defaultShardSet tokenizes the corpus once and reuses it", async () => {
   expect(Math.max(...batch)).toBeLessThan(257);
   await expect(defaultShardSet({ tokenizer: "gpt2", dir })).rejects.toThrow(/tokenizer mismatch/);
 });
+
+test("src/data/corpus-files.ts lists every file of the corpus package (else: bun scripts/gen-corpus-files.ts)", async () => {
+  const { generate, OUT } = await import("../scripts/gen-corpus-files.ts");
+  expect(await Bun.file(OUT).text()).toBe(generate());
+});

@@ -4,7 +4,6 @@
  * encode() never appends `<|endoftext|>`: shards store bare documents and the loader puts EOT
  * after each one, so both tokenizers and Hugging Face files behave the same way.
  */
-import { createRequire } from "node:module";
 import { UserError } from "../util/errors.ts";
 
 export type TokenizerName = "byte" | "gpt2";
@@ -77,10 +76,12 @@ interface Gpt2Module {
 
 let gpt2Tokenizer: Tokenizer | null = null;
 
-/** Loaded on first use: the BPE table costs ~0.3 s and ~50 MB, which byte-tokenizer runs skip. */
+/**
+ * Loaded on first use: the BPE table costs ~0.3 s and ~50 MB, which byte-tokenizer runs skip. A plain
+ * `require` of a literal specifier (not createRequire) is what `bun build --compile` bundles, lazily.
+ */
 function loadGpt2(): Tokenizer {
   if (gpt2Tokenizer) return gpt2Tokenizer;
-  const require = createRequire(import.meta.url);
   const bpe = require("gpt-tokenizer/encoding/gpt2") as Gpt2Module;
   // An empty disallowed set makes a literal "<|endoftext|>" in a document plain text instead of an error.
   const plain = { disallowedSpecial: new Set<string>() };
