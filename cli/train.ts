@@ -11,6 +11,7 @@ import { train, parameterCount } from "../src/train/loop.ts";
 import { readTrainerState, resolveResumeDir } from "../src/train/checkpoint.ts";
 import { checkResumable } from "../src/train/compat.ts";
 import { loadModelCheckpoint } from "../src/model/load.ts";
+import { resumeCommand } from "./invocation.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -160,8 +161,9 @@ async function runTrain(o: TrainOptions, json: boolean, resumeDir?: string): Pro
     }, resumeDir);
     bar?.stop();
     if (result.stoppedEarly) {
-      say({ event: "stopped", step: result.step, checkpoint: result.checkpoint, resume: `mhmoe train --resume ${o.out}` },
-        `stopped at step ${result.step}; checkpoint ${result.checkpoint}; resume with: mhmoe train --resume ${o.out}`);
+      const resume = resumeCommand(o.out);
+      say({ event: "stopped", step: result.step, checkpoint: result.checkpoint, resume },
+        `stopped at step ${result.step}; checkpoint ${result.checkpoint}; resume with: ${resume}`);
     } else {
       say({ event: "done", step: result.step, checkpoint: result.checkpoint, final_loss: result.losses.at(-1) },
         `done: ${result.step} steps, final loss ${result.losses.at(-1)?.toFixed(4)}; checkpoint ${result.checkpoint}`);

@@ -2,6 +2,7 @@ import { describe, test, expect, beforeAll, afterAll } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { STOPPED, watch } from "./fixtures/watch.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const CLI = join(ROOT, "cli/mhmoe.ts");
@@ -112,5 +113,19 @@ describe("compiled binary", () => {
     expect(result.tokens).toBeGreaterThan(500);
     expect(result.tokens).toBeLessThan(1500);
     expect(result.loss).toBeGreaterThan(0);
+  });
+
+  test("Ctrl-C prints a resume command that works as printed: the binary's own path", async () => {
+    const opts = { cwd: join(dir, "work"), env: { TMPDIR: join(dir, "tmp") } };
+    const t = watch([bin, "train", ...tiny, "--steps", "100000", "--out", "stopped"], opts);
+    await t.until(/^step 1\//);
+    t.proc.kill("SIGINT");
+    expect(await t.done(), t.lines.join("\n")).toBe(0);
+    const [, step, , hint] = STOPPED.exec(t.lines.find((l) => STOPPED.test(l)) ?? "") ?? [];
+    expect(hint, t.lines.join("\n")).toBe(`${bin} train --resume ${join(dir, "work/stopped")}`);
+    const again = watch(["sh", "-c", `exec ${hint}`], opts);
+    await again.until(new RegExp(`^step ${Number(step) + 1}/`));
+    again.proc.kill("SIGTERM");
+    expect(await again.done(), again.lines.join("\n")).toBe(0);
   });
 });

@@ -112,7 +112,7 @@ describe("mhmoe train", () => {
     t.proc.kill("SIGINT");
     expect(await t.done(), t.lines.join("\n")).toBe(0);
     const stopped = t.lines.find((l) => l.startsWith("stopped at step"));
-    const m = /^stopped at step (\d+); checkpoint (\S+); resume with: mhmoe train --resume (\S+)$/.exec(stopped ?? "");
+    const m = /^stopped at step (\d+); checkpoint (\S+); resume with: \.\/mhmoe train --resume (\S+)$/.exec(stopped ?? "");
     expect(m, t.lines.join("\n")).not.toBeNull();
     const step = Number(m![1]);
     expect(step).toBeGreaterThanOrEqual(3);
