@@ -8,7 +8,7 @@ import { getGpu } from "../src/gpu/device.ts";
 import { parseSetArgs, presetConfig, resolveConfig, PRESET_NAMES, type ModelConfig } from "../src/model/config.ts";
 import { TRAIN_DEFAULTS, validateTrainOptions, type TrainOptions } from "../src/train/options.ts";
 import { train, parameterCount } from "../src/train/loop.ts";
-import { readTrainerState, resolveResumeDir } from "../src/train/checkpoint.ts";
+import { readTrainerState, resolveModelDir, resolveResumeDir } from "../src/train/checkpoint.ts";
 import { checkResumable } from "../src/train/compat.ts";
 import { loadModelCheckpoint } from "../src/model/load.ts";
 import { resumeCommand } from "./invocation.ts";
@@ -71,6 +71,7 @@ export function registerTrain(program: Command): void {
     .option("--checkpoint-every <n>", "steps between checkpoints (0: only at the end)", num("--checkpoint-every"), TRAIN_DEFAULTS.checkpointEvery)
     .option("--keep <n>", "checkpoints to keep (0: all)", num("--keep"), TRAIN_DEFAULTS.keep)
     .option("--resume [dir]", "continue from the latest checkpoint of a run directory (default --out) or a checkpoint")
+    .option("--init <checkpoint>", "start from a checkpoint's weights (its model config; step 0, fresh optimizer)")
     .option("--skip-nonfinite", "skip (and count) steps with a non-finite loss or gradient instead of stopping")
     .option("--json", "print JSON lines on stdout")
     .action(async (raw: Record<string, unknown>, cmd: Command) => {
@@ -89,6 +90,10 @@ export function registerTrain(program: Command): void {
         savedTokenizer = state.tokenizer;
         if (!raw.out) raw.out = dirname(resumeDir);
       }
+      if (raw.init !== undefined) {
+        if (resumeDir) throw new UserError("--init and --resume exclude each other: --resume continues a run, --init starts one");
+        base = loadModelCheckpoint(resolveModelDir(raw.init as string, "--init")).config;
+      }
       // On resume the saved run's options hold unless a flag was given explicitly now.
       const pick = <T>(name: string, key: string): T => (given(name) || !(key in savedRun) ? raw[name] : savedRun[key]) as T;
       const config = modelConfig({ preset: raw.preset as string | undefined, config: raw.config as string | undefined, set: raw.set as string[] }, base);
@@ -96,6 +101,7 @@ export function registerTrain(program: Command): void {
         config,
         data: pick<string | undefined>("data", "data"),
         evalData: pick<string | undefined>("evalData", "evalData"),
+        init: resumeDir ? undefined : (raw.init as string | undefined),
         tokenizer: pick("tokenizer", "tokenizer"),
         out: resolve((raw.out as string | undefined) ?? join("runs", timestamp())),
         steps: pick("steps", "steps"), batchSize: pick("batchSize", "batchSize"), seqLen: pick("seqLen", "seqLen"),

@@ -1,16 +1,23 @@
 """Whole-model parity reference for the TypeScript test suite.
 
     python3 interop/parity.py --checkpoint DIR --batch FILE.safetensors --out OUT.safetensors \
-        [--lr 1e-3 --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --steps 1]
+        [--lr 1e-3 --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --steps 1] \
+        [--grad-accum 1 --clip 0 --schedule constant --warmup 0 --min-lr LR --total-steps STEPS]
 
-FILE holds "input_ids" (I32 or I64) [B, T+1]. In float32: forward in training mode (aux
-losses on) on inputs ids[:, :T] and targets ids[:, 1:], backward of loss.total, then --steps
-AdamW steps on that same batch. OUT (all F32):
-  logits [B,T,V]                 before the first step
-  loss.ce loss.aux loss.z loss.total   [1], before the first step
-  loss.total.step{i}  [1]        i = 0..steps-1, the loss each step i took its gradient of
-                                 (written only when --steps > 1; step0 equals loss.total)
-  grad.<param name>              gradients of the first step (zeros where a parameter got
+FILE holds "input_ids" (I32 or I64) [A*B, T+1], A = --grad-accum. In float32: forward in
+training mode (aux losses on) on inputs ids[:, :T] and targets ids[:, 1:], backward of
+loss.total, then --steps AdamW steps on that same batch. With A > 1 a step is A micro-batches
+(rows a*B..(a+1)*B), each backward of loss.total / A, as a PyTorch gradient-accumulation loop
+does. --clip > 0 clips with torch.nn.utils.clip_grad_norm_ before each step; the learning rate
+of each step comes from a torch LambdaLR with mhmoe train's rule (README, "Learning rate") (linear warm-up
+from lr/W at step 1, then cosine or linear decay to --min-lr over --total-steps, or constant).
+OUT (all F32):
+  logits [B,T,V]                 of the first micro-batch, before the first step
+  loss.ce loss.aux loss.z loss.total   [1], of the first micro-batch, before the first step
+  loss.total.step{i}  [1]        i = 0..steps-1, the mean loss over the micro-batches each
+                                 step i took its gradient of (written only when --steps > 1)
+  grad_norm.step{i} lr.step{i} [1]   the global gradient norm before clipping, and the lr
+  grad.<param name>              gradients of the first step, before clipping (zeros where a parameter got
                                  no gradient, e.g. an expert no sub-token was routed to)
   param.<param name>             parameters after all the steps
 stdout: one JSON summary line. A user error: one line on stderr, exit 1.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -39,10 +47,34 @@ def parse_args(argv):
     p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--clip", type=float, default=0.0, help="max global gradient norm; 0: none")
+    p.add_argument("--schedule", choices=["constant", "cosine", "linear"], default="constant")
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--min-lr", type=float, default=None, help="default: --lr")
+    p.add_argument("--total-steps", type=int, default=None, help="the schedule's length (default --steps)")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be >= 1")
+    if args.grad_accum < 1:
+        p.error("--grad-accum must be >= 1")
+    if args.min_lr is None:
+        args.min_lr = args.lr
+    if args.total_steps is None:
+        args.total_steps = args.steps
     return args
+
+
+def lr_factor(args, i: int) -> float:
+    """Multiplier of --lr for 0-based step i (optimizer step i+1), for torch's LambdaLR."""
+    if args.warmup > 0 and i < args.warmup:
+        return (i + 1) / args.warmup
+    if args.schedule == "constant":
+        return 1.0
+    progress = min(1.0, max(0.0, (i - args.warmup) / max(1, args.total_steps - args.warmup)))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if args.schedule == "cosine" else 1 - progress
+    floor = args.min_lr / args.lr if args.lr > 0 else 0.0
+    return floor + (1 - floor) * shape
 
 
 def make_adamw(model, args) -> torch.optim.AdamW:
@@ -80,41 +112,58 @@ def run(args) -> dict:
     if ids.shape[1] - 1 > model.config.max_position_embeddings:
         raise CheckpointError(f"{args.batch}: T={ids.shape[1] - 1} exceeds "
                               f"max_position_embeddings {model.config.max_position_embeddings}")
-    inputs, targets = ids[:, :-1], ids[:, 1:]
+    if ids.shape[0] % args.grad_accum != 0:
+        raise CheckpointError(f"{args.batch}: {ids.shape[0]} rows do not split into "
+                              f"--grad-accum {args.grad_accum} micro-batches")
+    micro = ids.chunk(args.grad_accum, dim=0)
     model.train()
     optimizer = make_adamw(model, args)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(args, i))
     named = list(model.named_parameters())
     out = {}
     step_losses = []
     for step in range(args.steps):
         optimizer.zero_grad(set_to_none=False)
-        result = model(inputs, labels=targets, training=True)
-        result.loss_total.backward()
+        total = 0.0
+        for a, rows in enumerate(micro):
+            result = model(rows[:, :-1], labels=rows[:, 1:], training=True)
+            (result.loss_total / args.grad_accum).backward()
+            total += result.loss_total.item() / args.grad_accum
+            if step == 0 and a == 0:
+                out["logits"] = result.logits.detach().to(torch.float32).contiguous()
+                out["loss.ce"] = scalar(result.loss_ce)
+                out["loss.aux"] = scalar(result.loss_aux)
+                out["loss.z"] = scalar(result.loss_z)
+                out["loss.total"] = scalar(result.loss_total)
         # A parameter with no gradient (an expert nobody routed to) is treated as having a
         # zero gradient, as a dense GPU implementation does: AdamW still decays it.
         for _, p in named:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        step_losses.append(result.loss_total.item())
         if step == 0:
-            out["logits"] = result.logits.detach().to(torch.float32).contiguous()
-            out["loss.ce"] = scalar(result.loss_ce)
-            out["loss.aux"] = scalar(result.loss_aux)
-            out["loss.z"] = scalar(result.loss_z)
-            out["loss.total"] = scalar(result.loss_total)
             for name, p in named:
                 out[f"grad.{name}"] = p.grad.detach().to(torch.float32).clone()
+        params = [p for _, p in named]
+        if args.clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        step_losses.append(total)
         if args.steps > 1:
-            out[f"loss.total.step{step}"] = scalar(result.loss_total)
+            out[f"loss.total.step{step}"] = torch.tensor([total], dtype=torch.float32)
+        out[f"grad_norm.step{step}"] = scalar(norm)
+        out[f"lr.step{step}"] = torch.tensor([optimizer.param_groups[0]["lr"]], dtype=torch.float32)
         optimizer.step()
+        schedule.step()
     for name, p in named:
         out[f"param.{name}"] = p.detach().to(torch.float32).clone()
     write_safetensors(args.out, out)
     return {
-        "out": args.out, "batch": list(inputs.shape), "steps": args.steps,
+        "out": args.out, "batch": list(ids[:, :-1].shape), "grad_accum": args.grad_accum, "steps": args.steps,
         "loss_ce": out["loss.ce"].item(), "loss_aux": out["loss.aux"].item(),
         "loss_z": out["loss.z"].item(), "loss_total": out["loss.total"].item(),
-        "loss_total_per_step": step_losses, "num_parameters": len(named),
+        "loss_total_per_step": step_losses, "num_tensors": len(named),
+        "num_parameters": sum(p.numel() for _, p in named),
     }
 
 

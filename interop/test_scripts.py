@@ -46,7 +46,7 @@ class ParityScriptTest(unittest.TestCase):
         summary = json.loads(lines[0])
         out, _ = read_safetensors(self.out)
         names = [n for n, _ in self.model.named_parameters()]
-        expected_keys = {"logits", "loss.ce", "loss.aux", "loss.z", "loss.total"}
+        expected_keys = {"logits", "loss.ce", "loss.aux", "loss.z", "loss.total", "grad_norm.step0", "lr.step0"}
         expected_keys |= {f"grad.{n}" for n in names} | {f"param.{n}" for n in names}
         self.assertEqual(set(out), expected_keys)
         self.assertTrue(all(t.dtype == torch.float32 for t in out.values()))

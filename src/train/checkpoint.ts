@@ -5,11 +5,11 @@
  * when complete; OUT/latest (a one-line file naming the newest complete checkpoint) is replaced
  * atomically after it, so a kill at any moment leaves the previous checkpoint and pointer usable.
  */
-import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { writeFileAtomic, isAtomicLeftoverName, ioError } from "../io/atomic.ts";
-import { saveCheckpointDir, type ShapedTensor } from "../io/checkpoint.ts";
+import { CONFIG_FILE, saveCheckpointDir, type ShapedTensor } from "../io/checkpoint.ts";
 import { encodeSafetensors, readSafetensors, tensorToFloat32 } from "../io/safetensors.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { parameterSpecs } from "../model/params.ts";
@@ -115,17 +115,27 @@ export function listCheckpoints(out: string): string[] {
  * The checkpoint to resume from: `path` may be a checkpoint directory itself or a run directory, whose
  * `latest` pointer (or, failing that, newest complete checkpoint) is taken.
  */
-export function resolveResumeDir(path: string): string {
+export function resolveResumeDir(path: string, flag = "--resume"): string {
   if (existsSync(join(path, TRAINER_STATE_FILE))) return path;
-  if (!existsSync(path)) throw new UserError(`--resume: ${path} does not exist`);
+  if (!existsSync(path)) throw new UserError(`${flag}: ${path} does not exist`);
   const latest = join(path, LATEST_FILE);
   if (existsSync(latest)) {
     const name = readFileSync(latest, "utf8").trim();
     if (existsSync(join(path, name, TRAINER_STATE_FILE))) return join(path, name);
   }
   const all = listCheckpoints(path);
-  if (all.length === 0) throw new UserError(`--resume: no complete checkpoint in ${path}`);
+  if (all.length === 0) throw new UserError(`${flag}: no complete checkpoint in ${path}`);
   return join(path, all[all.length - 1]!);
+}
+
+/**
+ * A model checkpoint named by the user: a checkpoint directory (config.json + weights, from mhmoe or
+ * elsewhere), a run directory (its latest checkpoint), or a run's `latest` pointer file.
+ */
+export function resolveModelDir(path: string, flag: string): string {
+  if (existsSync(join(path, CONFIG_FILE))) return path;
+  if (existsSync(path) && basename(path) === LATEST_FILE && statSync(path).isFile()) path = dirname(path);
+  return resolveResumeDir(path, flag);
 }
 
 export function readTrainerState(dir: string): TrainerState {

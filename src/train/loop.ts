@@ -15,7 +15,7 @@ import { learningRate } from "./schedule.ts";
 import { GpuAdamW } from "./optimizer.ts";
 import type { TrainOptions } from "./options.ts";
 import { openTrainData } from "./data.ts";
-import { readMoments, readTrainerState, resolveResumeDir, saveTrainingCheckpoint, type TrainerState } from "./checkpoint.ts";
+import { readMoments, readTrainerState, resolveModelDir, resolveResumeDir, saveTrainingCheckpoint, type TrainerState } from "./checkpoint.ts";
 import { loadModelCheckpoint } from "../model/load.ts";
 import { checkResumable } from "./compat.ts";
 import { routingStats, type StepRecord } from "./metrics.ts";
@@ -53,6 +53,18 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
     hostParams = ck.params;
     moments = readMoments(dir, c);
     hooks.onInfo?.(`resuming from ${dir} at step ${state.step}`);
+  } else if (o.init) {
+    const dir = resolveModelDir(o.init, "--init");
+    const ck = loadModelCheckpoint(dir);
+    // Fields that shape no tensor (loss coefficients, capacity, top-k) may change; the tensors must fit.
+    for (const s of parameterSpecs(c)) {
+      const w = ck.params.get(s.name);
+      if (!w || w.length !== numel(s.shape)) {
+        throw new UserError(`cannot start from ${dir}: ${w ? `tensor ${s.name} has ${w.length} values, this model's has ${numel(s.shape)}` : `it has no tensor ${s.name}`}`);
+      }
+    }
+    hostParams = ck.params;
+    hooks.onInfo?.(`starting from the weights of ${dir} (fresh optimizer state, step 0)`);
   } else {
     hostParams = initParams(c, o.seed);
   }

@@ -8,6 +8,8 @@ export interface TrainOptions {
   /** shard set dir, .txt/.jsonl inputs, or undefined for the embedded default corpus */
   data?: string;
   evalData?: string;
+  /** a checkpoint (or run directory) whose weights start the run: step 0, fresh optimizer state */
+  init?: string;
   tokenizer: string;
   out: string;
   steps: number;
