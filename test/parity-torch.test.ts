@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { presetConfig, type ModelConfig } from "../src/model/config.ts";
-import { initParams, parameterSpecs } from "../src/model/params.ts";
+import { parameterSpecs } from "../src/model/params.ts";
+import { randomParams } from "./fixtures/params.ts";
 import { saveCheckpointDir, type ShapedTensor } from "../src/io/checkpoint.ts";
 import { readSafetensors, tensorToFloat32, writeSafetensors } from "../src/io/safetensors.ts";
 import { referenceForward, referenceBackward } from "../src/reference/model.ts";
@@ -39,6 +40,7 @@ export const PARITY_CASES: [string, ModelConfig][] = [
   ["smoe capacity 1.0", presetConfig("smoe", { ...TINY, num_experts: 4, moe_intermediate_size: 24, capacity_factor: 1.0 })],
   ["mhmoe gelu + norm_topk", presetConfig("mhmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, hidden_act: "gelu", norm_topk_prob: true })],
   ["xmoe tied embeddings", presetConfig("xmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 24, tie_word_embeddings: true })],
+  ["mhmoe gelu + capacity 1.0", presetConfig("mhmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, hidden_act: "gelu", capacity_factor: 1.0 })],
 ];
 
 function batchIds(c: ModelConfig, seed: number): Int32Array {
@@ -70,11 +72,27 @@ export function runTorchParity(dir: string, c: ModelConfig, params: Map<string, 
 }
 
 /** Max abs error relative to the largest magnitude of the expected tensor (the "scale" of the tensor). */
+export const MEASURED: Record<string, number> = {};
+const note = (k: string, v: number) => { MEASURED[k] = Math.max(MEASURED[k] ?? 0, v); return v; };
 export function scaledError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
   let scale = 0;
   for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]!));
   const c = compare(actual, expected, { atol: 0, rtol: 0 });
   return c.maxAbs / Math.max(scale, 1e-12);
+}
+
+/**
+ * Scaled error of parameters after one AdamW step, over the elements whose gradient is exactly 0 or at
+ * least 1e-4 of the tensor's largest. Step 1 moves a weight by lr*g/(|g|+eps): where |g| is near the f32
+ * noise of the gradient (~1e-6 of its scale) the two sides may disagree on the sign, a difference of up
+ * to 2*lr that says nothing about either implementation; elsewhere the step is well conditioned.
+ */
+function stepError(actual: Float32Array, expected: Float32Array, grad: Float32Array): number {
+  let gmax = 0;
+  for (const g of grad) gmax = Math.max(gmax, Math.abs(g));
+  const keep: number[] = [];
+  for (let i = 0; i < grad.length; i++) if (grad[i] === 0 || Math.abs(grad[i]!) >= 1e-4 * gmax) keep.push(i);
+  return scaledError(keep.map((i) => actual[i]!), keep.map((i) => expected[i]!));
 }
 
 /** The GPU model's logits, losses and gradients for one batch (forward + backward in one submit). */
@@ -110,56 +128,71 @@ async function gpuForwardBackward(c: ModelConfig, params: Map<string, Float32Arr
   return { logits, ce, aux, z, total: ce + c.router_aux_loss_coef * aux + c.router_z_loss_coef * z, grads, stepped };
 }
 
+/**
+ * Tolerances, each a few times the worst error measured over every case here (CPU reference and GPU
+ * model vs PyTorch, f32 both): logits scaled by the largest logit, losses absolute, each gradient
+ * tensor scaled by its largest element, parameters after one AdamW step scaled likewise.
+ */
+const TOL = {
+  logits: 1e-6, // measured 3.1e-7 (reference and GPU alike)
+  loss: 3e-6, // measured 4.6e-7 (reference), 7.4e-7 (GPU)
+  grad: 5e-6, // measured 8.5e-7 (reference), 9.3e-7 (GPU)
+  step: 2e-5, // measured 2.9e-6 (reference), 4.0e-6 (GPU), over the elements stepError keeps
+};
+
 let dir = "";
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "mhmoe-parity-"));
 });
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+  if (process.env.MHMOE_REPORT_TOL) console.log("parity measured:", JSON.stringify(MEASURED));
+});
 
 describe("GPU model and CPU reference vs PyTorch (interop/parity.py)", () => {
   PARITY_CASES.forEach(([name, c], i) => {
     test(name, async () => {
-      const params = initParams(c, 100 + i);
+      // Random norm weights, biases and temperature too: the training init (ones, zeros) would hide a
+      // kernel that ignored them.
+      const params = randomParams(c, 100 + i);
       const ids = batchIds(c, 200 + i);
       const torch = runTorchParity(join(dir, `case${i}`), c, params, ids).tensors;
 
       const fwd = referenceForward(c, params, ids, B, T, { training: true });
-      expect(scaledError(fwd.logits, torch.get("logits")!)).toBeLessThan(1e-4);
-      expect(Math.abs(fwd.ceLoss - torch.get("loss.ce")![0]!)).toBeLessThan(1e-5);
-      expect(Math.abs(fwd.auxLoss - torch.get("loss.aux")![0]!)).toBeLessThan(1e-5);
-      expect(Math.abs(fwd.zLoss - torch.get("loss.z")![0]!)).toBeLessThan(1e-5);
-      expect(Math.abs(fwd.totalLoss - torch.get("loss.total")![0]!)).toBeLessThan(1e-5);
+      expect(note("ref logits", scaledError(fwd.logits, torch.get("logits")!))).toBeLessThan(TOL.logits);
+      for (const [k, v] of [["ce", fwd.ceLoss], ["aux", fwd.auxLoss], ["z", fwd.zLoss], ["total", fwd.totalLoss]] as const) {
+        expect(note(`ref loss`, Math.abs(v - torch.get(`loss.${k}`)![0]!)), `loss.${k}`).toBeLessThan(TOL.loss);
+      }
 
       const grads = referenceBackward(c, params, ids, B, T, fwd);
       const specs = parameterSpecs(c);
       for (const s of specs) {
         const want = torch.get(`grad.${s.name}`)!;
         expect(want).toBeDefined();
-        const err = scaledError(grads.get(s.name)!, want);
-        if (!(err <= 1e-3)) throw new Error(`grad ${s.name}: scaled error ${err}`);
+        const err = note("ref grad", scaledError(grads.get(s.name)!, want));
+        if (!(err <= TOL.grad)) throw new Error(`grad ${s.name}: scaled error ${err}`);
       }
 
       const gpuRes = await gpuForwardBackward(c, params, ids);
-      expect(scaledError(gpuRes.logits, torch.get("logits")!)).toBeLessThan(1e-4);
-      expect(Math.abs(gpuRes.ce - torch.get("loss.ce")![0]!)).toBeLessThan(1e-5);
-      expect(Math.abs(gpuRes.aux - torch.get("loss.aux")![0]!)).toBeLessThan(1e-5);
-      expect(Math.abs(gpuRes.z - torch.get("loss.z")![0]!)).toBeLessThan(1e-5);
-      expect(Math.abs(gpuRes.total - torch.get("loss.total")![0]!)).toBeLessThan(1e-5);
+      expect(note("gpu logits", scaledError(gpuRes.logits, torch.get("logits")!))).toBeLessThan(TOL.logits);
+      for (const [k, v] of [["ce", gpuRes.ce], ["aux", gpuRes.aux], ["z", gpuRes.z], ["total", gpuRes.total]] as const) {
+        expect(note(`gpu loss`, Math.abs(v - torch.get(`loss.${k}`)![0]!)), `loss.${k}`).toBeLessThan(TOL.loss);
+      }
       for (const s of specs) {
-        const err = scaledError(gpuRes.grads.get(s.name)!, torch.get(`grad.${s.name}`)!);
-        if (!(err <= 1e-3)) throw new Error(`GPU grad ${s.name}: scaled error ${err}`);
+        const err = note("gpu grad", scaledError(gpuRes.grads.get(s.name)!, torch.get(`grad.${s.name}`)!));
+        if (!(err <= TOL.grad)) throw new Error(`GPU grad ${s.name}: scaled error ${err}`);
       }
 
       for (const s of specs) {
-        const err = scaledError(gpuRes.stepped.get(s.name)!, torch.get(`param.${s.name}`)!);
-        if (!(err <= 1e-4)) throw new Error(`GPU AdamW: param ${s.name} after one step: scaled error ${err}`);
+        const err = note("gpu adamw", stepError(gpuRes.stepped.get(s.name)!, torch.get(`param.${s.name}`)!, torch.get(`grad.${s.name}`)!));
+        if (!(err <= TOL.step)) throw new Error(`GPU AdamW: param ${s.name} after one step: scaled error ${err}`);
       }
 
       const state = adamwInit(params);
       adamwStep(specs, params, grads, state, HP);
       for (const s of specs) {
-        const err = scaledError(params.get(s.name)!, torch.get(`param.${s.name}`)!);
-        if (!(err <= 1e-4)) throw new Error(`param ${s.name} after one AdamW step: scaled error ${err}`);
+        const err = note("ref adamw", stepError(params.get(s.name)!, torch.get(`param.${s.name}`)!, torch.get(`grad.${s.name}`)!));
+        if (!(err <= TOL.step)) throw new Error(`param ${s.name} after one AdamW step: scaled error ${err}`);
       }
     });
   });
