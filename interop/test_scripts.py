@@ -142,5 +142,67 @@ class TrainScriptTest(unittest.TestCase):
             self.assertEqual(len(res.stderr.strip().splitlines()), 1)
 
 
+class TrainScriptTrapsTest(unittest.TestCase):
+    """What a first PyTorch session trips on: no torch, a GPT-2 checkpoint, no CUDA."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.ckpt = os.path.join(self.tmp.name, "ckpt")
+        save_pretrained(tiny_model(tiny_config("mhmoe", vocab_size=260, max_position_embeddings=32)), self.ckpt)
+        self.text = os.path.join(self.tmp.name, "corpus.txt")
+        with open(self.text, "w", encoding="utf-8") as f:
+            f.write("the quick brown fox jumps over the lazy dog. " * 10)
+        self.save = os.path.join(self.tmp.name, "saved")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def train(self, *flags, python_flags=()):
+        return subprocess.run([PYTHON, *python_flags, os.path.join(INTEROP_DIR, "train_torch.py"),
+                               "--checkpoint", self.ckpt, "--data", self.text, "--steps", "2",
+                               "--batch-size", "2", "--seq-len", "8", "--save", self.save, *flags],
+                              capture_output=True, text=True, timeout=120)
+
+    def record_tokenizer(self, name):
+        with open(os.path.join(self.ckpt, "trainer_state.json"), "w") as f:
+            json.dump({"format": "mhmoe-trainer-state", "version": 1, "step": 3, "tokenizer": name}, f)
+
+    def assertOneErrorLine(self, res, *parts):
+        self.assertEqual(res.returncode, 1, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, res.stderr)
+        self.assertTrue(lines[0].startswith("error: "), lines[0])
+        for part in parts:
+            self.assertIn(part, lines[0])
+        self.assertFalse(os.path.exists(self.save))
+
+    def test_without_torch_one_line_says_how_to_pick_a_python(self):
+        # -S leaves out site-packages, where Debian's python3-torch lives: a Python without torch.
+        self.assertOneErrorLine(self.train(python_flags=["-S"]), "PyTorch cannot be imported by", "python3 -c 'import torch'")
+
+    def test_a_gpt2_checkpoint_is_refused_before_training(self):
+        self.record_tokenizer("gpt2")
+        self.assertOneErrorLine(self.train(), 'trained on "gpt2" tokens', "byte tokenizer only")
+
+    def test_export_keeps_the_tokenizer_record(self):
+        self.record_tokenizer("byte")
+        res = self.train()
+        self.assertEqual(res.returncode, 0, res.stderr)
+        with open(os.path.join(self.save, "trainer_state.json")) as f:
+            record = json.load(f)
+        self.assertEqual(record["tokenizer"], "byte")
+        self.assertEqual(record["format"], "mhmoe-torch-export")
+        load_pretrained(self.save)
+        # The export is itself a checkpoint train_torch.py continues from.
+        self.ckpt, self.save = self.save, os.path.join(self.tmp.name, "again")
+        self.assertEqual(self.train().returncode, 0)
+
+    def test_device_errors_are_one_line(self):
+        self.assertOneErrorLine(self.train("--device", "gpu"), "--device gpu")
+        if torch.cuda.is_available():
+            self.skipTest("CUDA is available here")
+        self.assertOneErrorLine(self.train("--device", "cuda"), "--device cuda", "no CUDA device")
+
+
 if __name__ == "__main__":
     unittest.main()

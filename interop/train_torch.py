@@ -6,8 +6,9 @@
         --log-every 1 --save OUT_DIR]
 
 (--config FILE.json instead of --checkpoint starts from a fresh initialisation.)
-Byte tokenizer (spec section 5): the whole .txt file is one document, its UTF-8 bytes
-followed by 256 (<|endoftext|>). Batches are consecutive windows of T+1 tokens read in
+Byte tokenizer only: the whole .txt file is one document, its UTF-8 bytes followed by 256
+(<|endoftext|>). A checkpoint whose trainer_state.json records another tokenizer (gpt2) is
+refused; --save records the tokenizer the same way, so mhmoe eval reads text as trained. Batches are consecutive windows of T+1 tokens read in
 order, wrapping at the end. Prints one JSON line per logged step:
 {"step", "loss", "ce", "aux", "z", "lr", "tokens_per_s"}. Under torchrun (WORLD_SIZE > 1)
 the model is wrapped in DistributedDataParallel and each rank reads its own windows.
@@ -20,14 +21,17 @@ import os
 import sys
 import time
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import require_torch  # noqa: E402,F401  (one line instead of a traceback when torch is missing)
+import torch  # noqa: E402
+
 from mhmoe_torch import ConfigError, MHMoEConfig, MHMoEForCausalLM  # noqa: E402
 from parity import make_adamw  # noqa: E402
-from safetensors_io import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
+from safetensors_io import CheckpointError, _write_atomic, load_pretrained, save_pretrained  # noqa: E402
 
 END_OF_TEXT = 256
+TOKENIZER = "byte"
+STATE_FILE = "trainer_state.json"  # where mhmoe train records a checkpoint's tokenizer
 
 
 class UsageError(Exception):
@@ -93,6 +97,40 @@ class SequentialBatches:
         return torch.stack(rows)
 
 
+def checkpoint_tokenizer(directory: str) -> str:
+    """The tokenizer recorded beside a checkpoint (mhmoe train, or --save here); byte when none is."""
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        return TOKENIZER
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            name = json.load(f).get("tokenizer", TOKENIZER)
+    except (OSError, ValueError, AttributeError) as err:
+        raise UsageError(f"{path}: cannot read the tokenizer record ({err})") from None
+    if not isinstance(name, str):
+        raise UsageError(f"{path}: \"tokenizer\" must be a name, got {json.dumps(name)}")
+    return name
+
+
+def pick_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this PyTorch ({torch.__version__}) sees no CUDA device; "
+                         "use --device cpu")
+    return device
+
+
+def save_export(model, args) -> None:
+    """save_pretrained, plus the tokenizer record mhmoe eval reads (not a resumable training state)."""
+    save_pretrained(model, args.save)
+    record = {"format": "mhmoe-torch-export", "tokenizer": TOKENIZER,
+              "source": os.path.abspath(args.checkpoint or args.config), "torch_steps": args.steps}
+    _write_atomic(os.path.join(args.save, STATE_FILE), (json.dumps(record, indent=2) + "\n").encode())
+
+
 def build_model(args) -> MHMoEForCausalLM:
     if args.checkpoint:
         return load_pretrained(args.checkpoint)
@@ -109,7 +147,11 @@ def build_model(args) -> MHMoEForCausalLM:
 def train(args) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = torch.device(args.device)
+    device = pick_device(args.device)
+    if args.checkpoint and checkpoint_tokenizer(args.checkpoint) != TOKENIZER:
+        raise UsageError(f"{args.checkpoint} was trained on \"{checkpoint_tokenizer(args.checkpoint)}\" "
+                         f"tokens but train_torch.py reads --data with the {TOKENIZER} tokenizer only; "
+                         "continue it with mhmoe train --resume instead")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if world > 1:
@@ -158,7 +200,7 @@ def train(args) -> None:
                     "tokens_per_s": window_tokens / elapsed}), flush=True)
             window_start, window_tokens = time.perf_counter(), 0
     if args.save and rank == 0:
-        save_pretrained(model.to("cpu"), args.save)
+        save_export(model.to("cpu"), args)
         print(json.dumps({"saved": args.save}), flush=True)
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -169,10 +211,10 @@ def main(argv=None) -> int:
     try:
         train(args)
     except (UsageError, CheckpointError, ConfigError) as err:
-        print(f"train_torch.py: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # e.g. --save into a directory we may not write
-        print(f"train_torch.py: {err.filename}: {err.strerror}", file=sys.stderr)
+        print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
         return 1
     return 0
 
