@@ -10,6 +10,7 @@ interface EvalFlags {
   data: string;
   seqLen: string;
   batchSize: string;
+  maxTokens?: string;
   activationThreshold?: string;
   entropy: boolean;
   tokenizer?: string;
@@ -58,6 +59,7 @@ async function evalAction(flags: EvalFlags): Promise<void> {
     const result = await evaluateCheckpoint(() => getGpu(), flags.checkpoint, flags.data, {
       seqLen: parseNumber("--seq-len", flags.seqLen, true),
       batchSize: parseNumber("--batch-size", flags.batchSize, true),
+      maxTokens: flags.maxTokens === undefined ? undefined : parseNumber("--max-tokens", flags.maxTokens, true),
       activationThreshold: flags.activationThreshold === undefined ? undefined : parseNumber("--activation-threshold", flags.activationThreshold, false),
       routerEntropy: flags.entropy,
       tokenizer: flags.tokenizer,
@@ -79,6 +81,7 @@ export function registerEval(program: Command): void {
     .requiredOption("--data <file>", "UTF-8 .txt file, scored as one document with the byte tokenizer")
     .requiredOption("--seq-len <T>", "window length: the text is cut into windows of T targets (the last may be shorter)")
     .option("--batch-size <B>", "windows per forward pass", String(DEFAULT_EVAL_BATCH_SIZE))
+    .option("--max-tokens <N>", "score only the first N targets (as train --eval-batches N/(B*T) does)")
     .option("--activation-threshold <x>", "routing: an expert is active when its share of the load is at least x (default 1/(4E))")
     .option("--tokenizer <name>", "byte or gpt2 (default: the checkpoint's, recorded by mhmoe train; else byte)")
     .option("--no-entropy", "skip the router entropy (saves reading router probabilities back)")

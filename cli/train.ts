@@ -67,7 +67,7 @@ export function registerTrain(program: Command): void {
     .option("--seed <n>", "initialisation and data-order seed", num("--seed"), TRAIN_DEFAULTS.seed)
     .option("--log-every <n>", "steps between log lines (and loss readbacks)", num("--log-every"), TRAIN_DEFAULTS.logEvery)
     .option("--eval-every <n>", "steps between evaluations (0: never)", num("--eval-every"), TRAIN_DEFAULTS.evalEvery)
-    .option("--eval-batches <n>", "batches per evaluation", num("--eval-batches"), TRAIN_DEFAULTS.evalBatches)
+    .option("--eval-batches <n>", "an evaluation scores the first n*batch*seq-len held-out tokens (as mhmoe eval --max-tokens)", num("--eval-batches"), TRAIN_DEFAULTS.evalBatches)
     .option("--checkpoint-every <n>", "steps between checkpoints (0: only at the end)", num("--checkpoint-every"), TRAIN_DEFAULTS.checkpointEvery)
     .option("--keep <n>", "checkpoints to keep (0: all)", num("--keep"), TRAIN_DEFAULTS.keep)
     .option("--resume [dir]", "continue from the latest checkpoint of a run directory (default --out) or a checkpoint")

@@ -30,9 +30,10 @@ import math
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import require_torch  # noqa: E402,F401  (one line, not a traceback, where torch is missing)
+import torch  # noqa: E402
+
 from safetensors_io import CheckpointError, load_pretrained, read_safetensors, write_safetensors  # noqa: E402
 
 

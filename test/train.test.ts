@@ -1,17 +1,18 @@
 // The training loop in process: it learns, resumes bit-exactly, refuses incompatible resumes, stops
 // promptly when asked, and its three first steps match PyTorch's AdamW on the same checkpoint and batch.
 import { describe, test, expect, beforeAll, afterAll } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { train } from "../src/train/loop.ts";
-import { readTrainerState } from "../src/train/checkpoint.ts";
+import { listCheckpoints, readTrainerState, resolveResumeDir } from "../src/train/checkpoint.ts";
+import { evaluateCheckpoint } from "../src/eval/perplexity.ts";
 import type { StepRecord } from "../src/train/metrics.ts";
 import { loadModelCheckpoint, saveModelCheckpoint } from "../src/model/load.ts";
 import { Loader, openShardSet, runTokenize, writeShardSet } from "../src/data/index.ts";
 import { readSafetensors, tensorToFloat32, writeSafetensors } from "../src/io/safetensors.ts";
-import { PROSE, ROOT, TINY_FIELDS, proseText, tinyConfig, tinyOptions, unigramEntropyNats } from "./fixtures/train/tiny.ts";
+import { CLI, PROSE, ROOT, TINY_FIELDS, proseText, tinyConfig, tinyOptions, unigramEntropyNats } from "./fixtures/train/tiny.ts";
 import { randomParams } from "./fixtures/params.ts";
 import { presetConfig } from "../src/model/config.ts";
 
@@ -128,6 +129,71 @@ function scaledError(got: ArrayLike<number>, want: ArrayLike<number>): number {
   }
   return err / Math.max(scale, 1e-12);
 }
+
+describe("train() options that leave files behind", () => {
+  test("--eval-every: each eval loss is `mhmoe eval`'s on that step's checkpoint and the held-out text", async () => {
+    // 1500 bytes + EOT at T=32, B=4: 11 full batches, a leftover batch of 2 windows and a 28-token tail,
+    // so a mean that weighted batches or windows equally instead of tokens would differ.
+    const held = join(tmp, "held-out.txt");
+    await Bun.write(held, proseText().slice(-1500));
+    const out = join(tmp, "eval-every");
+    const evals: { step: number; eval_loss: number }[] = [];
+    await train(gpu, tinyOptions({ out, data: prose, evalData: held, steps: 4, evalEvery: 2, evalBatches: 100, checkpointEvery: 2, keep: 0 }), {
+      onEval: (r) => evals.push(r),
+    });
+    expect(evals.map((e) => e.step)).toEqual([2, 4]);
+    for (const e of evals) {
+      const ck = join(out, `checkpoint-00000${e.step}`);
+      const want = await evaluateCheckpoint(gpu, ck, held, { seqLen: 32, batchSize: 4 });
+      expect(want.tokens).toBe(1500);
+      // The same kernels on the same windows: measured difference 0.
+      expect(Math.abs(e.eval_loss - want.loss)).toBeLessThanOrEqual(1e-7);
+    }
+    expect(evals[1]!.eval_loss).not.toBe(evals[0]!.eval_loss);
+
+    // --eval-batches 3 scores the first 3*B*T = 384 held-out tokens: `mhmoe eval --max-tokens 384`.
+    const short: number[] = [];
+    const r = await train(gpu, tinyOptions({ out: join(tmp, "eval-short"), data: prose, evalData: held, steps: 2, evalEvery: 2, evalBatches: 3 }), {
+      onEval: (x) => short.push(x.eval_loss),
+    });
+    const cli = Bun.spawnSync([process.execPath, CLI, "eval", "--checkpoint", r.checkpoint!, "--data", held, "--seq-len", "32",
+      "--batch-size", "4", "--max-tokens", "384", "--json"], { cwd: ROOT });
+    expect(cli.exitCode, cli.stderr.toString()).toBe(0);
+    const res = JSON.parse(cli.stdout.toString());
+    expect(res.tokens).toBe(384);
+    expect(Math.abs(short[0]! - res.loss)).toBeLessThanOrEqual(1e-7); // measured 0
+  });
+
+  test("--keep N: exactly the N newest checkpoints remain and `latest` names the newest", async () => {
+    const out = join(tmp, "keep");
+    await train(gpu, tinyOptions({ out, data: prose, steps: 7, checkpointEvery: 2, keep: 2 }));
+    expect(listCheckpoints(out)).toEqual(["checkpoint-000006", "checkpoint-000007"]);
+    expect(readFileSync(join(out, "latest"), "utf8").trim()).toBe("checkpoint-000007");
+    expect(readTrainerState(resolveResumeDir(out)).step).toBe(7);
+    expect(readdirSync(out).filter((n) => n.startsWith("checkpoint-"))).toHaveLength(2);
+    // keep 0 keeps every one
+    const all = join(tmp, "keep-all");
+    await train(gpu, tinyOptions({ out: all, data: prose, steps: 5, checkpointEvery: 2, keep: 0 }));
+    expect(listCheckpoints(all)).toEqual(["checkpoint-000002", "checkpoint-000004", "checkpoint-000005"]);
+  });
+
+  test("resume with --grad-accum across an epoch boundary continues exactly", async () => {
+    // An epoch of this data is 1000 bytes + EOT; a step of 2 micro-batches of 4x32 reads 256 tokens,
+    // so step 4 (tokens 768..1024) crosses into epoch 2 between its two micro-batches.
+    const data = join(tmp, "short-epoch");
+    await writeShardSet([proseText().slice(0, 1000)], { out: data, valFraction: 0 });
+    const base = { data, steps: 8, gradAccum: 2, logEvery: 1, keep: 0, checkpointEvery: 4 };
+    const full = await train(gpu, tinyOptions({ ...base, out: join(tmp, "epoch-full") }));
+    const out = join(tmp, "epoch-resume");
+    let polls = 0;
+    const first = await train(gpu, tinyOptions({ ...base, out }), { shouldStop: () => ++polls >= 4 });
+    expect(readTrainerState(first.checkpoint!).loader.epoch).toBe(1);
+    const rest = await train(gpu, tinyOptions({ ...base, out }), {}, out);
+    expect(firstDifference([...first.losses, ...rest.losses], full.losses)).toBe(-1);
+    const a = loadModelCheckpoint(full.checkpoint!).params, b = loadModelCheckpoint(rest.checkpoint!).params;
+    for (const [name, w] of a) expect(Buffer.compare(Buffer.from(w.buffer), Buffer.from(b.get(name)!.buffer)), name).toBe(0);
+  });
+});
 
 describe("train() against PyTorch (interop/parity.py): several steps with a schedule, clipping and accumulation", () => {
   // Step 1 of Adam moves every weight by about lr*sign(g) whatever the gradient's scale, so the runs go

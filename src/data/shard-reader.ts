@@ -220,3 +220,22 @@ export async function* readShardDocuments(set: ShardSet, split: Split = "train")
     }
   }
 }
+
+/**
+ * The first `maxTokens` tokens of a split's token stream as the loader forms it without shuffling
+ * (stored order, `<|endoftext|>` after each non-empty document), never past the split's end: the
+ * held-out tokens an evaluation scores.
+ */
+export async function readSplitStream(set: ShardSet, split: Split, maxTokens: number): Promise<Int32Array> {
+  const out = new Int32Array(maxTokens);
+  let at = 0;
+  for await (const doc of readShardDocuments(set, split)) {
+    if (doc.length === 0) continue;
+    const take = Math.min(doc.length, maxTokens - at);
+    out.set(doc.subarray(0, take), at);
+    at += take;
+    if (at < maxTokens) out[at++] = set.eot;
+    if (at === maxTokens) break;
+  }
+  return out.slice(0, at);
+}

@@ -12,7 +12,7 @@ import { CONFIG_FILE } from "../io/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { loadModelCheckpoint } from "../model/load.ts";
 import { Transformer } from "../model/transformer.ts";
-import { uploadParams } from "../model/weights.ts";
+import { uploadParams, type ParamStore } from "../model/weights.ts";
 import { UserError } from "../util/errors.ts";
 import { RoutingTally, type RoutingReport } from "./routing.ts";
 import { batchIds, checkVocabulary, readEvalText, windowBatches, type EvalText } from "./windows.ts";
@@ -30,6 +30,8 @@ export interface EvalOptions {
   onProgress?: (windowsDone: number, windowsTotal: number) => void;
   /** byte or gpt2; default: what the checkpoint was trained with (trainer_state.json), else byte */
   tokenizer?: string;
+  /** score only the first N targets (default: all) */
+  maxTokens?: number;
 }
 
 export interface EvalResult {
@@ -54,9 +56,64 @@ function checkOptions(c: ModelConfig, opts: EvalOptions, configFile: string): { 
   if (T > c.max_position_embeddings) {
     throw new UserError(`--seq-len ${T} exceeds max_position_embeddings ${c.max_position_embeddings} of ${configFile}`);
   }
+  const M = opts.maxTokens;
+  if (M !== undefined && !(Number.isSafeInteger(M) && M >= 1)) throw new UserError(`--max-tokens must be a positive integer, got ${M}`);
   const th = opts.activationThreshold;
   if (th !== undefined && !(th >= 0 && th <= 1)) throw new UserError(`--activation-threshold must be in [0, 1], got ${th}`);
   return { T, B };
+}
+
+/**
+ * Scores token streams with the window rule of windows.ts on one set of GPU weights, keeping the
+ * forward plans (one per batch shape: full, leftover, tail) for the next call: `mhmoe eval` scores one
+ * stream, a training run scores its held-out tokens at every evaluation with the weights it trains.
+ */
+export class WindowScorer {
+  private plans = new Map<string, Transformer>();
+
+  constructor(readonly gpu: Gpu, readonly config: ModelConfig, readonly weights: ParamStore) {}
+
+  /**
+   * Mean loss over the first `maxTargets` targets of `tokens` (all by default) in windows of T, B per
+   * forward. `onBatch` sees each batch's model after its forward (routing counts, probabilities).
+   */
+  async score(
+    tokens: Int32Array, T: number, B: number,
+    opts: { maxTargets?: number; onBatch?: (model: Transformer, windowsDone: number, windowsTotal: number) => Promise<void> } = {},
+  ): Promise<{ loss: number; targets: number; windows: number }> {
+    const targets = Math.min(tokens.length - 1, opts.maxTargets ?? Infinity);
+    if (targets < 1) throw new UserError("the eval data holds no token to predict");
+    const batches = windowBatches(targets, T, B);
+    const windowsTotal = batches.reduce((a, b) => a + b.windows, 0);
+    let nll = 0, scored = 0, windowsDone = 0;
+    for (const batch of batches) {
+      const model = await this.plan(batch.windows, batch.T);
+      model.setBatch(batchIds(tokens, batch, T));
+      await model.run(false);
+      const positions = batch.windows * batch.T;
+      // ceLoss is the mean over this batch's positions: weight it back to a sum.
+      nll += (await model.readScalar(model.ceLoss)) * positions;
+      scored += positions;
+      windowsDone += batch.windows;
+      await opts.onBatch?.(model, windowsDone, windowsTotal);
+    }
+    return { loss: nll / scored, targets: scored, windows: windowsTotal };
+  }
+
+  private async plan(B: number, T: number): Promise<Transformer> {
+    const key = `${B}x${T}`;
+    let model = this.plans.get(key);
+    if (!model) {
+      model = await Transformer.plan(this.gpu, this.config, this.weights, { B, T });
+      this.plans.set(key, model);
+    }
+    return model;
+  }
+
+  release(): void {
+    for (const m of this.plans.values()) m.release();
+    this.plans.clear();
+  }
 }
 
 /** Scores already-tokenized text (ids checked against the vocabulary by the caller). */
@@ -64,48 +121,35 @@ export async function evaluateTokens(
   gpu: Gpu, c: ModelConfig, params: Map<string, Float32Array>, text: EvalText, opts: EvalOptions, configFile = "config",
 ): Promise<EvalResult> {
   const { T, B } = checkOptions(c, opts, configFile);
-  const targets = text.tokens.length - 1;
-  if (targets < 1) throw new UserError("the eval data holds no token to predict");
-  const batches = windowBatches(targets, T, B);
-  const windowsTotal = batches.reduce((a, b) => a + b.windows, 0);
   const W = uploadParams(gpu, c, params);
+  const scorer = new WindowScorer(gpu, c, W);
   const tally = new RoutingTally();
   const wantEntropy = opts.routerEntropy ?? true;
-  let model: Transformer | null = null;
-  let nll = 0, scored = 0, windowsDone = 0;
+  let r: { loss: number; targets: number; windows: number };
   try {
-    for (const batch of batches) {
-      // Batches come grouped by shape (full, leftover full, tail): at most three plans per run.
-      if (!model || model.opts.B !== batch.windows || model.opts.T !== batch.T) {
-        model?.release();
-        model = null;
-        model = await Transformer.plan(gpu, c, W, { B: batch.windows, T: batch.T });
-      }
-      model.setBatch(batchIds(text.tokens, batch, T));
-      await model.run(false);
-      const positions = batch.windows * batch.T;
-      // ceLoss is the mean over this batch's positions: weight it back to a sum.
-      nll += (await model.readScalar(model.ceLoss)) * positions;
-      scored += positions;
-      for (const l of model.moeLayers) {
-        tally.add({
-          layer: l.layer, E: l.E, k: l.k, S: l.S,
-          load: await readInt(l.load),
-          dropped: l.dropped ? (await readInt(l.dropped))[0]! : 0,
-          probs: wantEntropy ? await read(l.probs) : null,
-        });
-      }
-      windowsDone += batch.windows;
-      opts.onProgress?.(windowsDone, windowsTotal);
-    }
+    r = await scorer.score(text.tokens, T, B, {
+      maxTargets: opts.maxTokens,
+      onBatch: async (model, done, total) => {
+        for (const l of model.moeLayers) {
+          tally.add({
+            layer: l.layer, E: l.E, k: l.k, S: l.S,
+            load: await readInt(l.load),
+            dropped: l.dropped ? (await readInt(l.dropped))[0]! : 0,
+            probs: wantEntropy ? await read(l.probs) : null,
+          });
+        }
+        opts.onProgress?.(done, total);
+      },
+    });
   } finally {
-    model?.release();
+    scorer.release();
     W.release();
   }
-  const loss = nll / scored;
+  // Bits per byte: the bytes of the scored text (all of it, or the share of the tokens scored).
+  const bytes = r.targets === text.tokens.length - 1 ? text.bytes : text.bytes * (r.targets / (text.tokens.length - 1));
   const result: EvalResult = {
-    loss, tokens: scored, ppl: Math.exp(loss), bpb: (loss * scored) / (Math.LN2 * text.bytes), bytes: text.bytes,
-    windows: windowsTotal, seq_len: T, batch_size: B,
+    loss: r.loss, tokens: r.targets, ppl: Math.exp(r.loss), bpb: (r.loss * r.targets) / (Math.LN2 * bytes), bytes: Math.round(bytes),
+    windows: r.windows, seq_len: T, batch_size: B,
   };
   if (!tally.empty) result.routing = tally.report(opts.activationThreshold);
   return result;

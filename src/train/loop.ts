@@ -10,7 +10,8 @@ import { UserError } from "../util/errors.ts";
 import { initParams, numel, parameterSpecs } from "../model/params.ts";
 import { ParamStore } from "../model/weights.ts";
 import { Transformer } from "../model/transformer.ts";
-import { Loader, type ShardSet } from "../data/index.ts";
+import { Loader, readSplitStream } from "../data/index.ts";
+import { WindowScorer } from "../eval/perplexity.ts";
 import { learningRate } from "./schedule.ts";
 import { GpuAdamW } from "./optimizer.ts";
 import type { TrainOptions } from "./options.ts";
@@ -83,7 +84,7 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
     : new Loader(data.set, { batchSize: B, seqLen: T, seed: o.seed, split: "train" });
 
   // Everything the run keeps on the GPU is made here, once; out-of-memory becomes one UserError line.
-  const { W, G, model, opt, evalModel } = await gpu.checked("allocating the model, gradients and optimizer", async () => {
+  const { W, G, model, opt } = await gpu.checked("allocating the model, gradients and optimizer", async () => {
     const W = ParamStore.allocate(gpu, c, "param");
     W.upload(hostParams);
     const G = ParamStore.allocate(gpu, c, "grad");
@@ -93,11 +94,17 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
       opt.m.upload(moments.m);
       opt.v.upload(moments.v);
     }
-    const evalModel = o.evalEvery > 0 || o.evalData ? await Transformer.plan(gpu, c, W, { B, T }) : null;
-    return { W, G, model, opt, evalModel };
+    return { W, G, model, opt };
   });
-  const evalData = o.evalData ? await openTrainData(o.evalData, o.tokenizer, `${o.out}/eval`) : data;
-  const evalSplit = evalData.set.splits.val.length > 0 ? "val" : "train";
+  // Evaluation scores the first eval-batches*B*T tokens of the held-out split with `mhmoe eval`'s
+  // window rule, on the weights being trained (its forward plans are made at the first evaluation).
+  const scorer = o.evalEvery > 0 ? new WindowScorer(gpu, c, W) : null;
+  let evalTokens: Int32Array | null = null;
+  if (scorer) {
+    const evalData = o.evalData ? await openTrainData(o.evalData, o.tokenizer, `${o.out}/eval`) : data;
+    const evalSplit = evalData.set.splits.val.length > 0 ? "val" : "train";
+    evalTokens = await readSplitStream(evalData.set, evalSplit, o.evalBatches * B * T + 1);
+  }
 
   // Staging for the A micro-batches of a step, and a GPU-side log of per-micro-batch losses.
   const idsPerBatch = B * (T + 1);
@@ -204,8 +211,8 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
         windowStart = performance.now();
         windowTokens = 0;
       }
-      if (evalModel && o.evalEvery > 0 && (step % o.evalEvery === 0 || step === o.steps)) {
-        const evalLoss = await evaluate(gpu, evalModel, evalData.set, evalSplit, B, T, o.evalBatches);
+      if (scorer && evalTokens && (step % o.evalEvery === 0 || step === o.steps)) {
+        const { loss: evalLoss } = await gpu.checked("evaluating", () => scorer.score(evalTokens!, T, B));
         hooks.onEval?.({ step, eval_loss: evalLoss, eval_ppl: Math.exp(evalLoss) });
       }
       if (stop) {
@@ -220,24 +227,12 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
     staging.destroy();
     metrics.destroy();
     model.release();
-    evalModel?.release();
+    scorer?.release();
     opt.release();
     W.release();
     G.release();
   }
   return { out: o.out, step, checkpoint: lastCheckpoint, stoppedEarly, losses };
-}
-
-/** Mean CE over the first `batches` batches of a split, in stored order (the same batches every time). */
-export async function evaluate(gpu: Gpu, model: Transformer, set: ShardSet, split: "train" | "val", B: number, T: number, batches: number): Promise<number> {
-  const loader = new Loader(set, { batchSize: B, seqLen: T, split, shuffle: false });
-  let sum = 0;
-  for (let i = 0; i < batches; i++) {
-    model.setBatch(await loader.next());
-    await model.run(false);
-    sum += await model.readScalar(model.ceLoss);
-  }
-  return sum / batches;
 }
 
 function runRecord(o: TrainOptions): Record<string, unknown> {
