@@ -30,7 +30,11 @@ py_pass=0; py_fail=0
 if [ -d interop ] && ls interop/test_*.py >/dev/null 2>&1 && [ $# -eq 0 ]; then
   "$PY" -m unittest discover -s interop -p 'test_*.py' 2>&1 | tee "$log" || status=1
   py_run=$(grep -Eo '^Ran [0-9]+ test' "$log" | grep -Eo '[0-9]+' || echo 0)
-  py_fail=$(grep -Eo 'FAILED \((failures|errors)=[0-9]+(, (failures|errors)=[0-9]+)?' "$log" | grep -Eo '[0-9]+' | paste -sd+ | bc 2>/dev/null || echo 0)
+  # "FAILED (failures=1, errors=2)": add the counts in the shell (no bc on a fresh machine)
+  py_fail=0
+  for n in $(grep -Eo 'FAILED \((failures|errors)=[0-9]+(, (failures|errors)=[0-9]+)?' "$log" | grep -Eo '[0-9]+' || true); do
+    py_fail=$((py_fail + n))
+  done
   py_pass=$((py_run - py_fail))
 fi
 echo "mhmoe: $((bun_pass + py_pass)) passed, $((bun_fail + py_fail)) failed"
