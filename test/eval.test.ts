@@ -145,7 +145,7 @@ describe("eval loss equals the CPU reference over the same windows", () => {
       expect(got.tokens).toBe(117);
       expect(want.tokens).toBe(117);
       expect(got.windows).toBe(8);
-      expect(Math.abs(got.loss - want.loss)).toBeLessThan(1e-5);
+      expect(Math.abs(got.loss - want.loss)).toBeLessThan(2e-6); // measured 3.2e-7 (worst case)
       // (c) the derived figures follow from the loss
       expect(got.ppl).toBeCloseTo(Math.exp(got.loss), 9);
       expect(got.bytes).toBe(new TextEncoder().encode(TEXT).length);
@@ -161,7 +161,7 @@ describe("eval loss equals the CPU reference over the same windows", () => {
         expect(l.sub_tokens).toBe(117 * c.mhmoe_heads);
         expect(l.load.reduce((a, b) => a + b, 0)).toBe(117 * c.mhmoe_heads * c.num_experts_per_tok);
         const en = want.entropy.get(l.layer)!;
-        expect(Math.abs(l.router_entropy! - en.sum / en.rows)).toBeLessThan(1e-5);
+        expect(Math.abs(l.router_entropy! - en.sum / en.rows)).toBeLessThan(2e-7); // measured 2.3e-8
         expect(l.drop_rate).toBe(0);
       }
     });
@@ -175,7 +175,7 @@ describe("eval loss equals the CPU reference over the same windows", () => {
     const tokens = tokensOf(TEXT);
     const full = referenceForward(c, p, batchIds(tokens, { first: 0, windows: 7, T }, T), 7, T, { training: false });
     const tail = referenceForward(c, p, tokens.slice(7 * T), 1, 5, { training: false });
-    expect(Math.abs(got.loss - (full.ceLoss * 7 * T + tail.ceLoss * 5) / 117)).toBeLessThan(1e-5);
+    expect(Math.abs(got.loss - (full.ceLoss * 7 * T + tail.ceLoss * 5) / 117)).toBeLessThan(3e-6); // measured 5.0e-7
     const r = full.routing[0]!.routing, rt = tail.routing[0]!.routing;
     const load = [...expertHistogram(r.topk.idx, 4, r.keep)].map((v, e) => v + expertHistogram(rt.topk.idx, 4, rt.keep)[e]!);
     const kept = [...r.keep, ...rt.keep].reduce((a, b) => a + b, 0);
@@ -212,7 +212,7 @@ describe("checkpoints written elsewhere", () => {
     const torch = JSON.parse(py.stdout.toString()) as { loss: number; tokens: number };
     const got = await evaluateCheckpoint(await getGpu(), ckpt, data, { seqLen: T, batchSize: 4 });
     expect(got.tokens).toBe(torch.tokens);
-    expect(Math.abs(got.loss - torch.loss)).toBeLessThan(1e-4);
+    expect(Math.abs(got.loss - torch.loss)).toBeLessThan(3e-6); // measured 0 here; f32 losses of this size differ by up to 5e-7
     expect(got.routing!.layers.map((l) => l.layer)).toEqual([1]);
   });
 });
