@@ -38,7 +38,8 @@ describe("embedding kernels vs reference", () => {
       const base = randomArray(V * d, 5);
       write(Dt, base);
       submit(gpu, plan);
-      expectClose(await read(Dt), base.map((v, i) => v + want[i]!), { atol: 1e-6, rtol: 1e-6 }, "embedding backward accumulates");
+      // measured exact in all 4 cases: the kernel sums a row's terms in the reference's order, then adds once
+      expectClose(await read(Dt), base.map((v, i) => v + want[i]!), EXACT, "embedding backward accumulates");
       for (const t of [I, Dout, Dt]) t.release();
     });
   }
@@ -81,7 +82,8 @@ describe("embedding kernels vs reference", () => {
     submit(gpu, await planEmbeddingBackward(gpu, { ids: I, dout: W, dtable: Dt, N, V, d }));
     const dtable = await read(Dt);
     expect(dtable.slice(d, 2 * d).every((v) => v === 0)).toBe(true); // id 1 never occurs
-    await gpuFdCheck("embedding dtable", table, Tb, dtable, async () => probe(await runAndRead(gpu, fwd, Out), w));
+    // measured max abs 4.5e-8 (the probe is linear in the table: rounding only)
+    await gpuFdCheck("embedding dtable", table, Tb, dtable, async () => probe(await runAndRead(gpu, fwd, Out), w), { atol: 3e-7, rtol: 0 });
     for (const t of [I, Tb, Out, W, Dt]) t.release();
   });
 

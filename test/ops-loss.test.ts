@@ -7,8 +7,12 @@ import { crossEntropyBackward, crossEntropyForward } from "../src/reference/loss
 import { expectClose, randomArray, rng } from "./harness.ts";
 import { expectBitIdentical, gpuFdCheck } from "./ops-fd.ts";
 
-// lse sums V exps in f32 (relative error ~ sqrt(V) ulp); dlogits are softmax values times 1/N.
-const TOL = { atol: 2e-6, rtol: 2e-5 };
+// lse sums V exps in f32 (relative error ~ sqrt(V) ulp); dlogits are softmax values times 1/N. Worst
+// over the 12 shape/mode cases, large logits, batch layout and clamped targets:
+const LSE_TOL = { atol: 1e-7, rtol: 5e-7 }; // measured max abs 9.5e-7, max rel 1.2e-7
+const ROW_TOL = { atol: 2e-7, rtol: 1e-6 }; // measured max abs 1.9e-6, max rel 2.1e-7
+const MEAN_TOL = { atol: 1e-7, rtol: 4e-7 }; // measured max abs 7.2e-7, max rel 8.6e-8
+const DLOGITS_TOL = { atol: 5e-9, rtol: 3e-6 }; // measured max abs 3.0e-8, max rel 2.2e-6
 
 function randomTargets(N: number, V: number, seed: number): Int32Array {
   const r = rng(seed);
@@ -40,11 +44,11 @@ async function runCe(
 
 function expectMatchesReference(got: Run, logits: Float32Array, targets: Int32Array, N: number, V: number, what: string) {
   const ref = crossEntropyForward(logits, targets, N, V);
-  expectClose(got.lse, ref.lse, TOL, `${what} lse`);
+  expectClose(got.lse, ref.lse, LSE_TOL, `${what} lse`);
   const rowLoss = ref.lse.map((l, n) => l - logits[n * V + targets[n]!]!);
-  expectClose(got.rowLoss, rowLoss, TOL, `${what} row loss`);
-  expectClose([got.mean], [ref.loss], TOL, `${what} mean loss`);
-  if (got.dlogits) expectClose(got.dlogits, crossEntropyBackward(logits, ref.lse, targets, N, V), { atol: 1e-7, rtol: 1e-4 }, `${what} dlogits`);
+  expectClose(got.rowLoss, rowLoss, ROW_TOL, `${what} row loss`);
+  expectClose([got.mean], [ref.loss], MEAN_TOL, `${what} mean loss`);
+  if (got.dlogits) expectClose(got.dlogits, crossEntropyBackward(logits, ref.lse, targets, N, V), DLOGITS_TOL, `${what} dlogits`);
 }
 
 describe("cross-entropy kernels vs reference", () => {
@@ -97,7 +101,7 @@ describe("cross-entropy kernels vs reference", () => {
     await gpuFdCheck("cross-entropy dlogits", logits, L, d, async () => {
       submit(gpu, fwd);
       return (await read(mean))[0]!;
-    });
+    }, { atol: 5e-5, rtol: 0 }); // measured max abs 9.4e-6 (of gradients up to ~0.3)
     submit(gpu, fused);
     expectBitIdentical(d, await read(D), "cross-entropy dlogits");
     for (const t of [L, T, lse, rowLoss, mean, D]) t.release();
@@ -111,7 +115,7 @@ describe("cross-entropy kernels vs reference", () => {
     const lse = empty(gpu, [N]), rowLoss = empty(gpu, [N]), mean = zeros(gpu, [1]), D = empty(gpu, [N, V]);
     submit(gpu, await planCrossEntropy(gpu, { logits: L, targets: T, N, V, lse, rowLoss, meanLoss: mean, dlogits: D, gradScale: 0.25 }));
     const ref = crossEntropyForward(logits, targets, N, V);
-    expectClose(await read(D), crossEntropyBackward(logits, ref.lse, targets, N, V, 0.25 * N), { atol: 1e-7, rtol: 1e-4 }, "scaled dlogits");
+    expectClose(await read(D), crossEntropyBackward(logits, ref.lse, targets, N, V, 0.25 * N), DLOGITS_TOL, "scaled dlogits"); // measured max abs 1.5e-8, max rel 5.4e-7
     for (const t of [L, T, lse, rowLoss, mean, D]) t.release();
   });
 });
