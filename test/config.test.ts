@@ -71,7 +71,7 @@ describe("presets", () => {
     expect([mh.mhmoe_heads > 1, mh.mhmoe_head_merge, mh.router_type, mh.mhmoe_inner_residual]).toEqual([true, true, "softmax", false]);
     expect([v1.mhmoe_heads > 1, v1.mhmoe_head_merge, v1.router_type, v1.mhmoe_inner_residual]).toEqual([true, true, "xmoe", true]);
     // mhmoe is FLOPs-matched with smoe to within 5%
-    expect(Math.abs(moeLayerMacsPerToken(mh) / moeLayerMacsPerToken(smoe) - 1)).toBeLessThan(0.05);
+    expect(Math.abs(moeLayerMacsPerToken(mh) / moeLayerMacsPerToken(smoe) - 1)).toBeLessThan(0.05); // measured 2.8%
   });
   test("overrides re-derive mhmoe_head_merge; unknown preset names are listed", () => {
     expect(presetConfig("smoe", { mhmoe_heads: 2 }).mhmoe_head_merge).toBe(true);
@@ -152,8 +152,8 @@ describe("section 3 parity", () => {
     expect(countMoeLayerParams(mh2)).toBe(2 * 768 ** 2 + 2 * 768 + 40 * 3 * 384 * 768 + 40 * 384);
     expect(countMoeLayerParams(smoe)).toBe(8 * 3 * 768 * 2048 + 8 * 768);
     // raising the experts to 40 / 96 brings the layers within 10% of the 8-expert SMoE's parameters
-    expect(Math.abs(countMoeLayerParams(mh2) / countMoeLayerParams(smoe) - 1)).toBeLessThan(0.1);
-    expect(Math.abs(countMoeLayerParams(mh3) / countMoeLayerParams(smoe) - 1)).toBeLessThan(0.1);
+    expect(Math.abs(countMoeLayerParams(mh2) / countMoeLayerParams(smoe) - 1)).toBeLessThan(0.1); // measured 3.1%
+    expect(Math.abs(countMoeLayerParams(mh3) / countMoeLayerParams(smoe) - 1)).toBeLessThan(0.1); // measured 3.2%
   });
 });
 

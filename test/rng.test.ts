@@ -33,12 +33,14 @@ test("uniform and normal moments, ranges", () => {
     minU = Math.min(minU, u);
     maxU = Math.max(maxU, u);
   }
-  expect(Math.abs(s / n)).toBeLessThan(0.02);
-  expect(Math.abs(ss / n - 1)).toBeLessThan(0.02);
-  expect(Math.abs(us / n - 0.5)).toBeLessThan(0.01);
+  // Sample moments of n = 1e5 draws: each bound is about 4 standard errors (the seed is fixed, but the
+  // deviation is sampling luck, so it is no tighter than that).
+  expect(Math.abs(s / n)).toBeLessThan(0.013); // measured 4.8e-3, standard error 3.2e-3
+  expect(Math.abs(ss / n - 1)).toBeLessThan(0.018); // measured 6.0e-4, standard error 4.5e-3
+  expect(Math.abs(us / n - 0.5)).toBeLessThan(0.004); // measured 4.4e-4, standard error 9.1e-4
   expect(minU).toBeGreaterThanOrEqual(0);
   expect(maxU).toBeLessThan(1);
   const counts = new Array(7).fill(0);
   for (let i = 0; i < 7000; i++) counts[r.int(7)]++;
-  for (const k of counts) expect(Math.abs(k - 1000)).toBeLessThan(150);
+  for (const k of counts) expect(Math.abs(k - 1000)).toBeLessThan(120); // measured max 39, standard error 29
 });
