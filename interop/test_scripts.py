@@ -55,20 +55,22 @@ class ParityScriptTest(unittest.TestCase):
 
         ref = self.model(self.ids[:, :-1], labels=self.ids[:, 1:], training=True)
         ref.loss_total.backward()
-        self.assertTrue(torch.allclose(out["logits"], ref.logits, atol=1e-5))
+        # The script runs the same f32 model: logits, losses and gradients measured exact, so each is
+        # allowed a few ulp; the AdamW step measured max abs 6.0e-8.
+        self.assertTrue(torch.allclose(out["logits"], ref.logits, atol=1e-6, rtol=0))
         for key, value in (("loss.ce", ref.loss_ce), ("loss.aux", ref.loss_aux),
                            ("loss.z", ref.loss_z), ("loss.total", ref.loss_total)):
-            self.assertAlmostEqual(out[key].item(), value.item(), places=5, msg=key)
-        self.assertAlmostEqual(summary["loss_total"], ref.loss_total.item(), places=5)
+            self.assertAlmostEqual(out[key].item(), value.item(), delta=1e-6, msg=key)
+        self.assertAlmostEqual(summary["loss_total"], ref.loss_total.item(), delta=1e-6)
         self.assertGreater(out["loss.aux"].item(), 0)
         self.assertGreater(out["loss.z"].item(), 0)
         for name, p in self.model.named_parameters():
             g = p.grad if p.grad is not None else torch.zeros_like(p)
-            self.assertTrue(torch.allclose(out[f"grad.{name}"], g, atol=1e-6), name)
+            self.assertTrue(torch.allclose(out[f"grad.{name}"], g, atol=1e-9, rtol=1e-6), name)
             # AdamW step 1 with bias correction: update = g / (|g| + eps), decay on ndim >= 2
             decay = wd if p.ndim >= 2 else 0.0
             expected = p.detach() * (1 - lr * decay) - lr * g / (g.abs() + eps)
-            self.assertTrue(torch.allclose(out[f"param.{name}"], expected, atol=1e-6), name)
+            self.assertTrue(torch.allclose(out[f"param.{name}"], expected, atol=3e-7, rtol=0), name)
         temperature = "model.layers.1.mlp.gate.temperature"
         self.assertNotEqual(out[f"grad.{temperature}"].item(), 0.0)
 
