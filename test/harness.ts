@@ -49,10 +49,13 @@ export function callSite(): string {
   return "?";
 }
 
-/** One MHMOE_REPORT_TOL line: site, label, max abs err, max rel err, used fraction of the tolerance. */
-export function reportTol(what: string, maxAbs: number, maxRel: number, used: number): void {
+/** One MHMOE_REPORT_TOL line: site, label, max abs and rel error, the tolerance and the fraction of it used. */
+export function reportTol(what: string, maxAbs: number, maxRel: number, used: number, tol: Tolerance): void {
   const f = (v: number) => v.toExponential(2);
-  console.error(`TOL ${callSite()} ${JSON.stringify(what)} maxAbs=${f(maxAbs)} maxRel=${f(maxRel)} used=${f(used)}`);
+  console.error(
+    `TOL ${callSite()} ${JSON.stringify(what)} maxAbs=${f(maxAbs)} maxRel=${f(maxRel)} used=${f(used)} ` +
+      `atol=${tol.atol} rtol=${tol.rtol}`,
+  );
 }
 
 export function compare(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: Tolerance): Comparison {
@@ -88,7 +91,7 @@ export function expectClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
       const d = Math.abs(actual[i]! - expected[i]!);
       used = Math.max(used, d === 0 ? 0 : d / (tol.atol + tol.rtol * Math.abs(expected[i]!)));
     }
-    reportTol(what, c.maxAbs, c.maxRel, used);
+    reportTol(what, c.maxAbs, c.maxRel, used, tol);
   }
   if (c.bad > 0) {
     const w = c.worst;

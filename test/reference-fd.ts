@@ -1,7 +1,9 @@
 /**
  * Finite-difference helpers for the reference tests (not a test file itself). The reference ops are run
- * on Float64Array, so a central difference with a small step is precise: truncation error ~eps^2 and
- * rounding ~1e-16/eps. Default tolerance: |fd - analytic| <= atol + rtol * max(|fd|, |analytic|).
+ * on Float64Array, so a central difference with a small step is precise: truncation error ~eps^2 * |f'''|
+ * and rounding ~1e-16 * |L| / eps, ~1e-11..1e-9 at the sizes used. Every call states its tolerance,
+ * |fd - analytic| <= atol + rtol * max(|fd|, |analytic|), with the error it measured beside it
+ * (MHMOE_REPORT_TOL=1 prints it): a few times above that, and so far below the error of a wrong gradient.
  */
 import { expect } from "bun:test";
 import type { ModelConfig } from "../src/model/config.ts";
@@ -10,8 +12,6 @@ import { Rng } from "../src/util/rng.ts";
 import { REPORT_TOL, reportTol } from "./harness.ts";
 
 export const FD_EPS = 1e-5;
-export const FD_RTOL = 1e-5;
-export const FD_ATOL = 1e-8;
 
 export function randn(rng: Rng, n: number, std = 1): Float64Array {
   const x = new Float64Array(n);
@@ -28,8 +28,8 @@ export function dot(y: ArrayLike<number>, w: ArrayLike<number>): number {
 
 export interface FdOptions {
   eps?: number;
-  rtol?: number;
-  atol?: number;
+  rtol: number;
+  atol: number;
   /** entries to check (default: all) */
   indices?: number[];
   /**
@@ -45,11 +45,10 @@ export interface FdOptions {
  * place and restoring it. Returns the number of entries checked.
  */
 export function checkGrad(
-  label: string, x: Float64Array, analytic: ArrayLike<number>, loss: () => number, opts: FdOptions = {},
+  label: string, x: Float64Array, analytic: ArrayLike<number>, loss: () => number, opts: FdOptions,
 ): { checked: number; skipped: number } {
   const eps = opts.eps ?? FD_EPS;
-  const rtol = opts.rtol ?? FD_RTOL;
-  const atol = opts.atol ?? FD_ATOL;
+  const { rtol, atol } = opts;
   const indices = opts.indices ?? Array.from({ length: x.length }, (_, i) => i);
   expect(analytic.length).toBe(x.length);
   let base = "";
@@ -83,7 +82,7 @@ export function checkGrad(
       throw new Error(`${label}[${i}]: analytic ${an} vs finite difference ${fd} (tolerance ${tol})`);
     }
   }
-  if (REPORT_TOL) reportTol(`fd ${label}`, maxAbs, maxRel, used);
+  if (REPORT_TOL) reportTol(`fd ${label}`, maxAbs, maxRel, used, { atol, rtol });
   return { checked: indices.length - skipped, skipped };
 }
 
