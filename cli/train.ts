@@ -1,4 +1,4 @@
-import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { SingleBar } from "cli-progress";
@@ -6,10 +6,11 @@ import { UserError } from "../src/util/errors.ts";
 import { parseNumber } from "./flags.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { parseSetArgs, presetConfig, resolveConfig, PRESET_NAMES, type ModelConfig } from "../src/model/config.ts";
-import { TRAIN_DEFAULTS, validateTrainOptions, type TrainOptions } from "../src/train/options.ts";
+import { runOptions, TRAIN_DEFAULTS, validateTrainOptions, type TrainOptions } from "../src/train/options.ts";
 import { train, parameterCount } from "../src/train/loop.ts";
-import { readTrainerState, resolveModelDir, resolveResumeDir } from "../src/train/checkpoint.ts";
+import { readResumeState, resolveModelDir, type ResumeState } from "../src/train/checkpoint.ts";
 import { checkResumable } from "../src/train/compat.ts";
+import { dataTokenizer } from "../src/train/data.ts";
 import { loadModelCheckpoint } from "../src/model/load.ts";
 import { resumeCommand } from "./invocation.ts";
 
@@ -30,12 +31,24 @@ function readConfigFile(file: string): Record<string, unknown> {
   }
 }
 
-/** Preset, then config file, then --set, in that order; the default is the small mhmoe preset. */
-function modelConfig(o: { preset?: string; config?: string; set: string[] }, base?: ModelConfig): ModelConfig {
+/**
+ * Preset, then config file, then --set, in that order; the default is the small mhmoe preset. Unless the
+ * user sets vocab_size (or a checkpoint fixes it), a tokenizer with more ids than the preset's vocabulary
+ * gets vocab_size = its size rounded up to a multiple of 64 (GPT-2: 50304); `note` says so.
+ */
+function modelConfig(o: { preset?: string; config?: string; set: string[] }, vocab: number, base?: ModelConfig): { config: ModelConfig; note: string } {
   let fields: Record<string, unknown> = base ? { ...base } : {};
   if (o.preset || (!o.config && !base)) fields = { ...presetConfig(o.preset ?? "mhmoe") };
-  if (o.config) fields = { ...fields, ...readConfigFile(o.config) };
-  return resolveConfig({ ...fields, ...parseSetArgs(o.set) }, o.config ?? "--set");
+  const file = o.config ? readConfigFile(o.config) : {};
+  const set = parseSetArgs(o.set);
+  fields = { ...fields, ...file, ...set };
+  let note = "";
+  const userVocab = base !== undefined || "vocab_size" in file || "vocab_size" in set;
+  if (!userVocab && typeof fields.vocab_size === "number" && vocab > fields.vocab_size) {
+    fields.vocab_size = Math.ceil(vocab / 64) * 64;
+    note = `vocab_size ${fields.vocab_size} (the tokenizer's ${vocab} ids, padded to a multiple of 64)`;
+  }
+  return { config: resolveConfig(fields, o.config ?? "--set"), note };
 }
 
 const num = (flag: string) => (v: string) => parseNumber(flag, v, false);
@@ -76,59 +89,55 @@ export function registerTrain(program: Command): void {
     .option("--json", "print JSON lines on stdout")
     .action(async (raw: Record<string, unknown>, cmd: Command) => {
       const given = (name: string) => cmd.getOptionValueSource(name) === "cli";
-      let resumeDir: string | undefined;
+      let resume: ResumeState | undefined;
       let base: ModelConfig | undefined;
-      let savedRun: Record<string, unknown> = {};
-      let savedTokenizer = "";
       if (raw.resume !== undefined) {
         const from = typeof raw.resume === "string" ? raw.resume : (raw.out as string | undefined);
         if (!from) throw new UserError("--resume needs a run or checkpoint directory (or --out)");
-        resumeDir = resolveResumeDir(from);
-        base = loadModelCheckpoint(resumeDir).config;
-        const state = readTrainerState(resumeDir);
-        savedRun = state.run;
-        savedTokenizer = state.tokenizer;
-        if (!raw.out) raw.out = dirname(resumeDir);
+        resume = readResumeState(from);
+        base = resume.config;
+        if (!raw.out) raw.out = dirname(resume.dir);
       }
       if (raw.init !== undefined) {
-        if (resumeDir) throw new UserError("--init and --resume exclude each other: --resume continues a run, --init starts one");
+        if (resume) throw new UserError("--init and --resume exclude each other: --resume continues a run, --init starts one");
         base = loadModelCheckpoint(resolveModelDir(raw.init as string, "--init")).config;
       }
-      // On resume the saved run's options hold unless a flag was given explicitly now.
-      const pick = <T>(name: string, key: string): T => (given(name) || !(key in savedRun) ? raw[name] : savedRun[key]) as T;
-      const config = modelConfig({ preset: raw.preset as string | undefined, config: raw.config as string | undefined, set: raw.set as string[] }, base);
-      const opts: TrainOptions = {
-        config,
-        data: pick<string | undefined>("data", "data"),
-        evalData: pick<string | undefined>("evalData", "evalData"),
-        init: resumeDir ? undefined : (raw.init as string | undefined),
-        tokenizer: pick("tokenizer", "tokenizer"),
-        out: resolve((raw.out as string | undefined) ?? join("runs", timestamp())),
-        steps: pick("steps", "steps"), batchSize: pick("batchSize", "batchSize"), seqLen: pick("seqLen", "seqLen"),
-        gradAccum: pick("gradAccum", "gradAccum"), lr: pick("lr", "lr"), minLr: pick("minLr", "minLr"),
-        warmup: pick("warmup", "warmup"), schedule: pick("schedule", "schedule"), weightDecay: pick("weightDecay", "weightDecay"),
-        beta1: pick("beta1", "beta1"), beta2: pick("beta2", "beta2"), eps: pick("eps", "eps"), clip: pick("clip", "clip"),
-        seed: pick("seed", "seed"), logEvery: pick("logEvery", "logEvery"), evalEvery: pick("evalEvery", "evalEvery"),
-        evalBatches: pick("evalBatches", "evalBatches"), checkpointEvery: pick("checkpointEvery", "checkpointEvery"),
-        keep: pick("keep", "keep"), skipNonfinite: given("skipNonfinite") ? !!raw.skipNonfinite : !!(savedRun.skipNonfinite ?? raw.skipNonfinite),
-      };
+      const run = runOptions(raw, given, resume?.state.run);
+      // The tokenizer (and the vocabulary it needs) comes from the shard set when --tokenizer is not given.
+      // (A resumed run keeps its own: the checkpoint's shards are checked against it when they are opened.)
+      const data = resume ? null : await dataTokenizer(run.data, given("tokenizer") ? run.tokenizer : undefined);
+      if (data) run.tokenizer = data.tokenizer;
+      const { config, note } = modelConfig({ preset: raw.preset as string | undefined, config: raw.config as string | undefined, set: raw.set as string[] }, data?.vocabSize ?? 0, base);
+      const opts: TrainOptions = { ...run, config, out: resolve((raw.out as string | undefined) ?? join("runs", timestamp())) };
       validateTrainOptions(opts);
-      // Refuse an incompatible resume before the GPU starts and the run banner is printed.
-      if (resumeDir && base) checkResumable(resumeDir, { config: base, tokenizer: savedTokenizer }, opts);
-      await runTrain(opts, !!raw.json, resumeDir);
+      if (resume) {
+        // Refuse an incompatible resume before the GPU starts and the run banner is printed.
+        checkResumable(resume.dir, { config: resume.config, tokenizer: resume.state.tokenizer }, opts);
+        if (opts.steps <= resume.state.step) {
+          const line = `nothing to do: ${resume.dir} is at step ${resume.state.step} and --steps ${opts.steps} is the run's total, not a count of more steps; ` +
+            `pass --steps above ${resume.state.step} to train further`;
+          if (raw.json) console.log(JSON.stringify({ event: "done", step: resume.state.step, checkpoint: resume.dir, nothing_to_do: true }));
+          else process.stderr.write(line + "\n");
+          return;
+        }
+      }
+      await runTrain(opts, !!raw.json, note, resume);
     });
 }
 
-async function runTrain(o: TrainOptions, json: boolean, resumeDir?: string): Promise<void> {
-  mkdirSync(o.out, { recursive: true });
-  const metricsFile = join(o.out, "metrics.jsonl");
-  const say = (obj: Record<string, unknown>, text: string) => {
-    if (json) console.log(JSON.stringify(obj));
-    else process.stderr.write(text + "\n");
-  };
+async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: ResumeState): Promise<void> {
   const gpu = await getGpu();
   const tty = !json && process.stderr.isTTY;
   const bar = tty ? new SingleBar({ format: "step {value}/{total} |{bar}| loss {loss} | {tps} tok/s | ETA {eta_formatted}", hideCursor: true }) : null;
+  let barStarted = false;
+  const say = (obj: Record<string, unknown>, text: string) => {
+    if (json) console.log(JSON.stringify(obj));
+    else if (barStarted) {
+      // above the bar: clear its line, print, draw it again below
+      process.stderr.write("\r\x1b[2K" + text + "\n");
+      bar!.render();
+    } else process.stderr.write(text + "\n");
+  };
   let stop = false;
   const onSignal = (sig: string) => {
     if (stop) process.exit(130);
@@ -138,38 +147,32 @@ async function runTrain(o: TrainOptions, json: boolean, resumeDir?: string): Pro
   const sigint = () => onSignal("SIGINT"), sigterm = () => onSignal("SIGTERM");
   process.on("SIGINT", sigint);
   process.on("SIGTERM", sigterm);
-  say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, config: o.config },
+  say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, tokenizer: o.tokenizer, config: o.config },
     `mhmoe train: ${parameterCount(o).toLocaleString()} parameters, ${o.config.num_experts > 0 ? `${o.config.num_experts} experts, h=${o.config.mhmoe_heads}` : "dense"}, ` +
-      `${o.steps} steps of ${o.gradAccum * o.batchSize}x${o.seqLen} tokens on ${gpu.adapter.name}; run directory ${o.out}`);
-  let started = false;
+      `tokenizer ${o.tokenizer}${note ? `, ${note}` : ""}, ${o.steps} steps of ${o.gradAccum * o.batchSize}x${o.seqLen} tokens on ${gpu.adapter.name}; run directory ${o.out}`);
   try {
     const result = await train(gpu, o, {
       onInfo: (line) => say({ event: "info", message: line }, line),
       onStep: (r) => {
-        appendFileSync(metricsFile, JSON.stringify(r) + "\n");
         if (bar) {
-          if (!started) bar.start(o.steps, 0, { loss: "-", tps: "-" });
-          started = true;
+          if (!barStarted) bar.start(o.steps, 0, { loss: "-", tps: "-" });
+          barStarted = true;
           bar.update(r.step, { loss: r.loss.toFixed(4), tps: Math.round(r.tokens_per_s) });
         } else {
           say({ event: "step", ...r }, `step ${r.step}/${o.steps}  loss ${r.loss.toFixed(4)}  lr ${r.lr.toExponential(2)}  grad norm ${r.grad_norm.toFixed(3)}  ${Math.round(r.tokens_per_s)} tok/s` +
             (r.routing.length ? `  active ${(r.routing.reduce((a, l) => a + l.activation, 0) / r.routing.length).toFixed(2)}` : ""));
         }
       },
-      onEval: (r) => {
-        appendFileSync(metricsFile, JSON.stringify(r) + "\n");
-        if (!bar) say({ event: "eval", ...r }, `step ${r.step}  eval loss ${r.eval_loss.toFixed(4)}  ppl ${r.eval_ppl.toFixed(2)}`);
-      },
-      onCheckpoint: (dir, step) => {
-        if (!bar) say({ event: "checkpoint", step, dir }, `step ${step}: checkpoint ${dir}`);
-      },
+      onEval: (r) => say({ event: "eval", ...r }, `step ${r.step}  eval loss ${r.eval_loss.toFixed(4)}  ppl ${r.eval_ppl.toFixed(2)}`),
+      onCheckpoint: (dir, step) => say({ event: "checkpoint", step, dir }, `step ${step}: checkpoint ${dir}`),
       shouldStop: () => stop,
-    }, resumeDir);
+    }, resume);
     bar?.stop();
+    barStarted = false;
     if (result.stoppedEarly) {
-      const resume = resumeCommand(o.out);
-      say({ event: "stopped", step: result.step, checkpoint: result.checkpoint, resume },
-        `stopped at step ${result.step}; checkpoint ${result.checkpoint}; resume with: ${resume}`);
+      const again = resumeCommand(o.out);
+      say({ event: "stopped", step: result.step, checkpoint: result.checkpoint, resume: again },
+        `stopped at step ${result.step}; checkpoint ${result.checkpoint}; resume with: ${again}`);
     } else {
       say({ event: "done", step: result.step, checkpoint: result.checkpoint, final_loss: result.losses.at(-1) },
         `done: ${result.step} steps, final loss ${result.losses.at(-1)?.toFixed(4)}; checkpoint ${result.checkpoint}`);

@@ -1,15 +1,19 @@
 // AdamW with gradient clipping, PyTorch semantics (torch.optim.AdamW + clip_grad_norm_).
 // The per-step scalars live in one small storage buffer `st` so a training step creates no buffer: the host
-// writes st[0..11) with queue.writeBuffer before each step, the GPU writes the clip scale into st[11] from the
-// global gradient norm (whose sum of squares an earlier reduction left in norm[0]).
-//   st: 0 beta1, 1 1-beta1, 2 beta2, 3 1-beta2, 4 eps, 5 shrink = 1 - lr*wd, 6 stepSize = lr/(1-beta1^t),
-//       7 sqrt(1-beta2^t), 8 max_norm (<= 0: no clipping), 9 lr, 10 t, 11 clip scale (GPU-written)
-// The host computes 1-beta, the bias corrections and the decay factor in double precision, as PyTorch does
-// in Python floats: 1 - f32(0.999) would be off by 1e-5 relative.
+// writes st[0..9) with queue.writeBuffer before each step; the GPU owns st[9..12): the clip scale of the step
+// and the two bias corrections, which advance only when a step is applied, so a skipped (non-finite) step
+// leaves Adam's step count where it was:
+//   st: 0 beta1, 1 1-beta1, 2 beta2, 3 1-beta2, 4 eps, 5 shrink = 1 - lr*wd, 6 lr, 7 max_norm (<= 0: no
+//       clipping), 8 unused, 9 clip scale, 10 bc1 = 1 - beta1^n, 11 bc2 = 1 - beta2^n (n = updates applied)
+// The host computes 1-beta and the decay factor in double precision, as PyTorch does in Python floats:
+// 1 - f32(0.999) would be off by 1e-5 relative. The bias corrections follow bc <- beta*bc + (1-beta), which
+// equals 1 - beta^n and keeps f32's relative accuracy (1 - pow(beta, n) in f32 would cancel badly).
 
 override WG: u32 = 256u;
 
-const CLIP: u32 = 11u;
+const CLIP: u32 = 9u;
+const BC1: u32 = 10u;
+const BC2: u32 = 11u;
 
 @group(0) @binding(0) var<storage, read_write> norm: array<f32>;
 @group(0) @binding(1) var<storage, read_write> stw: array<f32>;
@@ -27,10 +31,15 @@ fn clip_scale() {
   let ss = norm[0];
   let n = select(sqrt(max(ss, 0.0)), ss, is_nonfinite(ss));
   norm[0] = n;
-  let maxNorm = stw[8];
+  let maxNorm = stw[7];
   var clip = 1.0;
   if (maxNorm > 0.0) { clip = min(1.0, maxNorm / (n + 1e-6)); }
-  if (is_nonfinite(n)) { clip = -1.0; }
+  if (is_nonfinite(n)) {
+    clip = -1.0;
+  } else {
+    stw[BC1] = stw[0] * stw[BC1] + stw[1];
+    stw[BC2] = stw[2] * stw[BC2] + stw[3];
+  }
   stw[CLIP] = clip;
 }
 
@@ -56,5 +65,5 @@ fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
   let v = st[2] * m2[j] + st[3] * (g * g);
   m1[j] = m;
   m2[j] = v;
-  param[j] = p - st[6] * m / (sqrt(v) / st[7] + st[4]);
+  param[j] = p - (st[6] / st[BC1]) * m / (sqrt(v) / sqrt(st[BC2]) + st[4]);
 }

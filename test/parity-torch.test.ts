@@ -114,7 +114,7 @@ async function gpuForwardBackward(c: ModelConfig, params: Map<string, Float32Arr
   const grads = await G.download();
   // One AdamW step on the GPU from these gradients (no clipping, as parity.py).
   const opt = await GpuAdamW.plan(gpu, c, W, G);
-  opt.prepareStep(1, { ...HP, maxGradNorm: 0 });
+  opt.prepareStep({ ...HP, maxGradNorm: 0 });
   const enc = gpu.device.createCommandEncoder();
   const pass = enc.beginComputePass();
   encode(pass, opt.dispatches);

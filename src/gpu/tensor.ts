@@ -67,6 +67,48 @@ export function write(t: Tensor, data: Typed): void {
   t.gpu.device.queue.writeBuffer(t.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
 }
 
+/** Writes `data` into elements at.. of a tensor; queued, so it lands before the next submit's work. */
+export function writeAt(t: Tensor, data: Typed, at = 0): void {
+  if (at < 0 || at + data.length > t.size) throw new Error(`writeAt: elements ${at}..${at + data.length} outside ${t.label || "tensor"} of ${t.size}`);
+  if (data.length > 0) t.gpu.device.queue.writeBuffer(t.buffer, at * 4, data.buffer, data.byteOffset, data.byteLength);
+}
+
+/**
+ * The work of one queue submit, recorded in order: compute passes of planned dispatches, tensor copies
+ * and clears. A training step is one of these; nothing is allocated while recording.
+ */
+export class Commands {
+  private readonly encoder: GPUCommandEncoder;
+
+  constructor(readonly gpu: Gpu) {
+    this.encoder = gpu.device.createCommandEncoder();
+  }
+
+  /** One compute pass running each list of dispatches in turn. */
+  pass(...lists: readonly (readonly Dispatch[])[]): this {
+    const pass = this.encoder.beginComputePass();
+    for (const l of lists) encode(pass, l);
+    pass.end();
+    return this;
+  }
+
+  /** Copies n elements from src[srcAt..] to dst[dstAt..]. */
+  copy(src: Tensor, srcAt: number, dst: Tensor, dstAt: number, n: number): this {
+    this.encoder.copyBufferToBuffer(src.buffer, srcAt * 4, dst.buffer, dstAt * 4, n * 4);
+    return this;
+  }
+
+  /** Sets every element of the tensors to zero. */
+  clear(...tensors: readonly Tensor[]): this {
+    for (const t of tensors) this.encoder.clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+    return this;
+  }
+
+  submit(): void {
+    this.gpu.device.queue.submit([this.encoder.finish()]);
+  }
+}
+
 /** Copies a buffer range back to the host. Costs a full GPU sync: never call it inside a training step. */
 export async function readBytes(gpu: Gpu, buffer: GPUBuffer, byteLength: number, byteOffset = 0): Promise<ArrayBuffer> {
   const size = Math.max(4, Math.ceil(byteLength / 4) * 4);

@@ -53,6 +53,18 @@ export function ioError(e: unknown, action: string, target: string): unknown {
   return new UserError(`cannot ${action} ${target}: ${why[code] ?? code}`);
 }
 
+/**
+ * Runs one file-system operation on `target`; an OS error becomes one UserError line ("cannot ACTION
+ * TARGET: why"), so call sites need no try/catch of their own.
+ */
+export function fsDo<T>(action: string, target: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw ioError(e, action, target);
+  }
+}
+
 /** fsync a directory so a rename inside it survives a power cut; some platforms refuse, which is fine. */
 function fsyncDir(dir: string): void {
   let fd: number | undefined;

@@ -12,6 +12,7 @@ import {
 } from "../io/checkpoint.ts";
 import { resolveConfig, validateConfig, type ModelConfig } from "./config.ts";
 import { numel, parameterSpecs } from "./params.ts";
+import { UserError } from "../util/errors.ts";
 
 export interface ModelCheckpoint {
   config: ModelConfig;
@@ -60,4 +61,16 @@ export function saveModelCheckpoint(
   const extra = [...params.keys()].filter((name) => !tensors.has(name));
   if (extra.length > 0) throw new Error(`saveModelCheckpoint: ${extra[0]} is not a parameter of this config`);
   saveCheckpointDir(dir, config, tensors, opts);
+}
+
+/**
+ * Refuses weights holding NaN or Inf (a diverged run's checkpoint, a corrupt export) in one line naming
+ * the first such tensor and element: scores or updates computed from them would be meaningless.
+ */
+export function assertFiniteParams(params: Map<string, Float32Array>, where: string, use: string): void {
+  for (const [name, w] of params) {
+    for (let i = 0; i < w.length; i++) {
+      if (!Number.isFinite(w[i]!)) throw new UserError(`${where}: tensor ${name} holds ${w[i]} at element ${i}; cannot ${use} a checkpoint with non-finite weights`);
+    }
+  }
 }

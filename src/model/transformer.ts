@@ -4,7 +4,7 @@
  * step only writes the token batch and encodes the recorded dispatches into one compute pass.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { encode, readBytes, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { Commands, readBytes, writeAt, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { planEmbeddingBackward, planEmbeddingForward, type TokenLayout } from "../ops/embedding.ts";
 import { planRmsNormBackward, planRmsNormForward } from "../ops/norm.ts";
 import { planRopeBackward, planRopeForward, ropeTable } from "../ops/rope.ts";
@@ -68,23 +68,20 @@ export class Transformer {
   setBatch(ids: Int32Array): void {
     const want = this.opts.B * (this.opts.T + 1);
     if (ids.length !== want) throw new Error(`setBatch: expected ${want} ids, got ${ids.length}`);
-    this.gpu.device.queue.writeBuffer(this.ids.buffer, 0, ids.buffer, ids.byteOffset, ids.byteLength);
+    writeAt(this.ids, ids);
   }
 
-  /** Encodes forward (and backward when planned) into one compute pass of the encoder. */
-  encode(encoder: GPUCommandEncoder, withBackward = this.training): void {
-    if (withBackward && this.opts.grads) this.opts.grads.encodeZero(encoder);
-    const pass = encoder.beginComputePass();
-    encode(pass, this.forward);
-    if (withBackward) encode(pass, this.backward);
-    pass.end();
+  /** Records zeroing the gradients, then forward (and backward when planned) in one compute pass. */
+  encode(cmds: Commands, withBackward = this.training): void {
+    if (withBackward && this.opts.grads) this.opts.grads.encodeZero(cmds);
+    cmds.pass(this.forward, withBackward ? this.backward : []);
   }
 
   /** Runs one forward (+ backward) and waits; tests and eval use it, training encodes its own step. */
   async run(withBackward = this.training): Promise<void> {
-    const enc = this.gpu.device.createCommandEncoder();
-    this.encode(enc, withBackward);
-    this.gpu.device.queue.submit([enc.finish()]);
+    const cmds = new Commands(this.gpu);
+    this.encode(cmds, withBackward);
+    cmds.submit();
     await this.gpu.sync();
   }
 

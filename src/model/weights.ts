@@ -4,7 +4,7 @@
  * ([E, out, in], expert e at offset e*out*in) because the grouped expert GEMM reads them as one array.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { readBytes, zeros, type Tensor } from "../gpu/tensor.ts";
+import { readBytes, writeAt, zeros, type Commands, type Tensor } from "../gpu/tensor.ts";
 import type { ModelConfig } from "./config.ts";
 import { numel, parameterSpecs, type ParamSpec } from "./params.ts";
 
@@ -86,7 +86,7 @@ export class ParamStore {
       const v = values.get(name);
       if (!v) throw new Error(`upload: no value for parameter ${name}`);
       if (v.length !== slot.size) throw new Error(`upload: ${name} has ${v.length} values, expected ${slot.size}`);
-      this.gpu.device.queue.writeBuffer(slot.tensor.buffer, slot.offset * 4, v.buffer, v.byteOffset, v.byteLength);
+      writeAt(slot.tensor, v, slot.offset);
     }
   }
 
@@ -99,9 +99,9 @@ export class ParamStore {
     return out;
   }
 
-  /** Clears every tensor (gradients at the start of a step) inside the caller's command encoder. */
-  encodeZero(encoder: GPUCommandEncoder): void {
-    for (const t of this.tensors) encoder.clearBuffer(t.buffer, 0, t.byteLength);
+  /** Records clearing every tensor (gradients at the start of a step). */
+  encodeZero(cmds: Commands): void {
+    cmds.clear(...this.tensors);
   }
 
   release(): void {

@@ -3,16 +3,18 @@
  * Per step: the squared global grad norm by a deterministic two-pass reduction (planSumSquares of
  * src/ops/elementwise.ts), one thread turning it into the norm and the clip scale
  * min(1, max_norm / (norm + 1e-6)), then one update launch per parameter segment, the gradient scaled by
- * the clip first. lr, t and the other scalars sit in a small state buffer the host rewrites each step
- * (writeAdamWStep), so a step creates no buffer and needs no host round trip.
+ * the clip first. lr and the other scalars sit in a small state buffer the host rewrites each step
+ * (writeAdamWStep), so a step creates no buffer and needs no host round trip; Adam's step count lives on
+ * the GPU (as bias corrections) because only the GPU knows at once whether a step was skipped.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { bindGroup, empty, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { bindGroup, grid1d, uniform, writeAt, zeros, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { planSumSquares } from "./elementwise.ts";
 
-/** Elements of the state buffer: 11 host-written scalars and the GPU-written clip scale (shaders/adamw.wgsl). */
+/** Elements of the state buffer (shaders/adamw.wgsl): 9 host-written scalars, then the GPU's clip scale and bias corrections. */
 export const ADAMW_STATE_LENGTH = 12;
-const CLIP_INDEX = 11;
+const HOST_SCALARS = 9;
+export const ADAMW_CLIP_INDEX = 9;
 
 export interface AdamWStepHyper {
   lr: number;
@@ -29,23 +31,29 @@ export function adamwWorkgroup(gpu: Gpu): number {
   return gpu.isCpu ? 64 : 256;
 }
 
-/** The state buffer the update reads (the model owns it; one per optimizer). */
+/** The state buffer the update reads (the model owns it; one per optimizer), for an optimizer with no update applied yet. */
 export function createAdamWState(gpu: Gpu): Tensor {
-  return empty(gpu, [ADAMW_STATE_LENGTH], "f32", "adamw.state");
+  return zeros(gpu, [ADAMW_STATE_LENGTH], "f32", "adamw.state");
 }
 
 /**
- * Writes the scalars of step t (1-based) into the state buffer with queue.writeBuffer: ordered before the
- * next submit, and leaves the GPU-written clip scale alone. Values are computed in double, as PyTorch does.
+ * Writes the scalars of the next step into the state buffer with queue.writeBuffer: ordered before the
+ * next submit, and leaves the GPU-owned clip scale and bias corrections alone. Values are computed in
+ * double, as PyTorch does.
  */
-export function writeAdamWStep(gpu: Gpu, state: Tensor, t: number, hp: AdamWStepHyper): void {
-  if (!(Number.isInteger(t) && t >= 1)) throw new Error(`writeAdamWStep: step ${t} must be an integer >= 1`);
+export function writeAdamWStep(gpu: Gpu, state: Tensor, hp: AdamWStepHyper): void {
   const maxNorm = Number.isFinite(hp.maxGradNorm) && hp.maxGradNorm > 0 ? hp.maxGradNorm : 0;
-  const host = new Float32Array([
-    hp.beta1, 1 - hp.beta1, hp.beta2, 1 - hp.beta2, hp.eps, 1 - hp.lr * hp.weightDecay,
-    hp.lr / (1 - Math.pow(hp.beta1, t)), Math.sqrt(1 - Math.pow(hp.beta2, t)), maxNorm, hp.lr, t,
-  ]);
-  gpu.device.queue.writeBuffer(state.buffer, 0, host.buffer, 0, CLIP_INDEX * 4);
+  const host = new Float32Array([hp.beta1, 1 - hp.beta1, hp.beta2, 1 - hp.beta2, hp.eps, 1 - hp.lr * hp.weightDecay, hp.lr, maxNorm, 0]);
+  writeAt(state, host.subarray(0, HOST_SCALARS));
+}
+
+/**
+ * Sets the bias corrections for an optimizer that has applied `applied` updates (a resumed run); the
+ * next applied step is Adam's step applied+1.
+ */
+export function setAdamWApplied(gpu: Gpu, state: Tensor, applied: number, hp: { beta1: number; beta2: number }): void {
+  if (!(Number.isInteger(applied) && applied >= 0)) throw new Error(`setAdamWApplied: ${applied} must be an integer >= 0`);
+  writeAt(state, new Float32Array([1, 1 - Math.pow(hp.beta1, applied), 1 - Math.pow(hp.beta2, applied)]), ADAMW_CLIP_INDEX);
 }
 
 /** A range of parameters updated together: the same offset and length in param, grad and both moments. */

@@ -13,6 +13,7 @@ import { CONFIG_FILE, saveCheckpointDir, type ShapedTensor } from "../io/checkpo
 import { encodeSafetensors, readSafetensors, tensorToFloat32 } from "../io/safetensors.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { parameterSpecs } from "../model/params.ts";
+import { assertFiniteParams, loadModelCheckpoint } from "../model/load.ts";
 import type { LoaderPosition } from "../data/index.ts";
 
 export const TRAINER_STATE_FILE = "trainer_state.json";
@@ -33,6 +34,11 @@ export interface TrainerState {
   /** the options of the run (for resuming with the same hyperparameters) */
   run: Record<string, unknown>;
   seed: number;
+  /**
+   * AdamW's bias corrections 1 - beta^n (n = updates applied: steps less skipped steps) as the GPU holds
+   * them, so a resumed run continues with the same bits; absent in older checkpoints (then recomputed).
+   */
+  adam?: { bias_correction1: number; bias_correction2: number };
 }
 
 export function checkpointName(step: number): string {
@@ -168,4 +174,22 @@ export function readMoments(dir: string, config: ModelConfig): { m: Map<string, 
     }
   }
   return { m, v };
+}
+
+/** Everything a resumed run needs from its checkpoint, read once (the CLI hands it to train()). */
+export interface ResumeState {
+  dir: string;
+  state: TrainerState;
+  config: ModelConfig;
+  params: Map<string, Float32Array>;
+  moments: { m: Map<string, Float32Array>; v: Map<string, Float32Array> };
+}
+
+/** Reads the checkpoint `path` names (a checkpoint, or a run directory's latest), refusing non-finite weights. */
+export function readResumeState(path: string): ResumeState {
+  const dir = resolveResumeDir(path);
+  const state = readTrainerState(dir);
+  const { config, params } = loadModelCheckpoint(dir);
+  assertFiniteParams(params, dir, "resume from");
+  return { dir, state, config, params, moments: readMoments(dir, config) };
 }

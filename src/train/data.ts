@@ -1,8 +1,11 @@
 /** Where training batches come from: a shard set directory, text/jsonl inputs, or the default corpus. */
-import { existsSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
+import { readdir } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { defaultShardSet, openShardSet, runTokenize, type ShardSet } from "../data/index.ts";
+import { fsDo, writeFileAtomic } from "../io/atomic.ts";
+import { defaultShardSet, getTokenizer, openShardSet, runTokenize, type ShardSet } from "../data/index.ts";
+import { listInputs } from "../data/inputs.ts";
 
 export interface TrainData {
   set: ShardSet;
@@ -10,25 +13,73 @@ export interface TrainData {
   source: string;
 }
 
+/** Beside the shards tokenized for a run: which inputs (path, size, mtime) and tokenizer they came from. */
+export const SOURCE_FILE = "source.json";
+
+export interface OpenTrainDataOptions {
+  /** a resumed run: its cached shards must still be those of its inputs */
+  resume?: boolean;
+  onInfo?: (line: string) => void;
+}
+
 /**
  * A directory with index.json (or Hugging Face .arrow files) is used as is; .txt/.jsonl files or folders
- * of them are tokenized once into OUT/data; nothing at all means the embedded default corpus.
+ * of them are tokenized once into `cache` (OUT/data), and again when the inputs changed since (a resumed
+ * run refuses instead: its data must not change); nothing at all means the embedded default corpus.
  */
-export async function openTrainData(data: string | undefined, tokenizer: string, out: string): Promise<TrainData> {
+export async function openTrainData(data: string | undefined, tokenizer: string, cache: string, opts: OpenTrainDataOptions = {}): Promise<TrainData> {
   if (!data) return { set: await defaultShardSet({ tokenizer }), source: "default corpus" };
   if (!existsSync(data)) throw new UserError(`--data: ${data} does not exist`);
-  const isDir = statSync(data).isDirectory();
-  if (isDir && (await isShardDir(data))) {
+  if (statSync(data).isDirectory() && (await isShardDir(data))) {
     return { set: await openShardSet(data, { tokenizer }), source: data };
   }
-  const dir = join(out, "data");
-  if (!existsSync(join(dir, "index.json"))) await runTokenize({ inputs: [data], out: dir, tokenizer });
-  return { set: await openShardSet(dir, { tokenizer }), source: data };
+  const now = await describeSource(data, tokenizer);
+  if (existsSync(join(cache, "index.json"))) {
+    const before = readSource(cache);
+    if (before === null || before !== now) {
+      if (opts.resume) {
+        if (before !== null) throw new UserError(`cannot resume: ${data} changed since the run tokenized it (${cache}/${SOURCE_FILE}); a resumed run must see the same data`);
+      } else {
+        opts.onInfo?.(`${data} changed since ${cache} was tokenized from it: tokenizing again`);
+        fsDo("remove stale tokenized data", cache, () => rmSync(cache, { recursive: true, force: true }));
+      }
+    }
+  }
+  if (!existsSync(join(cache, "index.json"))) {
+    await runTokenize({ inputs: [data], out: cache, tokenizer });
+    writeFileAtomic(join(cache, SOURCE_FILE), now);
+  }
+  return { set: await openShardSet(cache, { tokenizer }), source: data };
+}
+
+/**
+ * The tokenizer and vocabulary a run on `data` uses, before anything is tokenized or allocated: a shard
+ * set's own (a `requested` tokenizer that differs is refused when the set is opened), else the requested
+ * tokenizer, else byte.
+ */
+export async function dataTokenizer(data: string | undefined, requested: string | undefined): Promise<{ tokenizer: string; vocabSize: number }> {
+  if (data && existsSync(data) && statSync(data).isDirectory() && (await isShardDir(data))) {
+    const set = await openShardSet(data, { tokenizer: requested });
+    return { tokenizer: set.tokenizer, vocabSize: set.vocabSize };
+  }
+  const t = getTokenizer(requested ?? "byte");
+  return { tokenizer: t.name, vocabSize: t.vocabSize };
+}
+
+/** The inputs' identity, as stable JSON: resolved paths, sizes and modification times, and the tokenizer. */
+async function describeSource(data: string, tokenizer: string): Promise<string> {
+  const files = await listInputs([data]);
+  const list = files.map((f) => ({ path: resolve(f.path), bytes: f.bytes, mtime_ms: Math.floor(statSync(f.path).mtimeMs) }));
+  return JSON.stringify({ tokenizer, files: list }, null, 1) + "\n";
+}
+
+function readSource(cache: string): string | null {
+  const file = join(cache, SOURCE_FILE);
+  return existsSync(file) ? readFileSync(file, "utf8") : null;
 }
 
 /** Ours (index.json), Hugging Face (.arrow files, dataset_dict.json, or split folders of .arrow files). */
-async function isShardDir(dir: string): Promise<boolean> {
-  const { readdir } = await import("node:fs/promises");
+export async function isShardDir(dir: string): Promise<boolean> {
   if (existsSync(join(dir, "index.json")) || existsSync(join(dir, "dataset_dict.json"))) return true;
   const entries = await readdir(dir, { withFileTypes: true });
   if (entries.some((e) => e.isFile() && e.name.endsWith(".arrow"))) return true;

@@ -1,25 +1,27 @@
 /**
- * The training loop. One optimizer step is one command buffer and one submit: for each micro-batch the
- * batch is copied from a staging buffer into the model's ids buffer and forward+backward are encoded,
- * then clipping and AdamW. Nothing is allocated, bound or read back inside a step; the host reads the
- * per-step losses (copied into a metrics buffer on the GPU) once per log interval.
+ * The training loop. Each optimizer step is one submit (src/train/step.ts); the host reads the steps'
+ * scalars back only when it needs them: for a log line, before any checkpoint (so no checkpoint is ever
+ * written while a non-finite step is unread) and at the end. Evaluations score held-out tokens with
+ * `mhmoe eval`'s window rule on the weights being trained. The run directory (lock, metrics.jsonl,
+ * checkpoints) is src/train/rundir.ts.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { encode, readBytes, type Tensor } from "../gpu/tensor.ts";
 import { UserError } from "../util/errors.ts";
 import { initParams, numel, parameterSpecs } from "../model/params.ts";
 import { ParamStore } from "../model/weights.ts";
 import { Transformer } from "../model/transformer.ts";
+import { assertFiniteParams, loadModelCheckpoint } from "../model/load.ts";
 import { Loader, readSplitStream } from "../data/index.ts";
 import { WindowScorer } from "../eval/perplexity.ts";
-import { learningRate } from "./schedule.ts";
+import { learningRate, type Schedule } from "./schedule.ts";
 import { GpuAdamW } from "./optimizer.ts";
 import type { TrainOptions } from "./options.ts";
-import { openTrainData } from "./data.ts";
-import { readMoments, readTrainerState, resolveModelDir, resolveResumeDir, saveTrainingCheckpoint, type TrainerState } from "./checkpoint.ts";
-import { loadModelCheckpoint } from "../model/load.ts";
+import { openTrainData, type TrainData } from "./data.ts";
+import { readResumeState, resolveModelDir, saveTrainingCheckpoint, type ResumeState, type TrainerState } from "./checkpoint.ts";
 import { checkResumable } from "./compat.ts";
 import { routingStats, type StepRecord } from "./metrics.ts";
+import { RunDir } from "./rundir.ts";
+import { StepRunner, type StepScalars } from "./step.ts";
 
 export interface TrainHooks {
   /** every log interval (and the last step) */
@@ -36,203 +38,220 @@ export interface TrainResult {
   step: number;
   checkpoint: string | null;
   stoppedEarly: boolean;
+  /** the CE loss of every step this call ran */
   losses: number[];
 }
 
-const U32 = 4;
-
-export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, resumeFrom?: string): Promise<TrainResult> {
-  const c = o.config;
-  let state: TrainerState | null = null;
-  let hostParams: Map<string, Float32Array>;
-  let moments: { m: Map<string, Float32Array>; v: Map<string, Float32Array> } | null = null;
-  if (resumeFrom) {
-    const dir = resolveResumeDir(resumeFrom);
-    state = readTrainerState(dir);
-    const ck = loadModelCheckpoint(dir);
-    checkResumable(dir, { config: ck.config, tokenizer: state.tokenizer }, o);
-    hostParams = ck.params;
-    moments = readMoments(dir, c);
-    hooks.onInfo?.(`resuming from ${dir} at step ${state.step}`);
-  } else if (o.init) {
-    const dir = resolveModelDir(o.init, "--init");
-    const ck = loadModelCheckpoint(dir);
-    // Fields that shape no tensor (loss coefficients, capacity, top-k) may change; the tensors must fit.
-    for (const s of parameterSpecs(c)) {
-      const w = ck.params.get(s.name);
-      if (!w || w.length !== numel(s.shape)) {
-        throw new UserError(`cannot start from ${dir}: ${w ? `tensor ${s.name} has ${w.length} values, this model's has ${numel(s.shape)}` : `it has no tensor ${s.name}`}`);
-      }
-    }
-    hostParams = ck.params;
-    hooks.onInfo?.(`starting from the weights of ${dir} (fresh optimizer state, step 0)`);
-  } else {
-    hostParams = initParams(c, o.seed);
-  }
-
-  const data = await openTrainData(o.data, o.tokenizer, o.out);
-  if (data.set.tokenizer !== o.tokenizer) throw new UserError(`${data.source}: shards use tokenizer "${data.set.tokenizer}", the run uses "${o.tokenizer}"`);
-  if (data.set.vocabSize > c.vocab_size) {
-    throw new UserError(`${data.source}: tokenizer ${data.set.tokenizer} has ${data.set.vocabSize} ids, the model's vocab_size is ${c.vocab_size}`);
-  }
-  if (state && state.data.fingerprint !== data.set.fingerprint) {
-    throw new UserError(`cannot resume: the checkpoint's data (${state.data.dir}) is not the shard set given now (${data.source})`);
-  }
-  const B = o.batchSize, T = o.seqLen, A = o.gradAccum;
-  const loader = state
-    ? await Loader.resume(data.set, { batchSize: B, seqLen: T }, state.loader)
-    : new Loader(data.set, { batchSize: B, seqLen: T, seed: o.seed, split: "train" });
-
-  // Everything the run keeps on the GPU is made here, once; out-of-memory becomes one UserError line.
-  const { W, G, model, opt } = await gpu.checked("allocating the model, gradients and optimizer", async () => {
-    const W = ParamStore.allocate(gpu, c, "param");
-    W.upload(hostParams);
-    const G = ParamStore.allocate(gpu, c, "grad");
-    const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A });
-    const opt = await GpuAdamW.plan(gpu, c, W, G);
-    if (moments) {
-      opt.m.upload(moments.m);
-      opt.v.upload(moments.v);
-    }
-    return { W, G, model, opt };
-  });
-  // Evaluation scores the first eval-batches*B*T tokens of the held-out split with `mhmoe eval`'s
-  // window rule, on the weights being trained (its forward plans are made at the first evaluation).
-  const scorer = o.evalEvery > 0 ? new WindowScorer(gpu, c, W) : null;
-  let evalTokens: Int32Array | null = null;
-  if (scorer) {
-    const evalData = o.evalData ? await openTrainData(o.evalData, o.tokenizer, `${o.out}/eval`) : data;
-    const evalSplit = evalData.set.splits.val.length > 0 ? "val" : "train";
-    evalTokens = await readSplitStream(evalData.set, evalSplit, o.evalBatches * B * T + 1);
-  }
-
-  // Staging for the A micro-batches of a step, and a GPU-side log of per-micro-batch losses.
-  const idsPerBatch = B * (T + 1);
-  const staging = gpu.device.createBuffer({ size: A * idsPerBatch * U32, usage: 0x4 | 0x8 /* COPY_SRC | COPY_DST */ });
-  const nMoe = model.moeLayers.length;
-  const scalarsPerMicro = 1 + 2 * nMoe;
-  const window = o.logEvery;
-  const metrics = gpu.device.createBuffer({ size: window * (A * scalarsPerMicro + 1) * U32, usage: 0x4 | 0x8 | 0x80 });
-  const hostIds = new Int32Array(A * idsPerBatch);
-
-  let step = state?.step ?? 0;
-  // First step whose scalars are still on the GPU; a resumed run starts mid-window, so the slots to
-  // read are those of steps pendingFrom..step, not the whole window.
-  let pendingFrom = step + 1;
-  let skipped = state?.skippedSteps ?? 0;
-  const losses: number[] = [];
-  let lastCheckpoint: string | null = null;
-  let windowStart = performance.now();
-  let windowTokens = 0;
-  let stoppedEarly = false;
-  const run = runRecord(o);
-
-  const save = async (): Promise<string> => {
-    const st: TrainerState = {
-      format: "mhmoe-trainer-state", version: 1, step, tokensSeen: loader.tokensSeen, skippedSteps: skipped,
-      tokenizer: o.tokenizer, data: { dir: data.set.dir, fingerprint: data.set.fingerprint }, loader: loader.position(),
-      run, seed: o.seed,
-    };
-    const dir = saveTrainingCheckpoint({ out: o.out, config: c, params: await W.download(), m: await opt.m.download(), v: await opt.v.download(), state: st, keep: o.keep });
-    lastCheckpoint = dir;
-    hooks.onCheckpoint?.(dir, step);
-    return dir;
-  };
-
+/**
+ * Trains `o.config` per `o`, into the run directory o.out, fresh or continuing `resume` (a checkpoint or
+ * run directory, or the state the CLI already read with readResumeState).
+ */
+export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, resume?: ResumeState | string): Promise<TrainResult> {
+  const from = typeof resume === "string" ? readResumeState(resume) : resume ?? null;
+  if (from) checkResumable(from.dir, { config: from.config, tokenizer: from.state.tokenizer }, o);
+  const dir = RunDir.open(o.out, { resumeStep: from?.state.step, onInfo: hooks.onInfo });
+  let run: TrainingRun;
   try {
-    while (step < o.steps) {
-      const slot = step % window;
-      for (let a = 0; a < A; a++) hostIds.set(await loader.next(), a * idsPerBatch);
-      const lr = learningRate({ kind: o.schedule, lr: o.lr, minLr: o.minLr, warmup: o.warmup, steps: o.steps }, step + 1);
-      gpu.device.queue.writeBuffer(staging, 0, hostIds.buffer, 0, hostIds.byteLength);
-      opt.prepareStep(step + 1, { lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.clip });
+    run = await TrainingRun.start(gpu, o, hooks, from, dir);
+  } catch (e) {
+    dir.abandon();
+    throw e;
+  }
+  try {
+    return await run.loop();
+  } finally {
+    await run.release();
+    dir.close();
+  }
+}
 
-      const enc = gpu.device.createCommandEncoder();
-      G.encodeZero(enc);
-      for (let a = 0; a < A; a++) {
-        enc.copyBufferToBuffer(staging, a * idsPerBatch * U32, model.ids.buffer, 0, idsPerBatch * U32);
-        const pass = enc.beginComputePass();
-        encode(pass, model.forward);
-        encode(pass, model.backward);
-        pass.end();
-        const base = (slot * (A * scalarsPerMicro + 1) + a * scalarsPerMicro) * U32;
-        enc.copyBufferToBuffer(model.ceLoss.buffer, 0, metrics, base, U32);
-        model.moeLayers.forEach((l, i) => {
-          enc.copyBufferToBuffer(l.auxLoss.buffer, 0, metrics, base + (1 + 2 * i) * U32, U32);
-          enc.copyBufferToBuffer(l.zLoss.buffer, 0, metrics, base + (2 + 2 * i) * U32, U32);
-        });
+class TrainingRun {
+  private step: number;
+  /** the first step whose scalars have not been read back yet */
+  private unread: number;
+  private skipped: number;
+  private readonly losses: number[] = [];
+  private lastCheckpoint: string | null = null;
+  private windowStart = performance.now();
+  private windowTokens = 0;
+  private readonly schedule: Schedule;
+
+  private constructor(
+    readonly gpu: Gpu, readonly o: TrainOptions, readonly hooks: TrainHooks, readonly dir: RunDir, readonly data: TrainData,
+    readonly loader: Loader, readonly W: ParamStore, readonly G: ParamStore, readonly model: Transformer, readonly opt: GpuAdamW,
+    readonly runner: StepRunner, readonly held: { scorer: WindowScorer; tokens: Int32Array } | null, from: ResumeState | null,
+  ) {
+    this.step = from?.state.step ?? 0;
+    this.unread = this.step + 1;
+    this.skipped = from?.state.skippedSteps ?? 0;
+    this.schedule = { kind: o.schedule, lr: o.lr, minLr: o.minLr, warmup: o.warmup, steps: o.steps };
+  }
+
+  /** Everything before the first step: weights, data, loader, GPU allocations (one UserError line on failure). */
+  static async start(gpu: Gpu, o: TrainOptions, hooks: TrainHooks, from: ResumeState | null, dir: RunDir): Promise<TrainingRun> {
+    const c = o.config;
+    const params = from ? from.params : o.init ? initialWeights(o) : initParams(c, o.seed);
+    if (from) hooks.onInfo?.(`resuming from ${from.dir} at step ${from.state.step}`);
+    else if (o.init) hooks.onInfo?.(`starting from the weights of ${o.init} (fresh optimizer state, step 0)`);
+
+    const data = await openTrainData(o.data, o.tokenizer, `${o.out}/data`, { resume: !!from, onInfo: hooks.onInfo });
+    if (data.set.tokenizer !== o.tokenizer) throw new UserError(`${data.source}: shards use tokenizer "${data.set.tokenizer}", the run uses "${o.tokenizer}"`);
+    if (data.set.vocabSize > c.vocab_size) {
+      throw new UserError(`${data.source}: tokenizer ${data.set.tokenizer} has ${data.set.vocabSize} ids, the model's vocab_size is ${c.vocab_size}`);
+    }
+    if (from && from.state.data.fingerprint !== data.set.fingerprint) {
+      throw new UserError(`cannot resume: the checkpoint's data (${from.state.data.dir}) is not the shard set given now (${data.source})`);
+    }
+    const B = o.batchSize, T = o.seqLen;
+    const loader = from
+      ? await Loader.resume(data.set, { batchSize: B, seqLen: T }, from.state.loader)
+      : new Loader(data.set, { batchSize: B, seqLen: T, seed: o.seed, split: "train" });
+    const evalTokens = o.evalEvery > 0 ? await heldOutTokens(o, data, hooks) : null;
+
+    // Everything the run keeps on the GPU is made here, once; out-of-memory becomes one UserError line.
+    return gpu.checked("allocating the model, gradients and optimizer", async () => {
+      const W = ParamStore.allocate(gpu, c, "param");
+      W.upload(params);
+      const G = ParamStore.allocate(gpu, c, "grad");
+      const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / o.gradAccum });
+      const opt = await GpuAdamW.plan(gpu, c, W, G);
+      if (from) {
+        opt.m.upload(from.moments.m);
+        opt.v.upload(from.moments.v);
+        opt.setApplied(from.state.step - from.state.skippedSteps, o, from.state.adam);
       }
-      const pass = enc.beginComputePass();
-      encode(pass, opt.dispatches);
-      pass.end();
-      enc.copyBufferToBuffer(opt.gradNorm.buffer, 0, metrics, (slot * (A * scalarsPerMicro + 1) + A * scalarsPerMicro) * U32, U32);
-      gpu.device.queue.submit([enc.finish()]);
-      step++;
-      windowTokens += A * B * T;
+      const runner = new StepRunner(gpu, model, G, opt, o.gradAccum, o.logEvery);
+      const ev = evalTokens ? { scorer: new WindowScorer(gpu, c, W), tokens: evalTokens } : null;
+      return new TrainingRun(gpu, o, hooks, dir, data, loader, W, G, model, opt, runner, ev, from);
+    });
+  }
 
-      // Between log readbacks every await above settles as a microtask, so without a macrotask turn
-      // a SIGINT handler (and with it shouldStop) would only run at the next log interval.
+  async loop(): Promise<TrainResult> {
+    const o = this.o;
+    let stoppedEarly = false;
+    while (this.step < o.steps) {
+      await this.runStep();
+      // Between readbacks every await above settles as a microtask, so without a macrotask turn a
+      // SIGINT handler (and with it shouldStop) would only run at the next log interval.
       await new Promise<void>((resolve) => setImmediate(resolve));
-      const stop = hooks.shouldStop?.() ?? false;
-      const logNow = step % window === 0 || step === o.steps || stop;
-      if (logNow) {
-        const vals = new Float32Array(await readBytes(gpu, metrics, metrics.size));
-        const routing = await routingStats(gpu, model.moeLayers);
-        const seconds = (performance.now() - windowStart) / 1000;
-        for (let at = pendingFrom; at <= step; at++) {
-          const rec = vals.subarray(((at - 1) % window) * (A * scalarsPerMicro + 1));
-          let ce = 0, aux = 0, z = 0;
-          for (let a = 0; a < A; a++) {
-            ce += rec[a * scalarsPerMicro]! / A;
-            for (let i = 0; i < nMoe; i++) {
-              aux += rec[a * scalarsPerMicro + 1 + 2 * i]! / A;
-              z += rec[a * scalarsPerMicro + 2 + 2 * i]! / A;
-            }
-          }
-          const gradNorm = rec[A * scalarsPerMicro]!;
-          if (!Number.isFinite(ce) || !Number.isFinite(gradNorm)) {
-            if (!o.skipNonfinite) {
-              throw new UserError(
-                `non-finite ${Number.isFinite(ce) ? "gradient norm" : "loss"} at step ${at}; the update was not applied and training stopped` +
-                  (lastCheckpoint ? ` (last good checkpoint: ${lastCheckpoint})` : "") + "; lower --lr or use --skip-nonfinite",
-              );
-            }
-            skipped++;
-          }
-          losses.push(ce);
-          if (at === step) {
-            hooks.onStep?.({
-              step: at, loss: ce, aux_loss: aux, z_loss: z, lr: learningRate({ kind: o.schedule, lr: o.lr, minLr: o.minLr, warmup: o.warmup, steps: o.steps }, at),
-              grad_norm: gradNorm, tokens_per_s: windowTokens / seconds, tokens_seen: loader.tokensSeen, skipped_steps: skipped, routing,
-            });
-          }
-        }
-        pendingFrom = step + 1;
-        windowStart = performance.now();
-        windowTokens = 0;
-      }
-      if (scorer && evalTokens && (step % o.evalEvery === 0 || step === o.steps)) {
-        const { loss: evalLoss } = await gpu.checked("evaluating", () => scorer.score(evalTokens!, T, B));
-        hooks.onEval?.({ step, eval_loss: evalLoss, eval_ppl: Math.exp(evalLoss) });
-      }
+      const stop = this.hooks.shouldStop?.() ?? false;
+      const last = this.step === o.steps;
+      const evalNow = this.held !== null && (this.step % o.evalEvery === 0 || last);
+      const saveNow = stop || last || (o.checkpointEvery > 0 && this.step % o.checkpointEvery === 0);
+      if (this.step % o.logEvery === 0 || last || stop || saveNow || evalNow) await this.readBack(stop);
+      if (evalNow) await this.evaluate();
+      if (saveNow) await this.save();
       if (stop) {
         stoppedEarly = true;
-        await save();
         break;
       }
-      if ((o.checkpointEvery > 0 && step % o.checkpointEvery === 0) || step === o.steps) await save();
     }
-  } finally {
-    await gpu.sync().catch(() => undefined);
-    staging.destroy();
-    metrics.destroy();
-    model.release();
-    scorer?.release();
-    opt.release();
-    W.release();
-    G.release();
+    return { out: o.out, step: this.step, checkpoint: this.lastCheckpoint, stoppedEarly, losses: this.losses };
   }
-  return { out: o.out, step, checkpoint: lastCheckpoint, stoppedEarly, losses };
+
+  /** Loads the step's micro-batches, sets its lr, and submits it. */
+  private async runStep(): Promise<void> {
+    const o = this.o;
+    const A = o.gradAccum, rows = o.batchSize * (o.seqLen + 1);
+    const ids = new Int32Array(A * rows);
+    for (let a = 0; a < A; a++) ids.set(await this.loader.next(), a * rows);
+    this.opt.prepareStep({ lr: learningRate(this.schedule, this.step + 1), beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.clip });
+    this.runner.run(this.step + 1, ids);
+    this.step++;
+    this.windowTokens += A * o.batchSize * o.seqLen;
+  }
+
+  /**
+   * Reads the scalars of every step not read yet: a non-finite step stops the run naming the first such
+   * step (or, with --skip-nonfinite, is counted: the GPU already left the weights alone), and the steps
+   * due a log line (or the one a stop ends on) get one.
+   */
+  private async readBack(stop: boolean): Promise<void> {
+    const o = this.o;
+    const steps = await this.runner.readSteps(this.unread, this.step);
+    this.unread = this.step + 1;
+    for (const s of steps) {
+      const badNorm = !Number.isFinite(s.gradNorm);
+      if (badNorm || !Number.isFinite(s.ce)) {
+        if (!o.skipNonfinite) {
+          throw new UserError(
+            `non-finite ${badNorm ? "gradient norm" : "loss"} at step ${s.step}; ${badNorm ? "the update was not applied and " : ""}training stopped` +
+              (this.lastCheckpoint ? ` (last good checkpoint: ${this.lastCheckpoint})` : "") + "; lower --lr or use --skip-nonfinite",
+          );
+        }
+        if (badNorm) this.skipped++;
+      }
+      this.losses.push(s.ce);
+      if (s.step % o.logEvery === 0 || s.step === o.steps || (stop && s.step === this.step)) await this.log(s);
+    }
+  }
+
+  private async log(s: StepScalars): Promise<void> {
+    const seconds = (performance.now() - this.windowStart) / 1000;
+    const r: StepRecord = {
+      step: s.step, loss: s.ce, aux_loss: s.aux, z_loss: s.z, lr: learningRate(this.schedule, s.step), grad_norm: s.gradNorm,
+      tokens_per_s: this.windowTokens / seconds, tokens_seen: this.loader.tokensSeen, skipped_steps: this.skipped,
+      routing: await routingStats(this.gpu, this.model.moeLayers),
+    };
+    this.windowStart = performance.now();
+    this.windowTokens = 0;
+    this.dir.appendMetrics(r);
+    this.hooks.onStep?.(r);
+  }
+
+  private async evaluate(): Promise<void> {
+    const { scorer, tokens } = this.held!;
+    const o = this.o;
+    const { loss } = await this.gpu.checked("evaluating", () => scorer.score(tokens, o.seqLen, o.batchSize));
+    const r = { step: this.step, eval_loss: loss, eval_ppl: Math.exp(loss) };
+    this.dir.appendMetrics(r);
+    this.hooks.onEval?.(r);
+  }
+
+  private async save(): Promise<void> {
+    const o = this.o;
+    const state: TrainerState = {
+      format: "mhmoe-trainer-state", version: 1, step: this.step, tokensSeen: this.loader.tokensSeen, skippedSteps: this.skipped,
+      tokenizer: o.tokenizer, data: { dir: this.data.set.dir, fingerprint: this.data.set.fingerprint }, loader: this.loader.position(),
+      run: runRecord(o), seed: o.seed, adam: await this.opt.biasCorrections(),
+    };
+    const dir = saveTrainingCheckpoint({
+      out: o.out, config: o.config, params: await this.W.download(), m: await this.opt.m.download(), v: await this.opt.v.download(), state, keep: o.keep,
+    });
+    this.lastCheckpoint = dir;
+    this.hooks.onCheckpoint?.(dir, this.step);
+  }
+
+  async release(): Promise<void> {
+    await this.gpu.sync().catch(() => undefined);
+    this.runner.release();
+    this.held?.scorer.release();
+    this.model.release();
+    this.opt.release();
+    this.W.release();
+    this.G.release();
+  }
+}
+
+/** --init: a checkpoint's weights, which must fit this model's tensors (other fields may differ). */
+function initialWeights(o: TrainOptions): Map<string, Float32Array> {
+  const dir = resolveModelDir(o.init!, "--init");
+  const ck = loadModelCheckpoint(dir);
+  for (const s of parameterSpecs(o.config)) {
+    const w = ck.params.get(s.name);
+    if (!w || w.length !== numel(s.shape)) {
+      throw new UserError(`cannot start from ${dir}: ${w ? `tensor ${s.name} has ${w.length} values, this model's has ${numel(s.shape)}` : `it has no tensor ${s.name}`}`);
+    }
+  }
+  assertFiniteParams(ck.params, dir, "start from");
+  return ck.params;
+}
+
+/** The first eval-batches*B*T+1 tokens of the held-out split (of --eval-data, else of the data). */
+async function heldOutTokens(o: TrainOptions, data: TrainData, hooks: TrainHooks): Promise<Int32Array> {
+  const ev = o.evalData ? await openTrainData(o.evalData, o.tokenizer, `${o.out}/eval`, { onInfo: hooks.onInfo }) : data;
+  const split = ev.set.splits.val.length > 0 ? "val" : "train";
+  return readSplitStream(ev.set, split, o.evalBatches * o.batchSize * o.seqLen + 1);
 }
 
 function runRecord(o: TrainOptions): Record<string, unknown> {
@@ -243,5 +262,3 @@ function runRecord(o: TrainOptions): Record<string, unknown> {
 export function parameterCount(o: TrainOptions): number {
   return parameterSpecs(o.config).reduce((a, s) => a + numel(s.shape), 0);
 }
-
-export type { Tensor };

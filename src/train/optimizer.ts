@@ -3,8 +3,8 @@
  * small state buffer rewritten per step, and the planned clip + update dispatches (src/ops/adamw.ts).
  */
 import type { Gpu } from "../gpu/device.ts";
-import { readBytes, zeros, type Dispatch, type Tensor } from "../gpu/tensor.ts";
-import { createAdamWState, planAdamWStep, writeAdamWStep, type AdamWSegment, type AdamWStepHyper } from "../ops/adamw.ts";
+import { read, readBytes, writeAt, zeros, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { ADAMW_CLIP_INDEX, createAdamWState, planAdamWStep, setAdamWApplied, writeAdamWStep, type AdamWSegment, type AdamWStepHyper } from "../ops/adamw.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { ParamStore } from "../model/weights.ts";
 
@@ -34,9 +34,24 @@ export class GpuAdamW {
     return opt;
   }
 
-  /** Writes step t's scalars; call before submitting the command buffer that holds the update. */
-  prepareStep(t: number, hp: AdamWStepHyper): void {
-    writeAdamWStep(this.gpu, this.state, t, hp);
+  /** Writes the next step's scalars; call before submitting the command buffer that holds the update. */
+  prepareStep(hp: AdamWStepHyper): void {
+    writeAdamWStep(this.gpu, this.state, hp);
+  }
+
+  /**
+   * For moments restored from a checkpoint: the updates they have seen (skipped steps not counted), or
+   * the exact bias corrections the GPU held when the checkpoint was written (biasCorrections()).
+   */
+  setApplied(applied: number, hp: { beta1: number; beta2: number }, exact?: { bias_correction1: number; bias_correction2: number }): void {
+    if (exact) writeAt(this.state, new Float32Array([exact.bias_correction1, exact.bias_correction2]), ADAMW_CLIP_INDEX + 1);
+    else setAdamWApplied(this.gpu, this.state, applied, hp);
+  }
+
+  /** The bias corrections on the GPU now (a readback: for checkpoints). */
+  async biasCorrections(): Promise<{ bias_correction1: number; bias_correction2: number }> {
+    const st = await read(this.state);
+    return { bias_correction1: st[ADAMW_CLIP_INDEX + 1]!, bias_correction2: st[ADAMW_CLIP_INDEX + 2]! };
   }
 
   async readGradNorm(): Promise<number> {

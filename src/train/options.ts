@@ -86,3 +86,43 @@ export function validateTrainOptions(o: TrainOptions): void {
     throw new UserError(`--seq-len ${o.seqLen} exceeds the model's max_position_embeddings ${o.config.max_position_embeddings}`);
   }
 }
+
+/** The options a resumed run may change; the others stay the saved run's (a different value is refused). */
+export const RESUME_CHANGEABLE = [
+  "steps", "lr", "minLr", "warmup", "schedule", "weightDecay", "beta1", "beta2", "eps", "clip", "logEvery", "evalEvery",
+  "evalBatches", "evalData", "checkpointEvery", "keep", "skipNonfinite", "data",
+] as const;
+/** Options that shape the data order and the step: a resumed run keeps them (the tokenizer and the data are checked against the checkpoint's). */
+const RESUME_FIXED = ["batchSize", "seqLen", "gradAccum", "seed"] as const;
+
+type RunOptions = Omit<TrainOptions, "config" | "out">;
+const flagOf = (key: string) => "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+
+/**
+ * The run's options from parsed flags: `given(key)` says whether the user typed that flag. A fresh run
+ * takes the flags (defaults included). A resumed run keeps the saved run's options except those given
+ * now (RESUME_CHANGEABLE), refuses a change of the RESUME_FIXED ones, and scales a saved --min-lr with a
+ * newly given --lr (a lower lr with the old floor above it would be refused otherwise).
+ */
+export function runOptions(flags: Record<string, unknown>, given: (key: string) => boolean, saved?: Record<string, unknown>): RunOptions {
+  const keys = [...RESUME_CHANGEABLE, ...RESUME_FIXED, "tokenizer", "init"] as const;
+  const out: Record<string, unknown> = {};
+  for (const k of keys) out[k] = flags[k];
+  out.skipNonfinite = !!flags.skipNonfinite;
+  if (!saved) return out as unknown as RunOptions;
+  for (const k of keys) {
+    if (!(k in saved) || given(k)) continue;
+    out[k] = saved[k];
+  }
+  out.init = undefined;
+  for (const k of RESUME_FIXED) {
+    if (given(k) && k in saved && flags[k] !== saved[k]) {
+      throw new UserError(`${flagOf(k)} cannot change when resuming (the run has ${JSON.stringify(saved[k])}): the data position and the steps depend on it`);
+    }
+  }
+  const savedLr = saved.lr as number | undefined, savedMin = saved.minLr as number | undefined;
+  if (given("lr") && !given("minLr") && typeof savedLr === "number" && savedLr > 0 && typeof savedMin === "number") {
+    out.minLr = savedMin * ((out.lr as number) / savedLr);
+  }
+  return out as unknown as RunOptions;
+}

@@ -1,0 +1,91 @@
+/**
+ * One optimizer step on the GPU, and the per-step scalars it leaves behind. A step is one submit: for
+ * each of the A micro-batches its ids are copied from a staging tensor into the model's, forward and
+ * backward run (gradients accumulate, each scaled by 1/A), and its losses are copied into the step's
+ * slot of a small metrics ring; then clipping and AdamW run and the global gradient norm joins the slot.
+ * The host reads the ring only when it needs the values (a log line, a checkpoint, an evaluation).
+ */
+import type { Gpu } from "../gpu/device.ts";
+import { Commands, empty, read, writeAt, type Tensor } from "../gpu/tensor.ts";
+import type { Transformer } from "../model/transformer.ts";
+import type { ParamStore } from "../model/weights.ts";
+import type { GpuAdamW } from "./optimizer.ts";
+
+/** What one step reported: losses averaged over its micro-batches, and the gradient norm before clipping. */
+export interface StepScalars {
+  step: number;
+  ce: number;
+  aux: number;
+  z: number;
+  gradNorm: number;
+}
+
+export class StepRunner {
+  private readonly staging: Tensor;
+  private readonly ring: Tensor;
+  private readonly perMicro: number;
+  private readonly perStep: number;
+  private readonly idsPerBatch: number;
+
+  /** `slots`: steps the ring holds; the host must read them (readSteps) at least that often. */
+  constructor(
+    readonly gpu: Gpu, readonly model: Transformer, readonly grads: ParamStore, readonly opt: GpuAdamW,
+    readonly microBatches: number, readonly slots: number,
+  ) {
+    const { B, T } = model.opts;
+    this.idsPerBatch = B * (T + 1);
+    this.perMicro = 1 + 2 * model.moeLayers.length;
+    this.perStep = microBatches * this.perMicro + 1;
+    this.staging = empty(gpu, [microBatches * this.idsPerBatch], "i32", "train.staging_ids");
+    this.ring = empty(gpu, [slots * this.perStep], "f32", "train.step_scalars");
+  }
+
+  /** Encodes and submits step `step` (1-based) on `ids`, the A micro-batches' [B, T+1] rows back to back. */
+  run(step: number, ids: Int32Array): void {
+    const { model, microBatches: A, idsPerBatch } = this;
+    const base = ((step - 1) % this.slots) * this.perStep;
+    writeAt(this.staging, ids);
+    const cmds = new Commands(this.gpu);
+    this.grads.encodeZero(cmds);
+    for (let a = 0; a < A; a++) {
+      cmds.copy(this.staging, a * idsPerBatch, model.ids, 0, idsPerBatch);
+      cmds.pass(model.forward, model.backward);
+      const at = base + a * this.perMicro;
+      cmds.copy(model.ceLoss, 0, this.ring, at, 1);
+      model.moeLayers.forEach((l, i) => {
+        cmds.copy(l.auxLoss, 0, this.ring, at + 1 + 2 * i, 1);
+        cmds.copy(l.zLoss, 0, this.ring, at + 2 + 2 * i, 1);
+      });
+    }
+    cmds.pass(this.opt.dispatches);
+    cmds.copy(this.opt.gradNorm, 0, this.ring, base + A * this.perMicro, 1);
+    cmds.submit();
+  }
+
+  /** The scalars of steps from..to (at most `slots` of them, all submitted): one readback. */
+  async readSteps(from: number, to: number): Promise<StepScalars[]> {
+    if (to < from) return [];
+    if (to - from + 1 > this.slots) throw new Error(`readSteps: ${to - from + 1} steps, the ring holds ${this.slots}`);
+    const vals = await read(this.ring);
+    const A = this.microBatches, nMoe = this.model.moeLayers.length;
+    const out: StepScalars[] = [];
+    for (let step = from; step <= to; step++) {
+      const rec = vals.subarray(((step - 1) % this.slots) * this.perStep);
+      let ce = 0, aux = 0, z = 0;
+      for (let a = 0; a < A; a++) {
+        ce += rec[a * this.perMicro]! / A;
+        for (let i = 0; i < nMoe; i++) {
+          aux += rec[a * this.perMicro + 1 + 2 * i]! / A;
+          z += rec[a * this.perMicro + 2 + 2 * i]! / A;
+        }
+      }
+      out.push({ step, ce, aux, z, gradNorm: rec[A * this.perMicro]! });
+    }
+    return out;
+  }
+
+  release(): void {
+    this.staging.release();
+    this.ring.release();
+  }
+}
