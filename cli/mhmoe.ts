@@ -3,6 +3,7 @@
 import { Command, CommanderError } from "commander";
 import pkg from "../package.json" with { type: "json" };
 import { UserError } from "../src/util/errors.ts";
+import { ioError } from "../src/io/atomic.ts";
 import { registerInspect } from "./inspect.ts";
 import { registerBench } from "./bench.ts";
 import { registerPending } from "./pending.ts";
@@ -41,6 +42,16 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof UserError) {
       process.stderr.write(`error: ${e.message}\n`);
       return e.exitCode;
+    }
+    // Any file-system failure no call site named (it carries an errno code, usually a path) is still
+    // the user's to fix: one line naming the path and the cause.
+    const fsErr = e as NodeJS.ErrnoException;
+    if (typeof fsErr?.code === "string" && typeof fsErr.errno === "number") {
+      const why = ioError(e, fsErr.syscall ?? "access", fsErr.path ?? "a file");
+      if (why instanceof UserError) {
+        process.stderr.write(`error: ${why.message}\n`);
+        return 1;
+      }
     }
     throw e;
   }

@@ -1,4 +1,8 @@
 /** `mhmoe tokenize`: flags and output only; the work is src/data/tokenize.ts's runTokenize. */
+import { mkdirSync } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import { fsDo } from "../src/io/atomic.ts";
+import { acquireLock, removeDeadLeftovers } from "../src/io/lock.ts";
 import type { Command } from "commander";
 import cliProgress from "cli-progress";
 import { parseNumber } from "./flags.ts";
@@ -64,6 +68,12 @@ function printSummary(s: TokenizeSummary): void {
 }
 
 async function tokenizeAction(flags: TokenizeFlags): Promise<void> {
+  // One writer per output: OUT.lock beside it (OUT itself appears only when complete), and what dead
+  // writers left (OUT.partial-PID) is removed first.
+  const out = resolve(flags.out);
+  fsDo("create directory", dirname(out), () => mkdirSync(dirname(out), { recursive: true }));
+  const lock = acquireLock(`${out}.lock`, out, "mhmoe tokenize", (line) => process.stderr.write(line + "\n"));
+  removeDeadLeftovers(dirname(out), basename(out) + ".partial-");
   const progress = progressReporter();
   try {
     const summary = await runTokenize({
@@ -80,6 +90,7 @@ async function tokenizeAction(flags: TokenizeFlags): Promise<void> {
     else printSummary(summary);
   } finally {
     progress.stop();
+    lock.release();
   }
 }
 

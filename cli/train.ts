@@ -147,12 +147,20 @@ async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: R
   const sigint = () => onSignal("SIGINT"), sigterm = () => onSignal("SIGTERM");
   process.on("SIGINT", sigint);
   process.on("SIGTERM", sigterm);
-  say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, tokenizer: o.tokenizer, config: o.config },
+  // Printed once the run could start: an error before it (a taken --out, bad data, no memory) is the only line.
+  const banner = () => say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, tokenizer: o.tokenizer, config: o.config },
     `mhmoe train: ${parameterCount(o).toLocaleString()} parameters, ${o.config.num_experts > 0 ? `${o.config.num_experts} experts, h=${o.config.mhmoe_heads}` : "dense"}, ` +
       `tokenizer ${o.tokenizer}${note ? `, ${note}` : ""}, ${o.steps} steps of ${o.gradAccum * o.batchSize}x${o.seqLen} tokens on ${gpu.adapter.name}; run directory ${o.out}`);
+  const notes: string[] = [];
+  let started = false;
   try {
     const result = await train(gpu, o, {
-      onInfo: (line) => say({ event: "info", message: line }, line),
+      onStart: () => {
+        banner();
+        started = true;
+        for (const n of notes) say({ event: "info", message: n }, n);
+      },
+      onInfo: (line) => (started ? say({ event: "info", message: line }, line) : notes.push(line)),
       onStep: (r) => {
         if (bar) {
           if (!barStarted) bar.start(o.steps, 0, { loss: "-", tps: "-" });

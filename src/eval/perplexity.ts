@@ -10,7 +10,7 @@ import type { Gpu } from "../gpu/device.ts";
 import { read, readInt } from "../gpu/tensor.ts";
 import { CONFIG_FILE } from "../io/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
-import { loadModelCheckpoint } from "../model/load.ts";
+import { assertFiniteParams, loadModelCheckpoint } from "../model/load.ts";
 import { Transformer } from "../model/transformer.ts";
 import { uploadParams, type ParamStore } from "../model/weights.ts";
 import { UserError } from "../util/errors.ts";
@@ -176,6 +176,7 @@ function evalTokenizer(dir: string, requested: string | undefined): Tokenizer {
 /** Loads checkpoint `dir`, tokenizes `dataFile` with its tokenizer and scores it. */
 export async function evaluateCheckpoint(gpu: Gpu | (() => Promise<Gpu>), dir: string, dataFile: string, opts: EvalOptions): Promise<EvalResult> {
   const { config, params } = loadModelCheckpoint(dir);
+  assertFiniteParams(params, dir, "evaluate");
   const configFile = path.join(dir, CONFIG_FILE);
   checkOptions(config, opts, configFile);
   const text = readEvalText(dataFile, evalTokenizer(dir, opts.tokenizer));

@@ -102,19 +102,30 @@ export function getGpu(opts: AcquireOptions = {}): Promise<Gpu> {
   return shared;
 }
 
+/**
+ * bun-webgpu packs the descriptor's feature list into a buffer of its own that the garbage collector can
+ * free before Dawn reads it, so once in a while a valid request arrives as "Invalid feature required:
+ * Value 558 is invalid for WGPUFeatureName". The same request with a fresh adapter then succeeds.
+ */
+const GARBLED_DESCRIPTOR = /is invalid for WGPUFeatureName|Invalid feature required/;
+const DEVICE_ATTEMPTS = 3;
+
 export async function acquireGpu(opts: AcquireOptions = {}): Promise<Gpu> {
-  const { adapter, desc } = await pickAdapter(opts.adapter);
-  const features = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
-  const requiredLimits = maxLimits(adapter);
-  let device: GPUDevice;
-  try {
-    device = await adapter.requestDevice({
-      requiredFeatures: features,
-      requiredLimits: requiredLimits as GPUDeviceDescriptor["requiredLimits"],
-      label: "mhmoe",
-    });
-  } catch (e) {
-    throw new UserError(`cannot open a device on adapter "${desc.name}": ${e instanceof Error ? e.message : e}`);
+  for (let attempt = 1; ; attempt++) {
+    const { adapter, desc } = await pickAdapter(opts.adapter);
+    const features = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
+    const requiredLimits = maxLimits(adapter);
+    try {
+      const device = await adapter.requestDevice({
+        requiredFeatures: features,
+        requiredLimits: requiredLimits as GPUDeviceDescriptor["requiredLimits"],
+        label: "mhmoe",
+      });
+      return new Gpu(device, desc, new Set([...device.features]), requiredLimits);
+    } catch (e) {
+      const message = e instanceof Error ? e.message : String(e);
+      if (attempt < DEVICE_ATTEMPTS && GARBLED_DESCRIPTOR.test(message)) continue;
+      throw new UserError(`cannot open a device on adapter "${desc.name}": ${message.split("\n")[0]}`);
+    }
   }
-  return new Gpu(device, desc, new Set([...device.features]), requiredLimits);
 }

@@ -8,7 +8,7 @@
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { writeFileAtomic, isAtomicLeftoverName, ioError } from "../io/atomic.ts";
+import { fsDo, writeFileAtomic, isAtomicLeftoverName, ioError } from "../io/atomic.ts";
 import { CONFIG_FILE, saveCheckpointDir, type ShapedTensor } from "../io/checkpoint.ts";
 import { encodeSafetensors, readSafetensors, tensorToFloat32 } from "../io/safetensors.ts";
 import type { ModelConfig } from "../model/config.ts";
@@ -126,7 +126,7 @@ export function resolveResumeDir(path: string, flag = "--resume"): string {
   if (!existsSync(path)) throw new UserError(`${flag}: ${path} does not exist`);
   const latest = join(path, LATEST_FILE);
   if (existsSync(latest)) {
-    const name = readFileSync(latest, "utf8").trim();
+    const name = fsDo("read checkpoint pointer", latest, () => readFileSync(latest, "utf8")).trim();
     if (existsSync(join(path, name, TRAINER_STATE_FILE))) return join(path, name);
   }
   const all = listCheckpoints(path);

@@ -29,6 +29,8 @@ export interface TrainHooks {
   onEval?(r: { step: number; eval_loss: number; eval_ppl: number }): void;
   onCheckpoint?(dir: string, step: number): void;
   onInfo?(line: string): void;
+  /** once the run directory, data and GPU memory are in place, before the first step */
+  onStart?(): void;
   /** polled after every step: true finishes the step, writes a checkpoint and returns */
   shouldStop?(): boolean;
 }
@@ -58,6 +60,7 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
     throw e;
   }
   try {
+    hooks.onStart?.();
     return await run.loop();
   } finally {
     await run.release();

@@ -1,8 +1,8 @@
 /**
  * The run directory, owned by one process at a time: OUT/.lock (pid of the owner), checkpoint-N/ and
  * `latest` (src/train/checkpoint.ts), metrics.jsonl (one JSON object per line: logged steps and
- * evaluations), data/ (text inputs tokenized for the run). Opening it refuses a second owner, a fresh
- * run over an old one, and removes what dead writers left behind; a resumed run's metrics.jsonl is cut
+ * evaluations), data/ (text inputs tokenized for the run). Opening it refuses a second owner and a fresh
+ * run over one with checkpoints, and removes what dead writers left behind; a resumed run's metrics.jsonl is cut
  * back to the step it resumes from, so the file has one row per logged step whatever was killed when.
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync } from "node:fs";
@@ -28,14 +28,14 @@ export class RunDir {
    */
   static open(out: string, opts: { resumeStep?: number; onInfo?: (line: string) => void } = {}): RunDir {
     const created = !existsSync(out);
+    if (!created && !statSync(out).isDirectory()) throw new UserError(`cannot create run directory ${out}: a file is in the way`);
     fsDo("create run directory", out, () => mkdirSync(out, { recursive: true }));
-    if (!statSync(out).isDirectory()) throw new UserError(`cannot create run directory ${out}: a file is in the way`);
     const lock = acquireLock(join(out, LOCK_FILE), out, "mhmoe train", opts.onInfo);
     const dir = new RunDir(out, lock, created);
     try {
       const removed = removeDeadLeftovers(out);
       if (removed.length) opts.onInfo?.(`removed ${removed.length} leftover(s) of interrupted writes: ${removed.join(", ")}`);
-      if (opts.resumeStep === undefined) dir.refuseOldRun();
+      if (opts.resumeStep === undefined) dir.refuseOldRun(opts.onInfo);
       else dir.truncateMetrics(opts.resumeStep);
     } catch (e) {
       dir.abandon();
@@ -44,14 +44,16 @@ export class RunDir {
     return dir;
   }
 
-  private refuseOldRun(): void {
+  private refuseOldRun(onInfo?: (line: string) => void): void {
     const ckpts = listCheckpoints(this.out);
     if (ckpts.length > 0) {
       const step = Number(ckpts[ckpts.length - 1]!.slice("checkpoint-".length));
       throw new UserError(`${this.out} already holds a run (step ${step}); use --resume, or another --out`);
     }
+    // A run that was killed before its first checkpoint left nothing to resume: its log goes.
     if (existsSync(this.metricsFile)) {
-      throw new UserError(`${this.out} already holds a run (${METRICS_FILE}, no checkpoint yet); remove it, or use another --out`);
+      onInfo?.(`${this.out} holds the ${METRICS_FILE} of a run that wrote no checkpoint: starting it afresh`);
+      fsDo("remove", this.metricsFile, () => rmSync(this.metricsFile, { force: true }));
     }
   }
 
