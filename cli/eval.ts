@@ -1,14 +1,18 @@
 /** `mhmoe eval`: flags and output only; the work is src/eval/perplexity.ts's evaluateCheckpoint. */
 import type { Command } from "commander";
 import cliProgress from "cli-progress";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { parseNumber } from "./flags.ts";
+import { resolveModelDir } from "../src/train/checkpoint.ts";
+import { loadModelConfig } from "../src/model/load.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { DEFAULT_EVAL_BATCH_SIZE, evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
 
 interface EvalFlags {
   checkpoint: string;
   data: string;
-  seqLen: string;
+  seqLen?: string;
   batchSize: string;
   maxTokens?: string;
   activationThreshold?: string;
@@ -56,8 +60,9 @@ function printResult(r: EvalResult): void {
 async function evalAction(flags: EvalFlags): Promise<void> {
   const progress = flags.json ? { update() {}, stop() {} } : progressBar();
   try {
-    const result = await evaluateCheckpoint(() => getGpu(), flags.checkpoint, flags.data, {
-      seqLen: parseNumber("--seq-len", flags.seqLen, true),
+    const checkpoint = resolveModelDir(flags.checkpoint, "--checkpoint");
+    const result = await evaluateCheckpoint(() => getGpu(), checkpoint, flags.data, {
+      seqLen: flags.seqLen === undefined ? defaultSeqLen(checkpoint) : parseNumber("--seq-len", flags.seqLen, true),
       batchSize: parseNumber("--batch-size", flags.batchSize, true),
       maxTokens: flags.maxTokens === undefined ? undefined : parseNumber("--max-tokens", flags.maxTokens, true),
       activationThreshold: flags.activationThreshold === undefined ? undefined : parseNumber("--activation-threshold", flags.activationThreshold, false),
@@ -73,13 +78,27 @@ async function evalAction(flags: EvalFlags): Promise<void> {
   }
 }
 
+/** The sequence length a training checkpoint was trained at (trainer_state.json), else max_position_embeddings. */
+function defaultSeqLen(dir: string): number {
+  const state = join(dir, "trainer_state.json");
+  if (existsSync(state)) {
+    try {
+      const T = JSON.parse(readFileSync(state, "utf8"))?.run?.seqLen;
+      if (Number.isSafeInteger(T) && T > 0) return T;
+    } catch {
+      // an unreadable state file is reported when the tokenizer is read from it
+    }
+  }
+  return loadModelConfig(dir).max_position_embeddings;
+}
+
 export function registerEval(program: Command): void {
   program
     .command("eval")
     .description("loss, perplexity, bits per byte and routing metrics of a checkpoint on a text file")
-    .requiredOption("--checkpoint <dir>", "checkpoint directory (config.json + model.safetensors)")
-    .requiredOption("--data <file>", "UTF-8 .txt file, scored as one document with the byte tokenizer")
-    .requiredOption("--seq-len <T>", "window length: the text is cut into windows of T targets (the last may be shorter)")
+    .requiredOption("--checkpoint <dir>", "checkpoint directory (config.json + weights), or a run directory or its `latest` file (its newest checkpoint)")
+    .requiredOption("--data <file>", "UTF-8 .txt file, scored as one document with the checkpoint's tokenizer")
+    .option("--seq-len <T>", "window length: the text is cut into windows of T targets, the last may be shorter (default: the length the checkpoint was trained at, else its max_position_embeddings)")
     .option("--batch-size <B>", "windows per forward pass", String(DEFAULT_EVAL_BATCH_SIZE))
     .option("--max-tokens <N>", "score only the first N targets (as train --eval-batches N/(B*T) does)")
     .option("--activation-threshold <x>", "routing: an expert is active when its share of the load is at least x (default 1/(4E))")

@@ -4,6 +4,7 @@ import { Command, CommanderError } from "commander";
 import pkg from "../package.json" with { type: "json" };
 import { UserError } from "../src/util/errors.ts";
 import { ioError } from "../src/io/atomic.ts";
+import { ShaderError } from "../src/gpu/kernel.ts";
 import { registerInspect } from "./inspect.ts";
 import { registerBench } from "./bench.ts";
 import { registerPending } from "./pending.ts";
@@ -42,6 +43,12 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof UserError) {
       process.stderr.write(`error: ${e.message}\n`);
       return e.exitCode;
+    }
+    // A kernel that does not build is a bug (ours or the driver's), but the user sees one line naming
+    // it; MHMOE_DEBUG_GPU=1 keeps the whole trace.
+    if (e instanceof ShaderError && !process.env.MHMOE_DEBUG_GPU) {
+      process.stderr.write(`error: GPU kernel failed to build: ${e.message.split("\n")[0]} (MHMOE_DEBUG_GPU=1 shows more)\n`);
+      return 1;
     }
     // Any file-system failure no call site named (it carries an errno code, usually a path) is still
     // the user's to fix: one line naming the path and the cause.

@@ -66,7 +66,22 @@ export class KernelCache {
     return this.cache.size;
   }
 
+  /**
+   * Compiles and links one kernel. A failure is tried once more from scratch before it is reported: a
+   * genuine error in the WGSL fails the same way twice, while the rare garbled request of bun-webgpu's
+   * FFI (see acquireGpu) does not.
+   */
   private async build(spec: KernelSpec, key: string): Promise<Kernel> {
+    try {
+      return await this.buildOnce(spec, key);
+    } catch (e) {
+      if (!(e instanceof ShaderError)) throw e;
+      this.modules.clear();
+      return this.buildOnce(spec, key);
+    }
+  }
+
+  private async buildOnce(spec: KernelSpec, key: string): Promise<Kernel> {
     const name = `${spec.shader}.wgsl:${spec.entry}`;
     const code = applyTemplate(shaderSource(spec.shader), spec.template, name);
     const moduleKey = `${spec.shader}|${code.length}|${JSON.stringify(spec.template ?? {})}`;

@@ -141,7 +141,9 @@ export function resolveResumeDir(path: string, flag = "--resume"): string {
 export function resolveModelDir(path: string, flag: string): string {
   if (existsSync(join(path, CONFIG_FILE))) return path;
   if (existsSync(path) && basename(path) === LATEST_FILE && statSync(path).isFile()) path = dirname(path);
-  return resolveResumeDir(path, flag);
+  // a run directory: its latest checkpoint; anything else is left for the checkpoint reader to judge
+  if (existsSync(join(path, LATEST_FILE)) || listCheckpoints(path).length > 0) return resolveResumeDir(path, flag);
+  return path;
 }
 
 export function readTrainerState(dir: string): TrainerState {
