@@ -102,11 +102,13 @@ describe("compiled binary", () => {
 
   test("embeds the GPT-2 tokenizer: tokenize, train on the shards, eval the checkpoint", () => {
     writeFileSync(join(dir, "work/a.txt"), readFileSync(join(ROOT, "test/fixtures/train/sotu-1790-washington.txt"), "utf8").slice(0, 4000));
-    const tok = runBin(["tokenize", "--input", "a.txt", "--out", "shards", "--tokenizer", "gpt2", "--val-fraction", "0"]);
+    const tok = runBin(["tokenize", "--input", "a.txt", "--out", "shards", "--tokenizer", "gpt2"]);
     expect(tok.code, tok.stderr).toBe(0);
-    const tr = runBin(["train", ...tiny, "--data", "shards", "--tokenizer", "gpt2", "--set", "vocab_size=50257", "--out", "gpt2"]);
+    // no --tokenizer, no vocab_size: both come from the shard set
+    const tr = runBin(["train", ...tiny, "--data", "shards", "--out", "gpt2"]);
     expect(tr.code, tr.stderr).toBe(0);
-    const ev = runBin(["eval", "--checkpoint", "gpt2/checkpoint-000002", "--data", "a.txt", "--seq-len", "16", "--json"]);
+    expect(tr.stderr).toContain("tokenizer gpt2, vocab_size 50304");
+    const ev = runBin(["eval", "--checkpoint", "gpt2", "--data", "a.txt", "--json"]);
     expect(ev.code, ev.stderr).toBe(0);
     const result = JSON.parse(ev.stdout);
     // GPT-2 tokens, not bytes: about four characters each.

@@ -101,10 +101,32 @@ describe("eval of a training run", () => {
   });
 });
 
+describe("evaluation data is never training data", () => {
+  test("--eval-every without a val split is refused in one line; text --data holds out --val-fraction of its tokens", async () => {
+    const r = cli(["train", ...TINY_ARGS, "--data", prose, "--eval-every", "2", "--steps", "2", "--out", join(tmp, "no-val")]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toEqual([
+      `error: --eval-every: ${prose} has no validation split, and training tokens are not evaluation data; give --eval-data FILE|DIR, or hold out part of text --data with --val-fraction`,
+    ]);
+    // one text file: a fraction of its tokens becomes the val split, so it evaluates on text it never trains on
+    const out = join(tmp, "one-file");
+    const t = cli(["train", ...TINY_ARGS, "--data", PROSE, "--val-fraction", "0.1", "--eval-every", "2", "--eval-batches", "100", "--steps", "2", "--json", "--out", out]);
+    expect(t.code, t.stderr).toBe(0);
+    const index = JSON.parse(readFileSync(join(out, "data", "index.json"), "utf8"));
+    const total = index.splits.train.tokens + index.splits.val.tokens;
+    expect(index.splits.val.tokens / total).toBeGreaterThan(0.09);
+    expect(index.splits.val.tokens / total).toBeLessThan(0.11);
+    const evals = t.stdout.trim().split("\n").map((l) => JSON.parse(l)).filter((e) => e.event === "eval");
+    expect(evals.map((e) => e.step)).toEqual([2]);
+  });
+});
+
 describe("on a terminal", () => {
   test("eval and checkpoint lines are printed above the progress bar", () => {
     const out = join(tmp, "tty-run");
-    const cmd = [process.execPath, CLI, "train", ...TINY_ARGS, "--data", prose, "--steps", "6", "--log-every", "1", "--eval-every", "3",
+    const held = join(tmp, "tty-held.txt");
+    writeFileSync(held, proseText().slice(-800));
+    const cmd = [process.execPath, CLI, "train", ...TINY_ARGS, "--data", prose, "--eval-data", held, "--steps", "6", "--log-every", "1", "--eval-every", "3",
       "--eval-batches", "1", "--checkpoint-every", "3", "--keep", "0", "--out", out].map((a) => `'${a}'`).join(" ");
     // script(1) gives the command a pseudo-terminal, as a user's shell would
     const p = Bun.spawnSync(["script", "-qefc", cmd, "/dev/null"], { cwd: ROOT, env: { ...process.env, COLUMNS: "120" } });

@@ -20,6 +20,8 @@ export interface OpenTrainDataOptions {
   /** a resumed run: its cached shards must still be those of its inputs */
   resume?: boolean;
   onInfo?: (line: string) => void;
+  /** for text inputs: the share of tokens held out as the val split (default: tokenize's) */
+  valFraction?: number;
 }
 
 /**
@@ -33,7 +35,7 @@ export async function openTrainData(data: string | undefined, tokenizer: string,
   if (statSync(data).isDirectory() && (await isShardDir(data))) {
     return { set: await openShardSet(data, { tokenizer }), source: data };
   }
-  const now = await describeSource(data, tokenizer);
+  const now = await describeSource(data, tokenizer, opts.valFraction);
   if (existsSync(join(cache, "index.json"))) {
     const before = readSource(cache);
     if (before === null || before !== now) {
@@ -46,7 +48,7 @@ export async function openTrainData(data: string | undefined, tokenizer: string,
     }
   }
   if (!existsSync(join(cache, "index.json"))) {
-    await runTokenize({ inputs: [data], out: cache, tokenizer });
+    await runTokenize({ inputs: [data], out: cache, tokenizer, valFraction: opts.valFraction });
     writeFileAtomic(join(cache, SOURCE_FILE), now);
   }
   return { set: await openShardSet(cache, { tokenizer }), source: data };
@@ -67,10 +69,10 @@ export async function dataTokenizer(data: string | undefined, requested: string 
 }
 
 /** The inputs' identity, as stable JSON: resolved paths, sizes and modification times, and the tokenizer. */
-async function describeSource(data: string, tokenizer: string): Promise<string> {
+async function describeSource(data: string, tokenizer: string, valFraction: number | undefined): Promise<string> {
   const files = await listInputs([data]);
   const list = files.map((f) => ({ path: resolve(f.path), bytes: f.bytes, mtime_ms: Math.floor(statSync(f.path).mtimeMs) }));
-  return JSON.stringify({ tokenizer, files: list }, null, 1) + "\n";
+  return JSON.stringify({ tokenizer, val_fraction: valFraction ?? null, files: list }, null, 1) + "\n";
 }
 
 function readSource(cache: string): string | null {

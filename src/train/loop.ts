@@ -97,7 +97,7 @@ class TrainingRun {
     if (from) hooks.onInfo?.(`resuming from ${from.dir} at step ${from.state.step}`);
     else if (o.init) hooks.onInfo?.(`starting from the weights of ${o.init} (fresh optimizer state, step 0)`);
 
-    const data = await openTrainData(o.data, o.tokenizer, `${o.out}/data`, { resume: !!from, onInfo: hooks.onInfo });
+    const data = await openTrainData(o.data, o.tokenizer, `${o.out}/data`, { resume: !!from, onInfo: hooks.onInfo, valFraction: o.valFraction });
     if (data.set.tokenizer !== o.tokenizer) throw new UserError(`${data.source}: shards use tokenizer "${data.set.tokenizer}", the run uses "${o.tokenizer}"`);
     if (data.set.vocabSize > c.vocab_size) {
       throw new UserError(`${data.source}: tokenizer ${data.set.tokenizer} has ${data.set.vocabSize} ids, the model's vocab_size is ${c.vocab_size}`);
@@ -250,11 +250,24 @@ function initialWeights(o: TrainOptions): Map<string, Float32Array> {
   return ck.params;
 }
 
-/** The first eval-batches*B*T+1 tokens of the held-out split (of --eval-data, else of the data). */
+/**
+ * The first eval-batches*B*T+1 held-out tokens: the data's val split, or --eval-data (all of it: text is
+ * tokenized without a split; a shard set gives its val split if it has one). Training tokens are never
+ * reported as eval: without held-out data --eval-every is refused.
+ */
 async function heldOutTokens(o: TrainOptions, data: TrainData, hooks: TrainHooks): Promise<Int32Array> {
-  const ev = o.evalData ? await openTrainData(o.evalData, o.tokenizer, `${o.out}/eval`, { onInfo: hooks.onInfo }) : data;
-  const split = ev.set.splits.val.length > 0 ? "val" : "train";
-  return readSplitStream(ev.set, split, o.evalBatches * o.batchSize * o.seqLen + 1);
+  const max = o.evalBatches * o.batchSize * o.seqLen + 1;
+  if (o.evalData) {
+    const ev = await openTrainData(o.evalData, o.tokenizer, `${o.out}/eval`, { onInfo: hooks.onInfo, valFraction: 0 });
+    return readSplitStream(ev.set, ev.set.splits.val.length > 0 ? "val" : "train", max);
+  }
+  if (data.set.splits.val.length === 0) {
+    throw new UserError(
+      `--eval-every: ${data.source} has no validation split, and training tokens are not evaluation data; ` +
+        "give --eval-data FILE|DIR, or hold out part of text --data with --val-fraction",
+    );
+  }
+  return readSplitStream(data.set, "val", max);
 }
 
 function runRecord(o: TrainOptions): Record<string, unknown> {

@@ -8,6 +8,8 @@ export interface TrainOptions {
   /** shard set dir, .txt/.jsonl inputs, or undefined for the embedded default corpus */
   data?: string;
   evalData?: string;
+  /** text --data only: the share of its tokens held out as the val split (undefined: tokenize's default) */
+  valFraction?: number;
   /** a checkpoint (or run directory) whose weights start the run: step 0, fresh optimizer state */
   init?: string;
   tokenizer: string;
@@ -80,6 +82,7 @@ export function validateTrainOptions(o: TrainOptions): void {
   for (const [flag, v, lo, hi] of nums) {
     if (!Number.isFinite(v) || v < lo || v >= hi) throw new UserError(`${flag} must be a number in [${lo}, ${hi}), got ${v}`);
   }
+  if (o.valFraction !== undefined && !(o.valFraction >= 0 && o.valFraction < 1)) throw new UserError(`--val-fraction must be in [0, 1), got ${o.valFraction}`);
   if (o.minLr > o.lr) throw new UserError(`--min-lr (${o.minLr}) must not exceed --lr (${o.lr})`);
   if (!["cosine", "linear", "constant"].includes(o.schedule)) throw new UserError(`--schedule must be cosine, linear or constant, got ${o.schedule}`);
   if (o.seqLen > o.config.max_position_embeddings) {
@@ -93,7 +96,7 @@ export const RESUME_CHANGEABLE = [
   "evalBatches", "evalData", "checkpointEvery", "keep", "skipNonfinite", "data",
 ] as const;
 /** Options that shape the data order and the step: a resumed run keeps them (the tokenizer and the data are checked against the checkpoint's). */
-const RESUME_FIXED = ["batchSize", "seqLen", "gradAccum", "seed"] as const;
+const RESUME_FIXED = ["batchSize", "seqLen", "gradAccum", "seed", "valFraction"] as const;
 
 type RunOptions = Omit<TrainOptions, "config" | "out">;
 const flagOf = (key: string) => "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
