@@ -85,8 +85,10 @@ describe("Hugging Face datasets .arrow files", () => {
     const { RecordBatchReader } = await import("apache-arrow");
     const reader = RecordBatchReader.from(bytes);
     reader.open();
-    expect(reader.schema.fields.map((f) => `${f.name}: ${f.type}`)).toEqual(["input_ids: List<Int32>"]);
-    expect(JSON.parse(reader.schema.metadata.get("huggingface")!).info.features.input_ids._type).toBe("Sequence");
+    expect(reader.schema.fields.map((f) => `${f.name}: ${f.type}`)).toEqual(["input_ids: List<Int32>", "continuation: Bool"]);
+    const features = JSON.parse(reader.schema.metadata.get("huggingface")!).info.features;
+    expect(features.input_ids._type).toBe("Sequence");
+    expect(features.continuation).toEqual({ dtype: "bool", _type: "Value" });
     // And the Hugging Face reading path accepts them, as a single file opened with a tokenizer.
     const docs: number[][] = [];
     for await (const b of readTokenBatches(file, 257)) for (let r = 0; r < b.rows; r++) docs.push(Array.from(b.values.subarray(b.offsets[r], b.offsets[r + 1])));

@@ -1,10 +1,11 @@
 /**
  * Tokenizer input: .txt files (one document each), .jsonl files (one document per line, a string
  * field, `text` by default) and directories of these (walked recursively in code-point order so the
- * output does not depend on the file system's listing order). Documents are yielded one at a time:
- * memory holds one document and one read chunk, never a whole .jsonl file.
+ * output does not depend on the file system's listing order). Documents are yielded one at a time,
+ * each as a stream of text pieces: a .txt document of any size arrives one read chunk at a time;
+ * a .jsonl document is one line, held whole (its encoding is still chunked downstream).
  */
-import { readdir, stat, open, readFile } from "node:fs/promises";
+import { readdir, stat, open } from "node:fs/promises";
 import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
 
@@ -16,13 +17,19 @@ export interface InputFile {
   bytes: number;
 }
 
-export interface SourceDocument {
+export interface TextPiece {
   text: string;
-  /** input bytes this document accounts for (progress reporting) */
+  /** input bytes this piece accounts for (progress reporting) */
   bytes: number;
 }
 
-const READ_CHUNK_BYTES = 1 << 20;
+/** One document: its text in order, in pieces that each end on a whole code point. */
+export interface SourceDocument {
+  pieces: AsyncIterable<TextPiece> | Iterable<TextPiece>;
+}
+
+/** Bytes read at a time, also the characters encoded at a time (tokenize.ts): see DEFAULT_CHUNK_CHARS. */
+export const READ_CHUNK_BYTES = 1 << 16;
 
 function kindOf(path: string): InputKind | null {
   const lower = path.toLowerCase();
@@ -130,7 +137,7 @@ function concatPieces(pieces: Uint8Array[], length: number): Uint8Array {
   return out;
 }
 
-async function* jsonlDocuments(file: InputFile, field: string): AsyncGenerator<SourceDocument> {
+async function* jsonlDocuments(file: InputFile, field: string, chunkBytes: number): AsyncGenerator<SourceDocument> {
   let handle;
   try {
     handle = await open(file.path, "r");
@@ -150,10 +157,10 @@ async function* jsonlDocuments(file: InputFile, field: string): AsyncGenerator<S
       const where = `${file.path}:${lineNo}`;
       const line = decodeUtf8(bytes, where);
       if (line.trim() === "") return null;
-      return { text: documentFromJsonLine(line, field, where), bytes: bytes.length + 1 };
+      return { pieces: [{ text: documentFromJsonLine(line, field, where), bytes: bytes.length + 1 }] };
     };
     for (;;) {
-      const chunk = new Uint8Array(READ_CHUNK_BYTES);
+      const chunk = new Uint8Array(chunkBytes);
       let n;
       try {
         n = (await handle.read(chunk, 0, chunk.length, null)).bytesRead;
@@ -181,20 +188,45 @@ async function* jsonlDocuments(file: InputFile, field: string): AsyncGenerator<S
   }
 }
 
-async function txtDocument(file: InputFile): Promise<SourceDocument> {
-  let bytes;
+/** A .txt file's text, one read chunk at a time (a UTF-8 sequence split by a chunk waits for the next). */
+async function* txtPieces(file: InputFile, chunkBytes: number): AsyncGenerator<TextPiece> {
+  let handle;
   try {
-    bytes = await readFile(file.path);
+    handle = await open(file.path, "r");
   } catch (e) {
     throw fileError(file.path, e);
   }
-  return { text: decodeUtf8(bytes, file.path), bytes: bytes.length };
+  try {
+    const decoder = new TextDecoder("utf-8", { fatal: true });
+    const decode = (bytes?: Uint8Array) => {
+      try {
+        return bytes ? decoder.decode(bytes, { stream: true }) : decoder.decode();
+      } catch {
+        throw new UserError(`${file.path}: not valid UTF-8 text`);
+      }
+    };
+    const chunk = new Uint8Array(chunkBytes);
+    for (;;) {
+      let n;
+      try {
+        n = (await handle.read(chunk, 0, chunk.length, null)).bytesRead;
+      } catch (e) {
+        throw fileError(file.path, e);
+      }
+      if (n === 0) break;
+      yield { text: decode(chunk.subarray(0, n)), bytes: n };
+    }
+    const tail = decode();
+    if (tail.length > 0) yield { text: tail, bytes: 0 };
+  } finally {
+    await handle.close();
+  }
 }
 
-/** Every document of every input file, in order. */
-export async function* readDocuments(files: readonly InputFile[], field = "text"): AsyncGenerator<SourceDocument> {
+/** Every document of every input file, in order; chunkBytes is the read size (tests use small ones). */
+export async function* readDocuments(files: readonly InputFile[], field = "text", chunkBytes = READ_CHUNK_BYTES): AsyncGenerator<SourceDocument> {
   for (const file of files) {
-    if (file.kind === "txt") yield await txtDocument(file);
-    else yield* jsonlDocuments(file, field);
+    if (file.kind === "txt") yield { pieces: txtPieces(file, chunkBytes) };
+    else yield* jsonlDocuments(file, field, chunkBytes);
   }
 }

@@ -8,9 +8,13 @@
  * shard's record batches in a permutation drawn from (seed, epoch, shard), and the documents of
  * each record batch in a permutation drawn from a running RNG. Only one record batch is in memory.
  * position() captures everything needed to continue exactly where it is.
+ *
+ * A long document is stored as several rows (continuation rows, docs/data.md), possibly across
+ * record batches and shards: those rows, record batches and shards move as one unit in the
+ * permutations (chainedOrder), and no EOT goes between them.
  */
 import { UserError } from "../util/errors.ts";
-import { ShardReader, type TokenBatch } from "./shard-reader.ts";
+import { isEmptyDocument, ShardReader, splitJoins, type TokenBatch } from "./shard-reader.ts";
 import { verifyShard, type ShardInfo, type ShardSet, type Split } from "./shard-set.ts";
 import { isShuffleState, permutation, ShuffleRng, type ShuffleState } from "./shuffle.ts";
 
@@ -65,10 +69,15 @@ export class Loader {
   private shuffle: boolean;
   private cursor: Cursor;
   private rng: ShuffleRng;
-  private order: Uint32Array;
+  /** this epoch's shard order; null until the first read (it needs shardJoins) */
+  private order: Uint32Array | null = null;
+  /** per shard of the split (index order): it starts with a continuation row */
+  private shardJoins: boolean[] | null = null;
   private reader: ShardReader | null = null;
   private batchOrder: Uint32Array | null = null;
   private batch: TokenBatch | null = null;
+  /** the current record batch's index in file order */
+  private fileBatch = 0;
   private rows: Uint32Array | null = null;
   private carry: number | null = null;
   private seen = 0;
@@ -93,7 +102,6 @@ export class Loader {
     this.shuffle = opts.shuffle ?? true;
     this.rng = new ShuffleRng(seed);
     this.cursor = { epoch: 0, shard: 0, recordBatch: 0, row: 0, offset: 0, rng: this.rng.getState() };
-    this.order = this.shardOrder(0);
   }
 
   /** A loader that continues from a saved position (its seed, split and shuffle come from the position). */
@@ -136,8 +144,8 @@ export class Loader {
     this.seed = position.seed;
     this.shuffle = position.shuffle;
     this.cursor = { epoch: position.epoch, shard: position.shard, recordBatch: position.recordBatch, row: position.row, offset: position.offset, rng: [...position.rng] as ShuffleState };
-    this.order = this.shardOrder(position.epoch);
-    if (position.shard >= this.order.length) throw new UserError(`loader position: shard ${position.shard} is past the ${this.order.length} ${this.split} shards`);
+    if (position.shard >= this.shards.length) throw new UserError(`loader position: shard ${position.shard} is past the ${this.shards.length} ${this.split} shards`);
+    this.order = await this.shardOrder(position.epoch);
     this.carry = position.carry;
     this.seen = position.tokensSeen;
     this.shardsWithoutTokens = 0;
@@ -180,9 +188,11 @@ export class Loader {
     await reader?.close();
   }
 
-  private shardOrder(epoch: number): Uint32Array {
-    const n = this.shards.length;
-    return this.shuffle ? permutation(n, new ShuffleRng(this.seed, streamId(epoch, 0))) : identity(n);
+  /** A document continued across shards keeps those shards together and in order. */
+  private async shardOrder(epoch: number): Promise<Uint32Array> {
+    const joins = (this.shardJoins ??= await splitJoins(this.shards, this.set.vocabSize));
+    const rng = this.shuffle ? new ShuffleRng(this.seed, streamId(epoch, 0)) : null;
+    return chainedOrder(this.shards.length, (s) => joins[s], rng);
   }
 
   private docLength(row: number): number {
@@ -200,10 +210,11 @@ export class Loader {
         this.advance();
         continue;
       }
-      const doc = this.rows![c.row];
-      const start = batch.offsets[doc];
-      const len = batch.offsets[doc + 1] - start;
-      if (len === 0) {
+      const row = this.rows![c.row];
+      const start = batch.offsets[row];
+      const len = batch.offsets[row + 1] - start;
+      const ends = this.reader!.endsDocument(batch, this.fileBatch, row);
+      if (isEmptyDocument(len, this.reader!.continues(batch, this.fileBatch, row), ends)) {
         c.row++; // empty (or null) documents contribute nothing, not even an EOT
         continue;
       }
@@ -212,8 +223,8 @@ export class Loader {
       at += take;
       c.offset += take;
       this.shardsWithoutTokens = 0;
-      if (c.offset === len && at < stream.length) {
-        stream[at++] = eot;
+      if (c.offset === len && (!ends || at < stream.length)) {
+        if (ends) stream[at++] = eot; // a continuation row follows directly otherwise
         c.row++;
         c.offset = 0;
       }
@@ -238,6 +249,7 @@ export class Loader {
    */
   private async loadCurrentBatch(): Promise<void> {
     const c = this.cursor;
+    this.order ??= await this.shardOrder(c.epoch);
     for (;;) {
       if (!this.reader) {
         if (++this.shardsWithoutTokens > this.shards.length + 1) {
@@ -246,15 +258,22 @@ export class Loader {
         const shardIndex = this.order[c.shard];
         const shard = this.shards[shardIndex];
         await verifyShard(this.set, shard);
-        this.reader = await ShardReader.open(shard.path, this.set.vocabSize);
-        const n = this.reader.recordBatchCount;
-        this.batchOrder = this.shuffle ? permutation(n, new ShuffleRng(this.seed, streamId(c.epoch, shardIndex + 1))) : identity(n);
+        const reader = (this.reader = await ShardReader.open(shard.path, this.set.vocabSize));
+        reader.followedByContinuation = this.shardJoins![shardIndex + 1] ?? false;
+        // A document continued from the previous shard comes first, one continued in the next shard last.
+        const rng = this.shuffle ? new ShuffleRng(this.seed, streamId(c.epoch, shardIndex + 1)) : null;
+        this.batchOrder = chainedOrder(reader.recordBatchCount, (k) => reader.joinsPrevious(k), rng, this.shardJoins![shardIndex], reader.followedByContinuation);
       }
       if (c.recordBatch < this.reader.recordBatchCount) {
-        const batch = await this.reader.read(this.batchOrder![c.recordBatch]);
+        const reader = this.reader;
+        const k = this.batchOrder![c.recordBatch];
+        const batch = await reader.read(k);
         this.rng = ShuffleRng.fromState(c.rng);
         this.batch = batch;
-        this.rows = this.shuffle ? permutation(batch.rows, this.rng) : identity(batch.rows);
+        this.fileBatch = k;
+        // A document continued from record batch k-1 comes first, one continued in k+1 last.
+        const joins = (r: number) => reader.continues(batch, k, r);
+        this.rows = chainedOrder(batch.rows, joins, this.shuffle ? this.rng : null, reader.joinsPrevious(k), reader.joinsNext(k));
         return;
       }
       await this.close();
@@ -263,10 +282,37 @@ export class Loader {
       if (c.shard === this.order.length) {
         c.shard = 0;
         c.epoch++;
-        this.order = this.shardOrder(c.epoch);
+        this.order = await this.shardOrder(c.epoch);
       }
     }
   }
+}
+
+/**
+ * A shuffled order of n units (the rows of a record batch, the record batches of a shard) that keeps
+ * each document's units together and in order: a group starts at every unit that does not join the
+ * one before it, the groups are permuted, and the first group stays first when it continues a
+ * document from before these units (pinFirst), the last stays last when its document goes on after
+ * them (pinLast). With no joins this is permutation(n, rng), so shard sets without continuation
+ * rows are read exactly as before they existed. rng null: stored order.
+ */
+function chainedOrder(n: number, joins: (i: number) => boolean, rng: ShuffleRng | null, pinFirst = false, pinLast = false): Uint32Array {
+  if (!rng) return identity(n);
+  const starts: number[] = [];
+  for (let i = 0; i < n; i++) if (i === 0 || !joins(i)) starts.push(i);
+  if (starts.length === n && !pinFirst && !pinLast) return permutation(n, rng);
+  const groups = starts.length;
+  const first = pinFirst && groups > 0 ? 1 : 0;
+  const last = pinLast && groups > first ? 1 : 0;
+  const order = new Uint32Array(n);
+  let at = 0;
+  const emit = (g: number) => {
+    for (let i = starts[g], end = g + 1 < groups ? starts[g + 1] : n; i < end; i++) order[at++] = i;
+  };
+  if (first) emit(0);
+  for (const g of permutation(groups - first - last, rng)) emit(first + g);
+  if (last) emit(groups - 1);
+  return order;
 }
 
 /** Independent RNG streams for shard orders (salt 0) and each shard's record batch order (salt i+1). */

@@ -1,13 +1,18 @@
 /**
  * Writes one shard: an Arrow IPC *stream* (what Hugging Face datasets writes for its .arrow files)
- * with one row per document and a single column `input_ids: List<Int32>`, record batches of at most
- * ROWS_PER_RECORD_BATCH documents. Bytes go to disk as each record batch is finished and are
- * hashed on the way, so a shard never sits whole in memory and its checksum costs no second read.
+ * with the columns `input_ids: List<Int32>` (one row per document, or per ROW_TOKENS of a longer
+ * one) and `continuation: Bool` (true on the second and later rows of a document), in record
+ * batches of at most ROWS_PER_RECORD_BATCH rows. Each record batch carries custom metadata
+ * `mhmoe = {"joins_previous": bool}` (its first row is a continuation row), so a reader knows how
+ * record batches chain from their headers alone. Bytes go to disk as each record batch is finished
+ * and are hashed on the way, so a shard never sits whole in memory and its checksum costs no second
+ * read.
  */
 import { createHash, type Hash } from "node:crypto";
 import { open, type FileHandle } from "node:fs/promises";
 import {
   AsyncByteQueue,
+  Bool,
   Field,
   Int32,
   List,
@@ -21,20 +26,29 @@ import type { TokenizerName } from "./tokenizer.ts";
 import { fileError } from "./inputs.ts";
 
 export const TOKEN_COLUMN = "input_ids";
+/** true on a row that continues the document of the row before it (see docs/data.md) */
+export const CONTINUATION_COLUMN = "continuation";
+/** custom metadata key of each record batch: {"joins_previous": bool} */
+export const BATCH_METADATA_KEY = "mhmoe";
+/** A document longer than this is stored as several rows (bounds the memory of writer and reader). */
+export const ROW_TOKENS = 1 << 16;
 /** Hugging Face's default writer_batch_size, so our files look like theirs to a reader. */
 export const ROWS_PER_RECORD_BATCH = 1000;
 /** A record batch is also cut at this many tokens, which bounds the writer's and reader's memory. */
 export const TOKENS_PER_RECORD_BATCH = 1 << 18;
 
-/** The schema every shard has; the metadata lets `datasets.Dataset.from_file` type the column. */
+/** The schema every shard has; the metadata lets `datasets.Dataset.from_file` type the columns. */
 export function shardSchema(tokenizer: TokenizerName, vocabSize: number): Schema {
   const listType = new List(new Field("item", new Int32(), true));
-  const features = { input_ids: { feature: { dtype: "int32", _type: "Value" }, _type: "Sequence" } };
+  const features = {
+    [TOKEN_COLUMN]: { feature: { dtype: "int32", _type: "Value" }, _type: "Sequence" },
+    [CONTINUATION_COLUMN]: { dtype: "bool", _type: "Value" },
+  };
   const metadata = new Map([
     ["huggingface", JSON.stringify({ info: { features } })],
     ["mhmoe", JSON.stringify({ tokenizer, vocab_size: vocabSize })],
   ]);
-  return new Schema([new Field(TOKEN_COLUMN, listType, true)], metadata);
+  return new Schema([new Field(TOKEN_COLUMN, listType, true), new Field(CONTINUATION_COLUMN, new Bool(), true)], metadata);
 }
 
 /** Keeps the writer's output chunks instead of queueing them, so we can flush them ourselves. */
@@ -57,7 +71,9 @@ export class ShardWriter {
   private readonly writer = new RecordBatchStreamWriter();
   private readonly hash: Hash = createHash("sha256");
   private pending: Int32Array[] = [];
+  private pendingContinues: boolean[] = [];
   private pendingTokens = 0;
+  private rows = 0;
   private documents = 0;
   private tokens = 0;
   private bytes = 0;
@@ -82,16 +98,18 @@ export class ShardWriter {
     return shard;
   }
 
-  get documentCount(): number {
-    return this.documents + this.pending.length;
+  get rowCount(): number {
+    return this.rows + this.pending.length;
   }
 
   get tokenCount(): number {
     return this.tokens + this.pendingTokens;
   }
 
-  async add(ids: Int32Array): Promise<void> {
+  /** One row; `continuation`: it continues the document of the row before it. */
+  async add(ids: Int32Array, continuation = false): Promise<void> {
     this.pending.push(ids);
+    this.pendingContinues.push(continuation);
     this.pendingTokens += ids.length;
     if (this.pending.length >= this.rowsPerRecordBatch || this.pendingTokens >= TOKENS_PER_RECORD_BATCH) {
       await this.flushRecordBatch();
@@ -122,15 +140,22 @@ export class ShardWriter {
       values.set(doc, offsets[i]);
       offsets[i + 1] = offsets[i] + doc.length;
     }
-    const listField = this.schema.fields[0];
+    const bits = new Uint8Array(Math.ceil(rows / 8));
+    let starts = 0;
+    this.pendingContinues.forEach((c, i) => (c ? (bits[i >> 3] |= 1 << (i & 7)) : starts++));
+    const [listField, flagField] = this.schema.fields;
     const itemType = (listField.type as List<Int32>).children[0].type;
     const child = makeData({ type: itemType, length: values.length, nullCount: 0, data: values });
     const lists = makeData({ type: listField.type as List<Int32>, length: rows, nullCount: 0, valueOffsets: offsets, child });
-    const columns = makeData({ type: new Struct(this.schema.fields), length: rows, nullCount: 0, children: [lists] });
-    this.writer.write(new RecordBatch(this.schema, columns));
-    this.documents += rows;
+    const flags = makeData({ type: flagField.type as Bool, length: rows, nullCount: 0, data: bits });
+    const columns = makeData({ type: new Struct(this.schema.fields), length: rows, nullCount: 0, children: [lists, flags] });
+    const metadata = new Map([[BATCH_METADATA_KEY, JSON.stringify({ joins_previous: this.pendingContinues[0] })]]);
+    this.writer.write(new RecordBatch(this.schema, columns, metadata));
+    this.documents += starts;
+    this.rows += rows;
     this.tokens += this.pendingTokens;
     this.pending = [];
+    this.pendingContinues = [];
     this.pendingTokens = 0;
     await this.flushBytes();
   }

@@ -1,17 +1,20 @@
 /**
- * The `input_ids` column of a record batch as int32 documents: type check (List of Int32, Int64,
+ * The `input_ids` column of a record batch as int32 rows: type check (List of Int32, Int64,
  * UInt16 or UInt32), conversion, null rows, and the vocabulary check that keeps a bad id from
- * becoming a garbage embedding lookup on the GPU.
+ * becoming a garbage embedding lookup on the GPU. Also the `continuation` column, when a shard
+ * has one (ours since continuation rows exist; not Hugging Face files, not our older shards).
  */
 import { DataType, type Data, type List, type Schema } from "apache-arrow";
 import { UserError } from "../util/errors.ts";
-import { TOKEN_COLUMN } from "./shard-writer.ts";
+import { CONTINUATION_COLUMN, TOKEN_COLUMN } from "./shard-writer.ts";
 
-/** One record batch's documents: document r is values[offsets[r] .. offsets[r+1]). */
+/** One record batch's rows: row r is values[offsets[r] .. offsets[r+1]). */
 export interface TokenBatch {
   rows: number;
   offsets: Int32Array;
   values: Int32Array;
+  /** 1 where row r continues the document of the row before it (in file order); null: every row is a document */
+  continuation: Uint8Array | null;
 }
 
 const ACCEPTED = "List<Int32> (or List<Int64>, List<UInt16>, List<UInt32>)";
@@ -63,8 +66,26 @@ function dropNullRows(data: Data, offsets: Int32Array, values: Int32Array): Int3
   return compact;
 }
 
+/** Index of a Bool `continuation` column, or -1 (a column of that name of another type is not ours). */
+export function continuationColumnIndex(schema: Schema): number {
+  return schema.fields.findIndex((f) => f.name === CONTINUATION_COLUMN && DataType.isBool(f.type));
+}
+
+/** The Bool column as one byte per row (null counts as false). */
+export function continuationFlags(data: Data): Uint8Array {
+  const flags = new Uint8Array(data.length);
+  const bits = data.values as Uint8Array;
+  const valid = data.nullCount > 0 ? (data.nullBitmap as Uint8Array | null) : null;
+  for (let r = 0; r < data.length; r++) {
+    const bit = data.offset + r;
+    if (valid && ((valid[bit >> 3] >> (bit & 7)) & 1) === 0) continue;
+    flags[r] = (bits[bit >> 3] >> (bit & 7)) & 1;
+  }
+  return flags;
+}
+
 /** One record batch's list column as int32 offsets relative to its own int32 values. */
-export function toTokenBatch(data: Data, path: string, batchIndex: number, vocabSize: number): TokenBatch {
+export function toTokenBatch(data: Data, path: string, batchIndex: number, vocabSize: number, continuation: Uint8Array | null = null): TokenBatch {
   const rows = data.length;
   const raw = data.valueOffsets as Int32Array;
   const base = raw[data.offset];
@@ -81,7 +102,7 @@ export function toTokenBatch(data: Data, path: string, batchIndex: number, vocab
       throw new UserError(`${path}: token id ${id < 0 ? "" : id + " "}(${where}) ${why}`);
     }
   }
-  return { rows, offsets, values };
+  return { rows, offsets, values, continuation };
 }
 
 function rowOf(offsets: Int32Array, valueIndex: number): number {

@@ -1,17 +1,20 @@
 /**
- * Text in, shard set out. Documents stream through one at a time; each goes to the train or val
- * split by its position (evenly spaced, so a chronological corpus has val documents from all of
- * it), and each split rolls over to a new shard at --shard-tokens. Everything is written into a
+ * Text in, shard set out. Documents stream through one at a time, and each document streams too:
+ * its text is encoded in chunks cut where the ids cannot change (encodeChunks) and stored as rows
+ * of at most ROW_TOKENS tokens, the later ones marked as continuation rows, so memory does not
+ * grow with a document's length. Each document goes to the train or val split by its position
+ * (evenly spaced, so a chronological corpus has val documents from all of it), and each split
+ * rolls over to a new shard at --shard-tokens, between rows. Everything is written into a
  * temporary sibling directory that is renamed to --out only when complete.
  */
 import { mkdir, readdir, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { fileError, listInputs, readDocuments, type SourceDocument } from "./inputs.ts";
+import { fileError, listInputs, READ_CHUNK_BYTES, readDocuments, type SourceDocument, type TextPiece } from "./inputs.ts";
 import { INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, type IndexJson, type IndexShard, type Split } from "./shard-set.ts";
-import { shardSchema, ShardWriter } from "./shard-writer.ts";
-import { getTokenizer, type Tokenizer, type TokenizerName } from "./tokenizer.ts";
+import { ROW_TOKENS, shardSchema, ShardWriter } from "./shard-writer.ts";
+import { encodeChunks, getTokenizer, type Tokenizer, type TokenizerName } from "./tokenizer.ts";
 
 export const DEFAULT_VAL_FRACTION = 0.01;
 /** 50M tokens: 200 MB of int32 per shard, a size both git-lfs and the Hub are comfortable with. */
@@ -33,15 +36,21 @@ export interface WriteShardSetOptions {
   bytesTotal?: number;
   /** names the input in the empty-corpus error */
   sourceName?: string;
-  /** documents per Arrow record batch (the unit of in-shard shuffling and of reader memory) */
+  /** rows per Arrow record batch (the unit of in-shard shuffling and of reader memory) */
   recordBatchRows?: number;
+  /** characters of a document encoded at a time (default 64 Ki; tests use a few thousand) */
+  chunkChars?: number;
+  /** most tokens in one row; a longer document becomes continuation rows (default ROW_TOKENS) */
+  rowTokens?: number;
   onProgress?: (p: TokenizeProgress) => void;
 }
 
-export interface TokenizeOptions extends Omit<WriteShardSetOptions, "bytesTotal" | "sourceName"> {
+export interface TokenizeOptions extends Omit<WriteShardSetOptions, "bytesTotal" | "sourceName" | "chunkChars"> {
   inputs: string[];
   /** the .jsonl field holding the text */
   field?: string;
+  /** bytes read, and characters encoded, at a time (default 64 KiB; tests use a few KB) */
+  chunkBytes?: number;
 }
 
 export interface SplitSummary {
@@ -82,8 +91,9 @@ class SplitWriter {
     private readonly recordBatchRows: number | undefined,
   ) {}
 
-  async add(ids: Int32Array): Promise<void> {
-    if (this.current && this.current.documentCount > 0 && this.current.tokenCount + ids.length > this.shardTokens) {
+  /** A row (a long document's rows go on in the next shard when this one is full). */
+  async add(ids: Int32Array, continuation: boolean): Promise<void> {
+    if (this.current && this.current.rowCount > 0 && this.current.tokenCount + ids.length > this.shardTokens) {
       await this.closeShard();
     }
     if (!this.current) {
@@ -91,7 +101,7 @@ class SplitWriter {
       const schema = shardSchema(this.tokenizer.name, this.tokenizer.vocabSize);
       this.current = await ShardWriter.create(join(this.dir, file), schema, this.recordBatchRows);
     }
-    await this.current.add(ids);
+    await this.current.add(ids, continuation);
   }
 
   async closeShard(): Promise<void> {
@@ -119,6 +129,9 @@ class SplitWriter {
 function checkOptions(o: WriteShardSetOptions): { valFraction: number; shardTokens: number } {
   const valFraction = o.valFraction ?? DEFAULT_VAL_FRACTION;
   const shardTokens = o.shardTokens ?? DEFAULT_SHARD_TOKENS;
+  for (const k of ["chunkChars", "rowTokens"] as const) {
+    if (o[k] !== undefined && !(Number.isSafeInteger(o[k]) && o[k]! >= 1)) throw new Error(`writeShardSet: ${k} must be a positive integer`);
+  }
   if (!Number.isFinite(valFraction) || valFraction < 0 || valFraction >= 1) {
     throw new UserError(`--val-fraction must be at least 0 and below 1, got ${o.valFraction}`);
   }
@@ -174,21 +187,37 @@ export async function writeShardSet(
     let tokens = 0;
     let lastReport = 0;
     const report = () => opts.onProgress?.({ bytesDone, bytesTotal: opts.bytesTotal ?? 0, documents: index, tokens });
+    const rowTokens = opts.rowTokens ?? ROW_TOKENS;
+    const row = new Int32Array(rowTokens);
     for await (const doc of documents) {
-      const text = typeof doc === "string" ? doc : doc.text;
-      bytesDone += typeof doc === "string" ? Buffer.byteLength(doc) : doc.bytes;
-      if (text.length === 0) {
-        skipped++;
-        continue;
+      // The split is chosen by the document's index, once its first token is known (empty ones are skipped).
+      let split: SplitWriter | null = null;
+      let rows = 0;
+      let filled = 0;
+      const pieces = textOf(doc, (bytes) => {
+        bytesDone += bytes;
+        if (performance.now() - lastReport > 200) {
+          lastReport = performance.now();
+          report();
+        }
+      });
+      for await (const ids of encodeChunks(tokenizer, pieces, opts.chunkChars)) {
+        if (ids.length === 0) continue;
+        split ??= writers[isValDocument(index++, valFraction) ? "val" : "train"];
+        tokens += ids.length;
+        for (let at = 0; at < ids.length; ) {
+          const take = Math.min(rowTokens - filled, ids.length - at);
+          row.set(ids.subarray(at, at + take), filled);
+          filled += take;
+          at += take;
+          if (filled === rowTokens) {
+            await split.add(row.slice(), rows++ > 0);
+            filled = 0;
+          }
+        }
       }
-      const ids = tokenizer.encode(text);
-      await writers[isValDocument(index, valFraction) ? "val" : "train"].add(ids);
-      index++;
-      tokens += ids.length;
-      if (performance.now() - lastReport > 200) {
-        lastReport = performance.now();
-        report();
-      }
+      if (filled > 0) await split!.add(row.slice(0, filled), rows++ > 0);
+      if (!split) skipped++;
     }
     report();
     await writers.train.closeShard();
@@ -244,6 +273,19 @@ export async function writeShardSet(
   }
 }
 
+/** A document's text pieces, counting their input bytes as they are read. */
+async function* textOf(doc: SourceDocument | string, onBytes: (bytes: number) => void): AsyncGenerator<string> {
+  if (typeof doc === "string") {
+    onBytes(Buffer.byteLength(doc));
+    yield doc;
+    return;
+  }
+  for await (const piece of doc.pieces as AsyncIterable<TextPiece>) {
+    onBytes(piece.bytes);
+    yield piece.text;
+  }
+}
+
 /** `mhmoe tokenize`: files and directories of .txt/.jsonl into a shard set. */
 export async function runTokenize(opts: TokenizeOptions): Promise<TokenizeSummary> {
   getTokenizer(opts.tokenizer ?? "byte"); // a bad name fails before any file is read
@@ -251,6 +293,8 @@ export async function runTokenize(opts: TokenizeOptions): Promise<TokenizeSummar
   const files = await listInputs(opts.inputs);
   const bytesTotal = files.reduce((a, f) => a + f.bytes, 0);
   const sourceName = opts.inputs.join(", ");
-  const summary = await writeShardSet(readDocuments(files, opts.field ?? "text"), { ...opts, bytesTotal, sourceName });
+  const chunkBytes = opts.chunkBytes ?? READ_CHUNK_BYTES;
+  const documents = readDocuments(files, opts.field ?? "text", chunkBytes);
+  const summary = await writeShardSet(documents, { ...opts, bytesTotal, sourceName, chunkChars: chunkBytes });
   return { ...summary, files: files.length };
 }
