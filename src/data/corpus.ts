@@ -7,7 +7,7 @@ import { readFile, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openShardSet, type ShardSet } from "./shard-set.ts";
-import { writeShardSet } from "./tokenize.ts";
+import { VAL_UNIT_TOKENS, writeShardSet } from "./tokenize.ts";
 import { getTokenizer } from "./tokenizer.ts";
 
 export const DEFAULT_CORPUS = {
@@ -44,7 +44,7 @@ export interface DefaultShardSetOptions {
 export async function defaultShardSet(opts: DefaultShardSetOptions = {}): Promise<ShardSet> {
   const tokenizer = getTokenizer(opts.tokenizer ?? "byte").name;
   const valFraction = opts.valFraction ?? 0.05;
-  const dir = opts.dir ?? join(tmpdir(), `mhmoe-corpus-${DEFAULT_CORPUS.name}-${tokenizer}-val${valFraction}`);
+  const dir = opts.dir ?? join(tmpdir(), `mhmoe-corpus-${DEFAULT_CORPUS.name}-${tokenizer}-val${valFraction}-units${VAL_UNIT_TOKENS}`);
   const exists = await stat(join(dir, "index.json")).then(() => true, () => false);
   if (!exists) {
     try {

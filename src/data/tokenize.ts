@@ -2,8 +2,10 @@
  * Text in, shard set out. Documents stream through one at a time, and each document streams too:
  * its text is encoded in chunks cut where the ids cannot change (encodeChunks) and stored as rows
  * of at most ROW_TOKENS tokens, the later ones marked as continuation rows, so memory does not
- * grow with a document's length. Each document goes to the train or val split by its position
- * (evenly spaced, so a chronological corpus has val documents from all of it), and each split
+ * grow with a document's length. The split unit is a document, or each VAL_UNIT_TOKENS tokens of a
+ * longer one; units go to the train or val split by their position (evenly spaced, so a chronological
+ * corpus has val text from all of it, and a single file still gets its share held out). A document
+ * whose units land in both splits becomes several documents, one per run of same-split units. Each split
  * rolls over to a new shard at --shard-tokens, between rows. Everything is written into a
  * temporary sibling directory that is renamed to --out only when complete.
  */
@@ -74,7 +76,13 @@ export interface TokenizeSummary {
   val: SplitSummary;
 }
 
-/** Document i goes to val when the evenly spaced sequence i*F crosses a half-integer. */
+/**
+ * Tokens per split unit of a long document: small enough that one text file holds out close to
+ * --val-fraction of its tokens, large enough that the held-out pieces are real passages.
+ */
+export const VAL_UNIT_TOKENS = 256;
+
+/** Unit i (a document, or a VAL_UNIT_TOKENS piece of one) goes to val when the evenly spaced sequence i*F crosses a half-integer. */
 export function isValDocument(i: number, valFraction: number): boolean {
   return Math.floor(i * valFraction + 0.5) < Math.floor((i + 1) * valFraction + 0.5);
 }
@@ -181,19 +189,23 @@ export async function writeShardSet(
     val: new SplitWriter(tmp, "val", shardTokens, tokenizer, opts.recordBatchRows),
   };
   try {
-    let index = 0;
+    let index = 0; // split units so far
+    let documentsSeen = 0;
     let skipped = 0;
     let bytesDone = 0;
     let tokens = 0;
     let lastReport = 0;
-    const report = () => opts.onProgress?.({ bytesDone, bytesTotal: opts.bytesTotal ?? 0, documents: index, tokens });
+    const report = () => opts.onProgress?.({ bytesDone, bytesTotal: opts.bytesTotal ?? 0, documents: documentsSeen, tokens });
     const rowTokens = opts.rowTokens ?? ROW_TOKENS;
     const row = new Int32Array(rowTokens);
     for await (const doc of documents) {
-      // The split is chosen by the document's index, once its first token is known (empty ones are skipped).
+      // Each unit's split is chosen by the unit's index once its first token is known (empty documents
+      // are skipped); rows of one split's run of units are one document (continuation rows).
       let split: SplitWriter | null = null;
       let rows = 0;
       let filled = 0;
+      let unit = VAL_UNIT_TOKENS;
+      let seen = false;
       const pieces = textOf(doc, (bytes) => {
         bytesDone += bytes;
         if (performance.now() - lastReport > 200) {
@@ -203,15 +215,27 @@ export async function writeShardSet(
       });
       for await (const ids of encodeChunks(tokenizer, pieces, opts.chunkChars)) {
         if (ids.length === 0) continue;
-        split ??= writers[isValDocument(index++, valFraction) ? "val" : "train"];
+        if (!seen) documentsSeen++;
+        seen = true;
         tokens += ids.length;
         for (let at = 0; at < ids.length; ) {
-          const take = Math.min(rowTokens - filled, ids.length - at);
+          if (unit === VAL_UNIT_TOKENS) {
+            const next = writers[isValDocument(index++, valFraction) ? "val" : "train"];
+            if (next !== split) {
+              if (split && filled > 0) await split.add(row.slice(0, filled), rows++ > 0);
+              filled = 0;
+              rows = 0;
+              split = next;
+            }
+            unit = 0;
+          }
+          const take = Math.min(rowTokens - filled, ids.length - at, VAL_UNIT_TOKENS - unit);
           row.set(ids.subarray(at, at + take), filled);
           filled += take;
           at += take;
+          unit += take;
           if (filled === rowTokens) {
-            await split.add(row.slice(), rows++ > 0);
+            await split!.add(row.slice(), rows++ > 0);
             filled = 0;
           }
         }
@@ -222,12 +246,12 @@ export async function writeShardSet(
     report();
     await writers.train.closeShard();
     await writers.val.closeShard();
-    if (index === 0) {
+    if (documentsSeen === 0) {
       const empties = skipped ? ` (only ${skipped} empty documents)` : "";
       throw new UserError(`${opts.sourceName ?? "input"}: no documents found, the corpus is empty${empties}`);
     }
     if (writers.train.shards.length === 0) {
-      throw new UserError(`all ${index} documents went to the validation split; lower --val-fraction or add documents`);
+      throw new UserError(`all ${documentsSeen} documents went to the validation split; lower --val-fraction or add documents`);
     }
     const shards = [...writers.train.shards, ...writers.val.shards];
     const summary = { train: writers.train.summary(), val: writers.val.summary() };
@@ -254,7 +278,7 @@ export async function writeShardSet(
       out: opts.out,
       tokenizer: tokenizer.name,
       vocab_size: tokenizer.vocabSize,
-      documents: index,
+      documents: documentsSeen,
       tokens,
       skipped_empty: skipped,
       input_bytes: bytesDone,
