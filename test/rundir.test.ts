@@ -223,6 +223,26 @@ describe("file-system faults are one line", () => {
   }));
 });
 
+describe("file-system faults are one line (tokenize)", () => {
+  test("a full disk while tokenizing: one line, and neither OUT nor its partial directory is left", () => {
+    const dir = mkdtempSync(join(tmp, "mnt-"));
+    const m = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir]);
+    if (m.exitCode !== 0) throw new Error(`mount failed (the fault tests need root): ${m.stderr}`);
+    try {
+      const big = join(tmp, "big.txt");
+      writeFileSync(big, proseText().repeat(40)); // ~260 KB of text: its shards do not fit 64 KB
+      const r = cli(["tokenize", "--input", big, "--out", join(dir, "shards")]);
+      expect(r.code).toBe(1);
+      const lines = r.stderr.trim().split("\n"); // progress lines, then the error
+      expect(lines.filter((l) => l.startsWith("error"))).toHaveLength(1);
+      expect(lines.at(-1)).toMatch(/^error: .*shards\.partial-\d+\/train-00000\.arrow: no space left on device$/);
+      expect(readdirSync(dir)).toEqual([]);
+    } finally {
+      Bun.spawnSync(["umount", "-l", dir]);
+    }
+  });
+});
+
 describe("non-finite values", () => {
   test("eval, --resume and --init refuse a checkpoint with NaN weights, naming the tensor", async () => {
     const out = join(tmp, "nan");
