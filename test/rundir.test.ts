@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { train } from "../src/train/loop.ts";
 import { listCheckpoints, readTrainerState } from "../src/train/checkpoint.ts";
-import { LOCK_FILE, RunDir } from "../src/train/rundir.ts";
+import { LOCK_FILE } from "../src/train/rundir.ts";
 import { loadModelCheckpoint, saveModelCheckpoint } from "../src/model/load.ts";
 import { runTokenize } from "../src/data/index.ts";
 import { CLI, PROSE, ROOT, TINY_ARGS, proseText, tinyOptions } from "./fixtures/train/tiny.ts";

@@ -120,16 +120,6 @@ describe("train()", () => {
   });
 });
 
-/** Max abs error over a tensor relative to its largest expected magnitude. */
-function scaledError(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let scale = 0, err = 0;
-  for (let i = 0; i < want.length; i++) {
-    scale = Math.max(scale, Math.abs(want[i]!));
-    err = Math.max(err, Math.abs(got[i]! - want[i]!));
-  }
-  return err / Math.max(scale, 1e-12);
-}
-
 describe("train() options that leave files behind", () => {
   test("--eval-every: each eval loss is `mhmoe eval`'s on that step's checkpoint and the held-out text", async () => {
     // 1500 bytes + EOT at T=32, B=4: 11 full batches, a leftover batch of 2 windows and a 28-token tail,
