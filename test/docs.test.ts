@@ -37,6 +37,15 @@ describe("documents", () => {
   test("README links the model document", () => {
     expect(links(read("README.md"))).toContain("docs/model.md");
   });
+
+  test("README starts with the two set-up commands (test/docs-examples.test.ts runs the rest as printed)", () => {
+    const blocks = [...read("README.md").matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!.trim());
+    expect(blocks.slice(0, 2)).toEqual(["bash scripts/setup.sh && ./mhmoe train", "bash scripts/test.sh"]);
+  });
+
+  test.each(DOCS)("%s: names no document outside the repository", (file) => {
+    expect(read(file)).not.toMatch(/MODEL_SPEC|DESIGN\.md|\.\.\/shared/);
+  });
 });
 
 /** The rows of the first markdown table under `## heading` in docs/model.md, as arrays of cells. */
