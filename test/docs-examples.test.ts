@@ -1,5 +1,5 @@
-// Every command and example in README.md, docs/*.md and interop/README.md, run exactly as printed, in
-// document order, one fresh directory per document. That directory stands in for the checkout: `mhmoe`,
+// Every command and example in README.md, docs/*.md, interop/README.md and configs/README.md, run
+// exactly as printed, in document order, one fresh directory per document. That directory stands in for the checkout: `mhmoe`,
 // `src/`, `cli/`, `interop/`, ... are links to the repository's, and it holds the files the documents
 // name (`my-texts/`, a folder of .txt files, and `held-out.txt`, cut from a public-domain State of the
 // Union address). A PATH entry holds `mhmoe` (the wrapper) and `python3` ($MHMOE_PYTHON, default
@@ -24,7 +24,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const ROOT = join(import.meta.dir, "..");
-const DOCS = ["README.md", ...readdirSync(join(ROOT, "docs")).filter((n) => n.endsWith(".md")).sort().map((n) => `docs/${n}`), "interop/README.md"];
+const DOCS = [
+  "README.md", ...readdirSync(join(ROOT, "docs")).filter((n) => n.endsWith(".md")).sort().map((n) => `docs/${n}`),
+  "interop/README.md", "configs/README.md",
+];
 const PYTHON = process.env.MHMOE_PYTHON ?? "/usr/bin/python3";
 
 /**
@@ -173,7 +176,7 @@ function writeFixtures(dir: string): void {
 }
 
 /** The checkout's own files, linked; everything a document writes stays in `dir`. */
-const CHECKOUT = ["mhmoe", "cli", "src", "shaders", "interop", "node_modules", "package.json", "tsconfig.json"];
+const CHECKOUT = ["mhmoe", "cli", "src", "shaders", "interop", "configs", "node_modules", "package.json", "tsconfig.json"];
 
 let tmp: string;
 let bin: string;

@@ -7,7 +7,7 @@ import { CONFIG_FIELDS, PRESET_NAMES, SPEC_DEFAULTS, presetConfig, type ModelCon
 import { parameterSpecs } from "../src/model/params.ts";
 
 const ROOT = join(import.meta.dir, "..");
-const DOCS = ["README.md", "BENCHMARKS.md", "interop/README.md", ...readdirSync(join(ROOT, "docs")).filter((n) => n.endsWith(".md")).map((n) => `docs/${n}`)];
+const DOCS = ["README.md", "BENCHMARKS.md", "interop/README.md", "configs/README.md", ...readdirSync(join(ROOT, "docs")).filter((n) => n.endsWith(".md")).map((n) => `docs/${n}`)];
 const read = (file: string) => readFileSync(join(ROOT, file), "utf8");
 
 /** Markdown link targets outside code: [text](target). */
