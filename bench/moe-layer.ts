@@ -1,5 +1,5 @@
 // Prints JSON lines: forward+backward time of ONE MH-MoE layer against a dense SwiGLU FFN layer of equal
-// multiply-adds per token (MODEL_SPEC.md section 3), same adapter, same run; then where the MoE layer's
+// multiply-adds per token (docs/model.md), same adapter, same run; then where the MoE layer's
 // time goes: routing/permutation vs expert GEMMs (+ activation) vs head/merge projections.
 // Usage: bun bench/moe-layer.ts [--tokens 2048] [--d 256] [--heads 4] [--experts 8] [--topk 2]
 //   [--moe-inner W] [--reps 3] [--method auto|timestamps|wall] [--verbose] [--adapter SEL]

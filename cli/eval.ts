@@ -1,11 +1,8 @@
 /** `mhmoe eval`: flags and output only; the work is src/eval/perplexity.ts's evaluateCheckpoint. */
 import type { Command } from "commander";
 import cliProgress from "cli-progress";
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
 import { parseNumber } from "./flags.ts";
 import { resolveModelDir } from "../src/train/checkpoint.ts";
-import { loadModelConfig } from "../src/model/load.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { DEFAULT_EVAL_BATCH_SIZE, evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
 
@@ -62,7 +59,7 @@ async function evalAction(flags: EvalFlags): Promise<void> {
   try {
     const checkpoint = resolveModelDir(flags.checkpoint, "--checkpoint");
     const result = await evaluateCheckpoint(() => getGpu(), checkpoint, flags.data, {
-      seqLen: flags.seqLen === undefined ? defaultSeqLen(checkpoint) : parseNumber("--seq-len", flags.seqLen, true),
+      seqLen: flags.seqLen === undefined ? undefined : parseNumber("--seq-len", flags.seqLen, true),
       batchSize: parseNumber("--batch-size", flags.batchSize, true),
       maxTokens: flags.maxTokens === undefined ? undefined : parseNumber("--max-tokens", flags.maxTokens, true),
       activationThreshold: flags.activationThreshold === undefined ? undefined : parseNumber("--activation-threshold", flags.activationThreshold, false),
@@ -76,20 +73,6 @@ async function evalAction(flags: EvalFlags): Promise<void> {
   } finally {
     progress.stop();
   }
-}
-
-/** The sequence length a training checkpoint was trained at (trainer_state.json), else max_position_embeddings. */
-function defaultSeqLen(dir: string): number {
-  const state = join(dir, "trainer_state.json");
-  if (existsSync(state)) {
-    try {
-      const T = JSON.parse(readFileSync(state, "utf8"))?.run?.seqLen;
-      if (Number.isSafeInteger(T) && T > 0) return T;
-    } catch {
-      // an unreadable state file is reported when the tokenizer is read from it
-    }
-  }
-  return loadModelConfig(dir).max_position_embeddings;
 }
 
 export function registerEval(program: Command): void {

@@ -101,8 +101,8 @@ export function registerTokenize(program: Command): void {
     .requiredOption("--input <paths...>", "input .txt files (one document each), .jsonl files (one per line) or directories")
     .requiredOption("--out <dir>", "output directory (must not exist, or be empty)")
     .option("--tokenizer <name>", `tokenizer: ${TOKENIZER_NAMES.join(" or ")}`, "byte")
-    .option("--val-fraction <f>", "fraction of documents for the validation split", String(DEFAULT_VAL_FRACTION))
-    .option("--shard-tokens <n>", "tokens per shard (documents are never split)", String(DEFAULT_SHARD_TOKENS))
+    .option("--val-fraction <f>", "share held out as the validation split, in units of a document or 256 tokens of a longer one", String(DEFAULT_VAL_FRACTION))
+    .option("--shard-tokens <n>", "tokens per shard (a long document may continue in the next shard)", String(DEFAULT_SHARD_TOKENS))
     .option("--field <name>", "the .jsonl field holding the text", "text")
     .option("--json", "print the summary as one JSON object")
     .action(tokenizeAction);

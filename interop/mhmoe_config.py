@@ -1,4 +1,4 @@
-"""MHMoEConfig: the config.json fields of MODEL_SPEC.md section 4, with its defaults.
+"""MHMoEConfig: the config.json fields of docs/model.md, with its defaults.
 
 Re-exported by mhmoe_torch; kept apart so the MoE layer can import it without a cycle.
 """

@@ -1,4 +1,4 @@
-"""A plain, trainable PyTorch implementation of MODEL_SPEC.md (the mhmoe model family).
+"""A plain, trainable PyTorch implementation of docs/model.md (the mhmoe model family).
 
 named_parameters() gives exactly the checkpoint names of spec section 4, so a state dict
 goes to and from model.safetensors with no renaming (see safetensors_io.py).

@@ -1,4 +1,4 @@
-"""The MoE layer of MODEL_SPEC.md section 2 (SMoE, X-MoE and MH-MoE are settings of it).
+"""The MoE layer of docs/model.md (SMoE, X-MoE and MH-MoE are settings of it).
 
 Written for clarity, not speed: routing is a few tensor ops and the experts run one
 after another on the sub-tokens routed to them.

@@ -1,5 +1,5 @@
 /**
- * The two tokenizers a shard set or checkpoint can name: the spec's byte tokenizer (MODEL_SPEC §5)
+ * The two tokenizers a shard set or checkpoint can name: the byte tokenizer of docs/model.md
  * and GPT-2 BPE through gpt-tokenizer (picked over js-tiktoken: twice the speed here, see bench/).
  * encode() never appends `<|endoftext|>`: shards store bare documents and the loader puts EOT
  * after each one, so both tokenizers and Hugging Face files behave the same way.

@@ -173,10 +173,23 @@ function evalTokenizer(dir: string, requested: string | undefined): Tokenizer {
   return getTokenizer(requested ?? recorded ?? "byte");
 }
 
-/** Loads checkpoint `dir`, tokenizes `dataFile` with its tokenizer and scores it. */
-export async function evaluateCheckpoint(gpu: Gpu | (() => Promise<Gpu>), dir: string, dataFile: string, opts: EvalOptions): Promise<EvalResult> {
+/** The sequence length a training checkpoint was trained at (its trainer_state.json), if it records one. */
+function trainedSeqLen(dir: string): number | undefined {
+  try {
+    const T = JSON.parse(fs.readFileSync(path.join(dir, "trainer_state.json"), "utf8"))?.run?.seqLen;
+    return Number.isSafeInteger(T) && T > 0 ? T : undefined;
+  } catch {
+    return undefined; // none, or unreadable: evalTokenizer reports a broken state file
+  }
+}
+
+/** Loads checkpoint `dir` (--seq-len by default the training length, else max_position_embeddings), tokenizes `dataFile` with its tokenizer and scores it. */
+export async function evaluateCheckpoint(
+  gpu: Gpu | (() => Promise<Gpu>), dir: string, dataFile: string, given: Omit<EvalOptions, "seqLen"> & { seqLen?: number },
+): Promise<EvalResult> {
   const { config, params } = loadModelCheckpoint(dir);
   assertFiniteParams(params, dir, "evaluate");
+  const opts: EvalOptions = { ...given, seqLen: given.seqLen ?? trainedSeqLen(dir) ?? config.max_position_embeddings };
   const configFile = path.join(dir, CONFIG_FILE);
   checkOptions(config, opts, configFile);
   const text = readEvalText(dataFile, evalTokenizer(dir, opts.tokenizer));

@@ -1,5 +1,5 @@
 /**
- * Routing metrics of an eval run (MODEL_SPEC.md section 6), from the per-batch routing counts of every
+ * Routing metrics of an eval run (docs/model.md), from the per-batch routing counts of every
  * MoE layer summed over the run. Pure host arithmetic: the GPU side only hands over counts and probs.
  */
 

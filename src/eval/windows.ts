@@ -1,5 +1,5 @@
 /**
- * Eval input: a .txt file as one document of the checkpoint's tokenizer (byte by default, MODEL_SPEC.md
+ * Eval input: a .txt file as one document of the checkpoint's tokenizer (byte by default, docs/model.md
  * section 5), cut into
  * consecutive windows of T targets. Window i reads inputs tokens[i*T .. i*T+T) and targets
  * tokens[i*T+1 .. i*T+T+1), so every token after the first is scored exactly once; the last window

@@ -1,5 +1,5 @@
 /**
- * Checkpoint directories in the Hugging Face layout (MODEL_SPEC.md section 4): config.json plus
+ * Checkpoint directories in the Hugging Face layout (docs/model.md): config.json plus
  * model.safetensors, or shards model-0000i-of-0000N.safetensors with model.safetensors.index.json
  * ({"metadata": {"total_size"}, "weight_map": {name: shard}}). A save builds the whole directory
  * under a temporary name and renames it into place, so a crash never leaves a partial checkpoint.

@@ -1,5 +1,5 @@
 /**
- * Model configuration: the config.json fields of MODEL_SPEC.md section 4 (names kept snake_case so the
+ * Model configuration: the config.json fields of docs/model.md (names kept snake_case so the
  * object serialises straight to config.json), defaults, presets, validation, `--set` parsing, and the
  * FLOPs / parameter arithmetic of section 3.
  */

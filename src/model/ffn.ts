@@ -1,5 +1,5 @@
 /**
- * The dense feed-forward block (SwiGLU or GELU, MODEL_SPEC.md section 1) as planned GPU dispatches, and
+ * The dense feed-forward block (SwiGLU or GELU, docs/model.md) as planned GPU dispatches, and
  * the FfnBlock contract the MoE layer follows too, so the transformer does not care which one a layer has.
  */
 import type { Gpu } from "../gpu/device.ts";

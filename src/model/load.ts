@@ -63,18 +63,6 @@ export function saveModelCheckpoint(
   saveCheckpointDir(dir, config, tensors, opts);
 }
 
-/** A checkpoint's config alone (validated), without reading its weights. */
-export function loadModelConfig(dir: string): ModelConfig {
-  const file = path.join(dir, CONFIG_FILE);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, "utf8"));
-  } catch (e) {
-    throw new UserError(`${file}: cannot read the model config (${e instanceof Error ? e.message : e})`);
-  }
-  return resolveConfig(raw as Record<string, unknown>, file);
-}
-
 /**
  * Refuses weights holding NaN or Inf (a diverged run's checkpoint, a corrupt export) in one line naming
  * the first such tensor and element: scores or updates computed from them would be meaningless.

@@ -1,5 +1,5 @@
 /**
- * The MoE layer (MODEL_SPEC.md section 2) as planned GPU dispatches: head projection, token-major split
+ * The MoE layer (docs/model.md) as planned GPU dispatches: head projection, token-major split
  * into sub-tokens (a free reshape), router, top-k, capacity, expert-grouped permutation, grouped expert
  * FFN, weighted combine, merge projection and shared expert; and the backward of all of it. Routing
  * counts never leave the GPU: every launch is sized for the worst case S*k rows.

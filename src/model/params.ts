@@ -1,5 +1,5 @@
 /**
- * The parameter set: checkpoint names (MODEL_SPEC.md section 4), shapes, initialisation and which
+ * The parameter set: checkpoint names (docs/model.md), shapes, initialisation and which
  * parameters get weight decay. docs/model.md explains the initialisation choices.
  *
  * Initialisation (std 0.02 convention of GPT-2/LLaMA, residual outputs scaled by 1/sqrt(2L)):

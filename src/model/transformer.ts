@@ -1,5 +1,5 @@
 /**
- * The whole MH-MoE decoder on the GPU (MODEL_SPEC.md section 1), planned once for a fixed batch shape:
+ * The whole MH-MoE decoder on the GPU (docs/model.md), planned once for a fixed batch shape:
  * every kernel's pipeline, uniform buffer, bind group and activation tensor is made here, so a training
  * step only writes the token batch and encodes the recorded dispatches into one compute pass.
  */

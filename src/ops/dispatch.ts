@@ -1,5 +1,5 @@
 /**
- * Routing data movement of the MoE layer as MegaBlocks-style primitives (MODEL_SPEC.md section 2, steps
+ * Routing data movement of the MoE layer as MegaBlocks-style primitives (docs/model.md, steps
  * 5-7): capacity admission, per-expert histogram + exclusive prefix sum, the permutation that groups kept
  * assignments by expert, the gather into that grouped buffer, the weighted combine back, and backwards.
  * Twins: src/reference/routing.ts and src/reference/dispatch.ts.

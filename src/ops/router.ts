@@ -1,5 +1,5 @@
 /**
- * Router ops of the MoE layer (MODEL_SPEC.md section 2, steps 3-4): the router projection (a plain matmul,
+ * Router ops of the MoE layer (docs/model.md): the router projection (a plain matmul,
  * for both gate.weight and gate.proj.weight), the X-MoE cosine logits, softmax + top-k gates, and their
  * backwards. Twins: src/reference/router.ts and topkGates / topkGatesBackward in src/reference/routing.ts.
  * Every planner returns Dispatch[] to encode every step; scratch a planner needs is acquired here, once.

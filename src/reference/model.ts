@@ -1,5 +1,5 @@
 /**
- * The whole model on the CPU reference ops (MODEL_SPEC.md section 1), forward and backward, written to be
+ * The whole model on the CPU reference ops (docs/model.md), forward and backward, written to be
  * compared with the GPU model and with PyTorch. ids is [B, T+1]: inputs ids[:, :T], targets ids[:, 1:].
  * Pass Float64Array parameters for a precise reference (gradient checks), Float32Array for the f32 one.
  */

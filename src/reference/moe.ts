@@ -1,5 +1,5 @@
 /**
- * One MoE layer (MODEL_SPEC.md section 2) composed from the primitives: head projection, sub-token split,
+ * One MoE layer (docs/model.md) composed from the primitives: head projection, sub-token split,
  * router, softmax, top-k, capacity, permutation, grouped experts, weighted combine, inner residual,
  * merge, merge projection, shared expert; plus the two auxiliary losses. SMoE, X-MoE and MH-MoE are
  * settings of this one layer.

@@ -40,6 +40,8 @@ export async function openTrainData(data: string | undefined, tokenizer: string,
     const before = readSource(cache);
     if (before === null || before !== now) {
       if (opts.resume) {
+        const paths = (j: string) => JSON.stringify(JSON.parse(j).files.map((f: { path: string }) => f.path));
+        if (before !== null && paths(before) !== paths(now)) throw new UserError(`cannot resume: --data ${data} is not the text the run was tokenized from (${cache}/${SOURCE_FILE}); a resumed run must see the same data`);
         if (before !== null) throw new UserError(`cannot resume: ${data} changed since the run tokenized it (${cache}/${SOURCE_FILE}); a resumed run must see the same data`);
       } else {
         opts.onInfo?.(`${data} changed since ${cache} was tokenized from it: tokenizing again`);

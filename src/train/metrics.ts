@@ -1,4 +1,4 @@
-/** Per-step training records (metrics.jsonl) and routing statistics of MODEL_SPEC.md section 6. */
+/** Per-step training records (metrics.jsonl) and routing statistics of docs/model.md. */
 import type { Gpu } from "../gpu/device.ts";
 import { readBytes } from "../gpu/tensor.ts";
 import type { MoeLayerOutputs } from "../model/moe.ts";
