@@ -193,7 +193,8 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 function run(argv: string[], cwd: string): { code: number; out: string } {
   const p = Bun.spawnSync(argv, { cwd, env: env(), stdout: "pipe", stderr: "pipe" });
-  return { code: p.exitCode ?? -1, out: p.stdout.toString() + p.stderr.toString() };
+  const signal = p.exitCode === null ? `\n(killed by ${p.signalCode})` : "";
+  return { code: p.exitCode ?? -1, out: p.stdout.toString() + p.stderr.toString() + signal };
 }
 
 /** One command line through bash, stderr merged into stdout so the lines keep their order. */
