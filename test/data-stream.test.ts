@@ -116,6 +116,11 @@ describe("chunk boundaries", () => {
     const text = "x".repeat(50) + "🎉".repeat(30) + "y".repeat(50);
     const ids = await chunked("gpt2", randomPieces(text, 7, 3), 8, 32);
     expect(getTokenizer("gpt2").decode(ids)).toBe(text);
+    // 300,000 times "a" with the defaults: whole, gpt-tokenizer's BPE would take hours; cut, a moment.
+    const started = performance.now();
+    const degenerate = "a".repeat(300_000);
+    expect(getTokenizer("gpt2").decode(await chunked("gpt2", randomPieces(degenerate, 1 << 16, 1), 1 << 16))).toBe(degenerate);
+    expect(performance.now() - started).toBeLessThan(60_000);
   });
 });
 

@@ -195,16 +195,26 @@ export function lastSafeCut(tokenizer: TokenizerName, text: string, from = 0, to
 
 /** Characters the streaming encoder encodes at a time (measured: larger chunks are slower for gpt2, and cost memory). */
 export const DEFAULT_CHUNK_CHARS = 1 << 16;
-/** A stretch this many chunks long with no safe cut is cut anyway (see encodeChunks). */
-export const MAX_CHUNKS_WITHOUT_CUT = 16;
+/**
+ * A stretch this many chunks long with no safe cut is cut anyway (see encodeChunks). No text has
+ * such stretches but degenerate ones (one letter repeated), whose whole encoding would take hours.
+ */
+export const MAX_CHUNKS_WITHOUT_CUT = 1;
+/** Such a stretch is encoded this many characters at a time: BPE of one piece is superlinear (64 Ki letters "a": 7 s). */
+const FORCED_PIECE_CHARS = 4096;
+
+/** p, or p+1 when p would fall between the halves of a surrogate pair. */
+const wholeCodePoint = (text: string, p: number) => (p < text.length && isHigh(text.charCodeAt(p - 1)) ? p + 1 : p);
 
 /**
  * Encodes a text that arrives in pieces (any sizes, each ending on a whole code point) in chunks
  * of about `chunkChars` characters, cut only where lastSafeCut allows, so the ids are those of
  * encoding the whole text at once while memory holds about one chunk. A chunk with no safe cut
  * grows until it finds one; one exception, for text no real corpus has: a stretch of `maxChars`
- * (MAX_CHUNKS_WITHOUT_CUT chunks, 1 MiB by default) with no whitespace and no change between
- * letters, digits and other characters, e.g. one million-letter word, is cut where it stands.
+ * (MAX_CHUNKS_WITHOUT_CUT chunks, 64 Ki characters by default) with no whitespace and no change
+ * between letters, digits and other characters, e.g. one 65536-letter word, is cut where it
+ * stands and encoded FORCED_PIECE_CHARS at a time (its ids then differ from encoding it whole,
+ * which would take hours).
  */
 export async function* encodeChunks(
   tokenizer: Tokenizer,
@@ -220,7 +230,14 @@ export async function* encodeChunks(
       if (cut === 0) cut = lastSafeCut(tokenizer.name, carry, chunkChars, Math.min(carry.length, maxChars));
       if (cut === 0) {
         if (carry.length < maxChars) break; // wait for more text
-        cut = isHigh(carry.charCodeAt(chunkChars - 1)) ? chunkChars + 1 : chunkChars; // a whole code point
+        const end = wholeCodePoint(carry, maxChars);
+        for (let at = 0; at < end; ) {
+          const next = wholeCodePoint(carry, Math.min(end, at + FORCED_PIECE_CHARS));
+          yield tokenizer.encode(carry.slice(at, next));
+          at = next;
+        }
+        carry = carry.slice(end);
+        continue;
       }
       yield tokenizer.encode(carry.slice(0, cut));
       carry = carry.slice(cut);
