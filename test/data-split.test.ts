@@ -53,3 +53,14 @@ describe("val split in units of a document or 256 tokens", () => {
     expect(val).toEqual(["doc 2", "doc 7", "doc 12", "doc 17"]);
   });
 });
+
+describe("index.json version", () => {
+  test("new shard sets are version 2 (continuation rows); an unknown version is refused in one line", async () => {
+    const out = join(dir, "short"); // written by the test above
+    const index = JSON.parse(readFileSync(join(out, "index.json"), "utf8"));
+    expect(index.version).toBe(2);
+    writeFileSync(join(out, "index.json"), JSON.stringify({ ...index, version: 3 }));
+    await expect(openShardSet(out)).rejects.toThrow(/index\.json.*version.*is 3; this mhmoe reads 1 and 2/);
+  });
+});
+

@@ -15,7 +15,9 @@ import { getTokenizer, isTokenizerName, TOKENIZER_NAMES, type TokenizerName } fr
 export type Split = "train" | "val";
 export const INDEX_FILE = "index.json";
 export const INDEX_FORMAT = "mhmoe-token-shards";
-export const INDEX_VERSION = 1;
+/** Version 2 added continuation rows: a reader of version 1 would put an EOT inside long documents, so it must refuse them. */
+export const INDEX_VERSION = 2;
+const READABLE_VERSIONS: readonly number[] = [1, 2];
 
 /** One entry of index.json's `shards` (null fields: unknown, as for Hugging Face files). */
 export interface ShardInfo {
@@ -94,7 +96,7 @@ function parseIndex(indexPath: string, text: string): IndexJson {
   }
   if (raw === null || typeof raw !== "object") throw new UserError(`${indexPath}: not a JSON object`);
   if (raw.format !== INDEX_FORMAT) throw bad(indexPath, "format", `is not "${INDEX_FORMAT}"`);
-  if (raw.version !== INDEX_VERSION) throw bad(indexPath, "version", `is ${raw.version}; this mhmoe reads ${INDEX_VERSION}`);
+  if (!READABLE_VERSIONS.includes(raw.version as number)) throw bad(indexPath, "version", `is ${raw.version}; this mhmoe reads ${READABLE_VERSIONS.join(" and ")}`);
   if (typeof raw.tokenizer !== "string" || !isTokenizerName(raw.tokenizer)) {
     throw bad(indexPath, "tokenizer", `must be one of ${TOKENIZER_NAMES.join(", ")}`);
   }
