@@ -6,10 +6,24 @@ import { UserError } from "../src/util/errors.ts";
 export function registerInspect(program: Command): void {
   program
     .command("inspect")
-    .description("show the WebGPU adapters, or the chosen adapter's features and limits")
+    .argument("[path]", "a checkpoint or run directory, a shard set, or a .safetensors file")
+    .description("show what a checkpoint, shard set or .safetensors file holds; without PATH, the WebGPU adapters")
     .option("--adapters", "list every adapter Dawn can open, with the index to pass to --adapter")
+    .option("--tokenizer <name>", "the tokenizer of a Hugging Face shard set (it records none)")
     .option("--json", "print JSON")
-    .action(async (opts: { adapters?: boolean; json?: boolean }) => {
+    .action(async (path: string | undefined, opts: { adapters?: boolean; json?: boolean; tokenizer?: string }) => {
+      if (path !== undefined) {
+        if (opts.adapters) throw new UserError("inspect: --adapters takes no PATH");
+        // headers and files only: the GPU is never opened for a path
+        const { inspectPath, formatReport } = await import("../src/eval/inspect.ts");
+        const report = await inspectPath(path, { tokenizer: opts.tokenizer });
+        console.log(opts.json ? JSON.stringify(report) : formatReport(report));
+        if (report.kind === "shards" && !report.verified) {
+          const bad = report.shards.filter((s) => s.checksum === "failed");
+          throw new UserError(`${bad.length} shard(s) failed verification: ${bad.map((s) => s.error).join("; ")}`);
+        }
+        return;
+      }
       if (opts.adapters) {
         const all = await listAdapters();
         if (all.length === 0) throw new UserError("no WebGPU adapter found; see `mhmoe inspect` for how to install a driver");
