@@ -11,6 +11,7 @@ import { registerPending } from "./pending.ts";
 import { registerTrain } from "./train.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerEval } from "./eval.ts";
+import { registerPlan } from "./plan.ts";
 
 export function buildProgram(): Command {
   const program = new Command("mhmoe")
@@ -27,7 +28,7 @@ export function buildProgram(): Command {
   registerTokenize(program);
   registerPending(program, "generate", "sample text from a checkpoint");
   registerInspect(program);
-  registerPending(program, "plan", "show a config's parameters, FLOPs and memory before training");
+  registerPlan(program);
   registerBench(program);
   return program;
 }

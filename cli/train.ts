@@ -1,11 +1,11 @@
-import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { SingleBar } from "cli-progress";
 import { UserError } from "../src/util/errors.ts";
 import { parseNumber } from "./flags.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { parseSetArgs, presetConfig, resolveConfig, PRESET_NAMES, type ModelConfig } from "../src/model/config.ts";
+import { PRESET_NAMES, type ModelConfig } from "../src/model/config.ts";
+import { modelConfig } from "../src/model/resolve.ts";
 import { runOptions, TRAIN_DEFAULTS, validateTrainOptions, type TrainOptions } from "../src/train/options.ts";
 import { train, parameterCount } from "../src/train/loop.ts";
 import { readResumeState, resolveModelDir, type ResumeState } from "../src/train/checkpoint.ts";
@@ -20,35 +20,6 @@ function timestamp(): string {
   const d = new Date();
   const p = (n: number) => String(n).padStart(2, "0");
   return `${d.getFullYear()}${p(d.getMonth() + 1)}${p(d.getDate())}-${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}`;
-}
-
-function readConfigFile(file: string): Record<string, unknown> {
-  if (!existsSync(file)) throw new UserError(`--config: ${file} does not exist`);
-  try {
-    return JSON.parse(readFileSync(file, "utf8"));
-  } catch (e) {
-    throw new UserError(`--config: ${file} is not valid JSON (${e instanceof Error ? e.message : e})`);
-  }
-}
-
-/**
- * Preset, then config file, then --set, in that order; the default is the small mhmoe preset. Unless the
- * user sets vocab_size (or a checkpoint fixes it), a tokenizer with more ids than the preset's vocabulary
- * gets vocab_size = its size rounded up to a multiple of 64 (GPT-2: 50304); `note` says so.
- */
-function modelConfig(o: { preset?: string; config?: string; set: string[] }, vocab: number, base?: ModelConfig): { config: ModelConfig; note: string } {
-  let fields: Record<string, unknown> = base ? { ...base } : {};
-  if (o.preset || (!o.config && !base)) fields = { ...presetConfig(o.preset ?? "mhmoe") };
-  const file = o.config ? readConfigFile(o.config) : {};
-  const set = parseSetArgs(o.set);
-  fields = { ...fields, ...file, ...set };
-  let note = "";
-  const userVocab = base !== undefined || "vocab_size" in file || "vocab_size" in set;
-  if (!userVocab && typeof fields.vocab_size === "number" && vocab > fields.vocab_size) {
-    fields.vocab_size = Math.ceil(vocab / 64) * 64;
-    note = `vocab_size ${fields.vocab_size} (the tokenizer's ${vocab} ids, padded to a multiple of 64)`;
-  }
-  return { config: resolveConfig(fields, o.config ?? "--set"), note };
 }
 
 const num = (flag: string) => (v: string) => parseNumber(flag, v, false);
@@ -169,7 +140,7 @@ async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: R
           bar.update(r.step, { loss: r.loss.toFixed(4), tps: Math.round(r.tokens_per_s) });
         } else {
           say({ event: "step", ...r }, `step ${r.step}/${o.steps}  loss ${r.loss.toFixed(4)}  lr ${r.lr.toExponential(2)}  grad norm ${r.grad_norm.toFixed(3)}  ${Math.round(r.tokens_per_s)} tok/s` +
-            (r.routing.length ? `  active ${(r.routing.reduce((a, l) => a + l.activation, 0) / r.routing.length).toFixed(2)}` : ""));
+            `  ${gflops(r.flops_per_s)} GFLOP/s` + (r.routing ? `  active ${r.routing.activation_ratio.toFixed(2)}` : ""));
         }
       },
       onEval: (r) => say({ event: "eval", ...r }, `step ${r.step}  eval loss ${r.eval_loss.toFixed(4)}  ppl ${r.eval_ppl.toFixed(2)}`),
@@ -191,4 +162,10 @@ async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: R
     process.off("SIGINT", sigint);
     process.off("SIGTERM", sigterm);
   }
+}
+
+/** Achieved GFLOP/s for the step line: always in GFLOP/s, 3 significant digits below 100. */
+function gflops(flopsPerS: number): string {
+  const g = flopsPerS / 1e9;
+  return g >= 100 ? g.toFixed(0) : g >= 10 ? g.toFixed(1) : g.toFixed(2);
 }

@@ -307,26 +307,55 @@ export function mhmoeParityIntermediate(d: number, dMoe: number, kS: number, kM:
   return width;
 }
 
+/** Forward FLOPs per token of each part of the model (see flopsPerToken); the parts sum to it. */
+export interface FlopsBreakdown {
+  /** q, k, v, o projections: 4 d^2 per layer */
+  attention_proj: number;
+  /** q.k scores and p.v at (seqLen+1)/2 keys per query: d (seqLen+1) per layer, the T-dependent part */
+  attention_scores: number;
+  dense_ffn: number;
+  /** the top-k routed experts of each token (sub-token) plus any shared expert */
+  experts: number;
+  router: number;
+  /** MH-MoE multi-head and merge projections: 2 d^2 per MoE layer */
+  head_merge: number;
+  lm_head: number;
+}
+
+/** Multiply-adds per token of the router of one MoE layer. */
+function routerMacsPerToken(c: ModelConfig): number {
+  const d = c.hidden_size;
+  return c.router_type === "xmoe" ? d * c.router_dim + c.mhmoe_heads * c.router_dim * c.num_experts : d * c.num_experts;
+}
+
+/** flopsPerToken split by part (forward, 2 FLOPs per multiply-add). */
+export function flopsBreakdown(c: ModelConfig, seqLen = c.max_position_embeddings): FlopsBreakdown {
+  const d = c.hidden_size;
+  const f: FlopsBreakdown = {
+    attention_proj: 0, attention_scores: 0, dense_ffn: 0, experts: 0, router: 0, head_merge: 0, lm_head: 2 * c.vocab_size * d,
+  };
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    f.attention_proj += 2 * 4 * d * d;
+    f.attention_scores += 2 * d * (seqLen + 1);
+    if (!isMoeLayer(c, l)) {
+      f.dense_ffn += 2 * ffnMatrices(c) * d * c.intermediate_size;
+      continue;
+    }
+    const headMerge = c.mhmoe_head_merge ? 2 * d * d : 0;
+    f.head_merge += 2 * headMerge;
+    f.experts += 2 * (moeLayerMacsPerToken(c) - headMerge);
+    f.router += 2 * routerMacsPerToken(c);
+  }
+  return f;
+}
+
 /**
  * Forward FLOPs (2 per multiply-add) per token at sequence length seqLen, all matmuls including the
  * router and lm_head; causal attention counted at its average of (seqLen+1)/2 keys per query.
- * Training costs about 3x this.
+ * Training costs about 3x this. The sum of flopsBreakdown.
  */
 export function flopsPerToken(c: ModelConfig, seqLen = c.max_position_embeddings): number {
-  const d = c.hidden_size;
-  let macs = c.vocab_size * d;
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    macs += 4 * d * d + d * (seqLen + 1); // q,k,v,o projections; q.k and p.v
-    if (!isMoeLayer(c, l)) {
-      macs += ffnMatrices(c) * d * c.intermediate_size;
-      continue;
-    }
-    macs += moeLayerMacsPerToken(c);
-    macs += c.router_type === "xmoe"
-      ? d * c.router_dim + c.mhmoe_heads * c.router_dim * c.num_experts
-      : d * c.num_experts;
-  }
-  return 2 * macs;
+  return Object.values(flopsBreakdown(c, seqLen)).reduce((a, b) => a + b, 0);
 }
 
 /** Parameters of the router of one MoE layer. */
@@ -354,4 +383,18 @@ export function countParams(c: ModelConfig): number {
     total += isMoeLayer(c, l) ? countMoeLayerParams(c) : ffnMatrices(c) * d * c.intermediate_size;
   }
   return total;
+}
+
+/** Parameters of one routed expert. */
+export function expertParams(c: ModelConfig): number {
+  return ffnMatrices(c) * (c.hidden_size / c.mhmoe_heads) * c.moe_intermediate_size;
+}
+
+/** Parameters a token uses: the total less the experts a token's top-k leaves out in each MoE layer. */
+export function countActiveParams(c: ModelConfig): number {
+  let inactive = 0;
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    if (isMoeLayer(c, l)) inactive += (c.num_experts - c.num_experts_per_tok) * expertParams(c);
+  }
+  return countParams(c) - inactive;
 }
