@@ -1,12 +1,13 @@
 // `mhmoe inspect PATH`: checkpoints (ours, a run directory, PyTorch's), shard sets (with a corrupted
 // shard), .safetensors files, --json shapes and error cases, all through the CLI as a user runs it.
 import { describe, test, expect, beforeAll, afterAll } from "bun:test";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, cpSync } from "node:fs";
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CLI, ROOT, PROSE, TINY_ARGS } from "./fixtures/train/tiny.ts";
 import { countParams, presetConfig } from "../src/model/config.ts";
 import { activeParamsPerToken, readSafetensorsHeader } from "../src/eval/inspect.ts";
+import { writeHfArrow } from "./fixtures/data.ts";
 
 const PY = process.env.MHMOE_PYTHON ?? "/usr/bin/python3";
 let dir: string;
@@ -145,6 +146,29 @@ describe("mhmoe inspect SHARDS", () => {
   });
 });
 
+describe("mhmoe inspect HUGGING FACE SHARDS", () => {
+  test(".arrow files: counted by reading them; the tokenizer is unknown unless named", () => {
+    const hf = join(dir, "hf");
+    mkdirSync(hf);
+    writeHfArrow(join(hf, "data-00000-of-00002.arrow"), [[1, 2, 3], [4, 5]], { rowsPerBatch: 1 });
+    writeHfArrow(join(hf, "data-00001-of-00002.arrow"), [[6, 7, 8, 9]]);
+    const r = json(hf);
+    expect(r).toMatchObject({ kind: "shards", format: "huggingface", tokenizer: null, vocab_size: null, verified: true });
+    expect(r.splits.train).toMatchObject({ shards: 2, documents: 3, tokens: 9 });
+    expect(r.shards.map((s: { checksum: string }) => s.checksum)).toEqual(["unchecked", "unchecked"]);
+    expect(json(hf, "--tokenizer", "gpt2")).toMatchObject({ tokenizer: "gpt2", vocab_size: 50257 });
+    const text = cli(hf);
+    expect(text.code).toBe(0);
+    expect(text.out).toContain("tokenizer: not recorded");
+    expect(text.out).toContain("train: 2 shards, 3 documents, 9 tokens");
+    // ids beyond the named tokenizer's vocabulary fail, naming the file
+    writeHfArrow(join(hf, "data-00001-of-00002.arrow"), [[6, 7, 300]]);
+    const bad = cli(hf, "--tokenizer", "byte");
+    expect(bad.code).not.toBe(0);
+    expect(bad.err).toMatch(/^error: 1 shard\(s\) failed verification: .*data-00001-of-00002\.arrow/);
+  });
+});
+
 describe("mhmoe inspect FILE.safetensors", () => {
   test("the header: names, dtypes, shapes, metadata", () => {
     const file = join(ckpt, "model.safetensors");
@@ -156,6 +180,21 @@ describe("mhmoe inspect FILE.safetensors", () => {
     const opt = json(join(ckpt, "optimizer.safetensors"));
     expect(opt.tensors.length).toBe(2 * r.tensors.length);
     expect(cli(file).out).toMatch(/metadata: format=pt/);
+  });
+
+  test("only the header is read: a (sparse) 16 GB file is inspected at once", () => {
+    const big = join(dir, "big.safetensors");
+    const n = 2 ** 32; // F32 elements: 16 GiB of data never read
+    const header = Buffer.from(JSON.stringify({ __metadata__: { format: "pt" }, w: { dtype: "F32", shape: [65536, 65536], data_offsets: [0, 4 * n] } }).padEnd(128, " "));
+    const head = Buffer.alloc(8);
+    head.writeBigUInt64LE(BigInt(header.length));
+    writeFileSync(big, Buffer.concat([head, header]));
+    truncateSync(big, 8 + header.length + 4 * n);
+    const t0 = performance.now();
+    const r = json(big);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(r.tensors).toEqual([{ name: "w", dtype: "F32", shape: [65536, 65536], params: n, file: "big.safetensors" }]);
+    rmSync(big);
   });
 });
 
