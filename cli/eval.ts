@@ -44,12 +44,18 @@ function printResult(r: EvalResult): void {
   );
   if (!r.routing) return;
   const g = r.routing;
-  console.log(`routing: activation ratio ${fmt(g.activation_ratio, 3)} (threshold ${g.activation_threshold.toPrecision(3)})`);
+  const entropy = (x: number | null) => (x === null ? "" : ` | entropy ${fmt(x, 3)} nats`);
+  const distinct = (x: number | null) => (x === null ? "" : ` | distinct ${fmt(x, 3)}`);
+  console.log(
+    `routing: activation ratio ${fmt(g.activation_ratio, 3)} (threshold ${g.activation_threshold.toPrecision(3)}) | load cv ${fmt(g.load_cv, 3)} | ` +
+      `dead ${fmt(g.dead_expert_frac, 3)} | overloaded ${fmt(g.overloaded_expert_frac, 3)} | drop ${fmt(g.drop_rate, 3)}` +
+      `${entropy(g.router_entropy)}${distinct(g.distinct_expert_share)}`,
+  );
   for (const l of g.layers) {
-    const entropy = l.router_entropy === null ? "" : ` | entropy ${fmt(l.router_entropy, 3)} nats`;
     console.log(
       `  layer ${l.layer}: active ${fmt(l.activation_ratio, 3)} | load cv ${fmt(l.load_cv, 3)} | dead ${fmt(l.dead_expert_frac, 3)} | ` +
-        `drop ${fmt(l.drop_rate, 3)}${entropy} | load [${l.load.join(" ")}]`,
+        `overloaded ${l.overloaded_experts.length} | drop ${fmt(l.drop_rate, 3)}${entropy(l.router_entropy)}${distinct(l.distinct_expert_share)} | ` +
+        `load [${l.load.join(" ")}] | utilisation [${l.utilisation.map((u) => u.toFixed(2)).join(" ")}]`,
     );
   }
 }

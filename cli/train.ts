@@ -140,7 +140,7 @@ async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: R
           bar.update(r.step, { loss: r.loss.toFixed(4), tps: Math.round(r.tokens_per_s) });
         } else {
           say({ event: "step", ...r }, `step ${r.step}/${o.steps}  loss ${r.loss.toFixed(4)}  lr ${r.lr.toExponential(2)}  grad norm ${r.grad_norm.toFixed(3)}  ${Math.round(r.tokens_per_s)} tok/s` +
-            (r.routing.length ? `  active ${(r.routing.reduce((a, l) => a + l.activation, 0) / r.routing.length).toFixed(2)}` : ""));
+            `  ${gflops(r.flops_per_s)} GFLOP/s` + (r.routing ? `  active ${r.routing.activation_ratio.toFixed(2)}` : ""));
         }
       },
       onEval: (r) => say({ event: "eval", ...r }, `step ${r.step}  eval loss ${r.eval_loss.toFixed(4)}  ppl ${r.eval_ppl.toFixed(2)}`),
@@ -162,4 +162,10 @@ async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: R
     process.off("SIGINT", sigint);
     process.off("SIGTERM", sigterm);
   }
+}
+
+/** Achieved GFLOP/s for the step line: always in GFLOP/s, 3 significant digits below 100. */
+function gflops(flopsPerS: number): string {
+  const g = flopsPerS / 1e9;
+  return g >= 100 ? g.toFixed(0) : g >= 10 ? g.toFixed(1) : g.toFixed(2);
 }

@@ -9,7 +9,7 @@ import { presetConfig, type ModelConfig } from "../src/model/config.ts";
 import { initParams, parameterSpecs } from "../src/model/params.ts";
 import { loadModelCheckpoint, saveModelCheckpoint } from "../src/model/load.ts";
 import { evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
-import { RoutingTally, entropySum } from "../src/eval/routing.ts";
+import { RoutingTally, distinctExpertTokens, entropySum } from "../src/eval/routing.ts";
 import { batchIds, readEvalText, windowBatches } from "../src/eval/windows.ts";
 import { referenceForward } from "../src/reference/model.ts";
 import { expertHistogram } from "../src/reference/routing.ts";
@@ -64,6 +64,7 @@ function referenceWindows(c: ModelConfig, p: Map<string, Float32Array>, tokens: 
   let nll = 0, count = 0;
   const loads = new Map<number, Int32Array>();
   const entropy = new Map<number, { sum: number; rows: number }>();
+  const distinct = new Map<number, number>();
   for (let start = 0; start < targets; start += seqLen) {
     const len = Math.min(seqLen, targets - start);
     const fwd = referenceForward(c, p, tokens.slice(start, start + len + 1), 1, len, { training: false });
@@ -79,9 +80,10 @@ function referenceWindows(c: ModelConfig, p: Map<string, Float32Array>, tokens: 
       en.sum += entropySum(routing.probs, S, c.num_experts);
       en.rows += S;
       entropy.set(layer, en);
+      distinct.set(layer, (distinct.get(layer) ?? 0) + distinctExpertTokens(routing.topk.idx, len, c.mhmoe_heads, c.num_experts_per_tok));
     }
   }
-  return { loss: nll / count, tokens: count, loads, entropy };
+  return { loss: nll / count, tokens: count, loads, entropy, distinct };
 }
 
 const CASES: [string, ModelConfig][] = [
@@ -163,6 +165,9 @@ describe("eval loss equals the CPU reference over the same windows", () => {
         const en = want.entropy.get(l.layer)!;
         expect(Math.abs(l.router_entropy! - en.sum / en.rows)).toBeLessThan(2e-7); // measured 2.3e-8
         expect(l.drop_rate).toBe(0);
+        // MH-MoE: tokens whose h sub-tokens went to h distinct top-1 experts, from the GPU's top-k indices
+        if (c.mhmoe_heads > 1) expect(l.distinct_expert_share).toBe(want.distinct.get(l.layer)! / 117);
+        else expect(l.distinct_expert_share).toBeNull();
       }
     });
   });
@@ -230,6 +235,16 @@ describe("mhmoe eval (CLI)", () => {
     expect(out.ppl).toBeCloseTo(Math.exp(out.loss), 6); // measured 0
     expect(out.bpb).toBeCloseTo((out.loss * out.tokens) / (Math.LN2 * out.bytes), 9); // measured 0
     expect(out.routing.layers[0].load).toEqual(lib.routing!.layers[0]!.load);
+    // the field names of docs/eval.md, shared with metrics.jsonl's routing
+    expect(Object.keys(out.routing).sort()).toEqual([
+      "activation_ratio", "activation_threshold", "dead_expert_frac", "distinct_expert_share", "drop_rate", "layers", "load_cv",
+      "overloaded_expert_frac", "router_entropy",
+    ]);
+    expect(Object.keys(out.routing.layers[0]).sort()).toEqual([
+      "activation_ratio", "dead_expert_frac", "distinct_expert_share", "drop_rate", "experts", "heads", "layer", "load", "load_cv",
+      "overloaded_experts", "router_entropy", "sub_tokens", "top_k", "utilisation",
+    ]);
+    expect(out.routing.layers[0].distinct_expert_share).toBe(lib.routing!.layers[0]!.distinct_expert_share);
 
     const text = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "eval", "--checkpoint", ckpt, "--data", data, "--seq-len", String(T)], { cwd: ROOT });
     expect(text.exitCode).toBe(0);

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModelCheckpoint } from "../src/model/load.ts";
-import { presetConfig } from "../src/model/config.ts";
+import { flopsPerToken, presetConfig } from "../src/model/config.ts";
 import { listCheckpoints, readMoments, readTrainerState, resolveResumeDir, LATEST_FILE } from "../src/train/checkpoint.ts";
 import { TRAIN_DEFAULTS } from "../src/train/options.ts";
 import { runTokenize } from "../src/data/index.ts";
@@ -103,6 +103,20 @@ describe("mhmoe train", () => {
     expect(loadModelCheckpoint(join(out, "checkpoint-000002")).config).toEqual(presetConfig("mhmoe"));
     const metrics = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
     expect(metrics.map((m) => m.step)).toEqual([1, 2]);
+    // achieved FLOP/s = tokens/s * 3 * forward FLOPs per token; routing as eval reports it, per MoE layer
+    const c = presetConfig("mhmoe");
+    for (const m of metrics) {
+      expect(m.flops_per_s / m.tokens_per_s).toBeCloseTo(3 * flopsPerToken(c, TRAIN_DEFAULTS.seqLen), 0);
+      expect(m.routing.layers.map((l: { layer: number }) => l.layer)).toEqual([1, 3]);
+      for (const l of m.routing.layers) {
+        expect(l.utilisation).toHaveLength(c.num_experts);
+        expect(l.utilisation.reduce((a: number, u: number) => a + u, 0)).toBeCloseTo(c.num_experts, 9);
+        expect(l.router_entropy).toBeNull(); // training does not read the probabilities back
+        expect(l.distinct_expert_share).toBeGreaterThanOrEqual(0); // h = 4: measured from the top-k indices
+        expect(l.distinct_expert_share).toBeLessThanOrEqual(1);
+      }
+    }
+    expect(r.stderr).toMatch(/ tok\/s {2}\d+(\.\d+)? GFLOP\/s {2}active \d\.\d\d\n/);
   });
 
   test("SIGINT mid-run: exit 0, a checkpoint of the step reached, and a resume command that works", async () => {

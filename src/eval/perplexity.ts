@@ -136,6 +136,8 @@ export async function evaluateTokens(
             load: await readInt(l.load),
             dropped: l.dropped ? (await readInt(l.dropped))[0]! : 0,
             probs: wantEntropy ? await read(l.probs) : null,
+            heads: l.heads,
+            topk: l.heads > 1 ? await readInt(l.topkIdx) : null,
           });
         }
         opts.onProgress?.(done, total);

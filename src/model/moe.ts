@@ -35,6 +35,10 @@ export interface MoeLayerOutputs {
   dropped: Tensor | null;
   /** [S, E] router probabilities (entropy metrics) */
   probs: Tensor;
+  /** [S, k] i32 top-k expert indices, slot 0 the top-1 (MH-MoE distinct-expert share) */
+  topkIdx: Tensor;
+  /** MH-MoE heads h: S = tokens * h, token-major */
+  heads: number;
   S: number;
   E: number;
   k: number;
@@ -141,7 +145,7 @@ export async function planMoeBlock(
     : null;
   if (shared) fwd.push(...shared.forward);
 
-  const outputs: MoeLayerOutputs = { layer, auxLoss, zLoss, load, topkCounts, dropped, probs, S, E, k };
+  const outputs: MoeLayerOutputs = { layer, auxLoss, zLoss, load, topkCounts, dropped, probs, topkIdx, heads: h, S, E, k };
   if (!G || !io.dOut || !io.dm) return { block: { forward: fwd, backward: [] }, outputs };
 
   // ---- backward: dOut is the gradient of the block's output; dm is written, weight grads accumulate.

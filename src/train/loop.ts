@@ -19,7 +19,8 @@ import type { TrainOptions } from "./options.ts";
 import { openTrainData, type TrainData } from "./data.ts";
 import { readResumeState, resolveModelDir, saveTrainingCheckpoint, type ResumeState, type TrainerState } from "./checkpoint.ts";
 import { checkResumable } from "./compat.ts";
-import { routingStats, type StepRecord } from "./metrics.ts";
+import { routingStats, TRAINING_FLOPS_FACTOR, type StepRecord } from "./metrics.ts";
+import { flopsPerToken } from "../model/config.ts";
 import { RunDir } from "./rundir.ts";
 import { StepRunner, type StepScalars } from "./step.ts";
 
@@ -78,6 +79,8 @@ class TrainingRun {
   private windowStart = performance.now();
   private windowTokens = 0;
   private readonly schedule: Schedule;
+  /** training FLOPs per token: 3x the forward's (docs/model.md) */
+  private readonly flopsPerToken: number;
 
   private constructor(
     readonly gpu: Gpu, readonly o: TrainOptions, readonly hooks: TrainHooks, readonly dir: RunDir, readonly data: TrainData,
@@ -88,6 +91,7 @@ class TrainingRun {
     this.unread = this.step + 1;
     this.skipped = from?.state.skippedSteps ?? 0;
     this.schedule = { kind: o.schedule, lr: o.lr, minLr: o.minLr, warmup: o.warmup, steps: o.steps };
+    this.flopsPerToken = TRAINING_FLOPS_FACTOR * flopsPerToken(o.config, o.seqLen);
   }
 
   /** Everything before the first step: weights, data, loader, GPU allocations (one UserError line on failure). */
@@ -191,9 +195,11 @@ class TrainingRun {
 
   private async log(s: StepScalars): Promise<void> {
     const seconds = (performance.now() - this.windowStart) / 1000;
+    const tokensPerS = this.windowTokens / seconds;
     const r: StepRecord = {
       step: s.step, loss: s.ce, aux_loss: s.aux, z_loss: s.z, lr: learningRate(this.schedule, s.step), grad_norm: s.gradNorm,
-      tokens_per_s: this.windowTokens / seconds, tokens_seen: this.loader.tokensSeen, skipped_steps: this.skipped,
+      tokens_per_s: tokensPerS, flops_per_s: tokensPerS * this.flopsPerToken,
+      tokens_seen: this.loader.tokensSeen, skipped_steps: this.skipped,
       routing: await routingStats(this.gpu, this.model.moeLayers),
     };
     this.windowStart = performance.now();

@@ -1,17 +1,11 @@
-/** Per-step training records (metrics.jsonl) and routing statistics of docs/model.md. */
+/**
+ * Per-step training records (metrics.jsonl). The routing metrics are src/eval/routing.ts's, the same
+ * fields `mhmoe eval` reports, of the last micro-batch of the step.
+ */
 import type { Gpu } from "../gpu/device.ts";
-import { readBytes } from "../gpu/tensor.ts";
+import { readInt } from "../gpu/tensor.ts";
 import type { MoeLayerOutputs } from "../model/moe.ts";
-
-export interface LayerRouting {
-  layer: number;
-  /** fraction of experts whose share of the load is at least 1/(4E) */
-  activation: number;
-  /** dropped assignments / (S*k) */
-  drop_rate: number;
-  /** std(load) / mean(load) */
-  load_cv: number;
-}
+import { RoutingTally, type RoutingReport } from "../eval/routing.ts";
 
 export interface StepRecord {
   step: number;
@@ -21,35 +15,31 @@ export interface StepRecord {
   lr: number;
   grad_norm: number;
   tokens_per_s: number;
+  /** achieved training FLOP/s: tokens_per_s * 3 * forward FLOPs per token (flopsPerToken at the run's seq-len) */
+  flops_per_s: number;
   tokens_seen: number;
   skipped_steps: number;
-  /** of the last micro-batch of the step */
-  routing: LayerRouting[];
+  /** of the last micro-batch of the step (router_entropy null: probabilities are not read back in training); null for a dense model */
+  routing: RoutingReport | null;
 }
 
-export function summariseLoad(load: ArrayLike<number>, threshold?: number): { activation: number; cv: number; dead: number } {
-  const E = load.length;
-  let total = 0;
-  for (let e = 0; e < E; e++) total += load[e]!;
-  const th = threshold ?? 1 / (4 * E);
-  let active = 0, dead = 0, sq = 0;
-  const mean = total / E;
-  for (let e = 0; e < E; e++) {
-    if (total > 0 && load[e]! / total >= th) active++;
-    if (load[e] === 0) dead++;
-    sq += (load[e]! - mean) ** 2;
-  }
-  return { activation: active / E, cv: mean > 0 ? Math.sqrt(sq / E) / mean : 0, dead: dead / E };
-}
+/** Training FLOPs per forward FLOP: the backward costs about twice the forward. */
+export const TRAINING_FLOPS_FACTOR = 3;
 
-/** Reads each MoE layer's kept-load histogram and drop count (one small readback per layer). */
-export async function routingStats(gpu: Gpu, layers: readonly MoeLayerOutputs[]): Promise<LayerRouting[]> {
-  const out: LayerRouting[] = [];
+/**
+ * Reads each MoE layer's kept-load histogram, drop count and (MH-MoE only) top-k indices: a few
+ * small readbacks per layer, at log steps only. The router probabilities stay on the GPU.
+ */
+export async function routingStats(_gpu: Gpu, layers: readonly MoeLayerOutputs[]): Promise<RoutingReport | null> {
+  if (layers.length === 0) return null;
+  const tally = new RoutingTally();
   for (const l of layers) {
-    const load = new Int32Array(await readBytes(gpu, l.load.buffer, l.E * 4));
-    const dropped = l.dropped ? new Int32Array(await readBytes(gpu, l.dropped.buffer, 4))[0]! : 0;
-    const s = summariseLoad(load);
-    out.push({ layer: l.layer, activation: s.activation, drop_rate: dropped / (l.S * l.k), load_cv: s.cv });
+    tally.add({
+      layer: l.layer, E: l.E, k: l.k, S: l.S, heads: l.heads,
+      load: await readInt(l.load),
+      dropped: l.dropped ? (await readInt(l.dropped))[0]! : 0,
+      topk: l.heads > 1 ? await readInt(l.topkIdx) : null,
+    });
   }
-  return out;
+  return tally.report();
 }
