@@ -6,7 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CLI, ROOT, PROSE, TINY_ARGS } from "./fixtures/train/tiny.ts";
 import { countParams, presetConfig } from "../src/model/config.ts";
-import { activeParamsPerToken, readSafetensorsHeader } from "../src/eval/inspect.ts";
+import { readSafetensorsHeader } from "../src/io/safetensors.ts";
+import { countActiveParams } from "../src/model/config.ts";
 import { writeHfArrow } from "./fixtures/data.ts";
 
 const PY = process.env.MHMOE_PYTHON ?? "/usr/bin/python3";
@@ -97,7 +98,7 @@ describe("mhmoe inspect CHECKPOINT", () => {
     const c = presetConfig("mhmoe", config as never);
     expect(r.params.total).toBe(countParams(r.config));
     expect(r.params.total).toBe(r.tensors.reduce((a: number, t: { params: number }) => a + t.params, 0));
-    expect(r.params.active_per_token).toBe(activeParamsPerToken(r.config));
+    expect(r.params.active_per_token).toBe(countActiveParams(r.config));
     expect(r.params.active_per_token).toBe(r.params.total - 2 * 3 * 16 * 16);
     expect(r.config.router_type).toBe(c.router_type);
     expect(r.optimizer).toBeNull();

@@ -8,119 +8,13 @@ import * as fs from "node:fs";
 import { basename, join } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { ioError } from "../io/atomic.ts";
-import { CONFIG_FILE, INDEX_FILE, SINGLE_FILE, checkExpectedTensors } from "../io/checkpoint.ts";
-import { MAX_HEADER_BYTES, dtypeSize, isDtype, numElements, type Dtype } from "../io/safetensors.ts";
-import { countParams, ffnMatrices, isMoeLayer, resolveConfig, type ModelConfig } from "../model/config.ts";
+import { CONFIG_FILE, INDEX_FILE, SINGLE_FILE, checkExpectedTensors, readJsonObject } from "../io/checkpoint.ts";
+import { numElements, readSafetensorsHeader, type Dtype, type SafetensorsHeader } from "../io/safetensors.ts";
+import { countActiveParams, isMoeLayer, resolveConfig, type ModelConfig } from "../model/config.ts";
 import { expectedTensorShapes } from "../model/load.ts";
 import { LATEST_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE, resolveModelDir } from "../train/checkpoint.ts";
 import { openShardSet, verifyShard, INDEX_FILE as SHARD_INDEX_FILE, type Split } from "../data/shard-set.ts";
 import { readTokenBatches } from "../data/shard-reader.ts";
-
-// ---------------------------------------------------------------- safetensors headers
-
-export interface TensorHeader {
-  name: string;
-  dtype: Dtype;
-  shape: number[];
-  /** [begin, end] within the data buffer */
-  offsets: [number, number];
-}
-
-export interface SafetensorsHeader {
-  file: string;
-  bytes: number;
-  headerBytes: number;
-  metadata: Record<string, string> | null;
-  /** in data-offset order */
-  tensors: TensorHeader[];
-}
-
-const describe = (v: unknown) => {
-  const s = JSON.stringify(v);
-  return s === undefined ? String(v) : s.length > 60 ? s.slice(0, 57) + "..." : s;
-};
-const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
-
-/**
- * Reads and validates a safetensors header without reading the tensor data: the same checks as
- * parseSafetensors (dtypes, shapes against byte ranges, ranges tiling the data exactly), against the
- * file's size instead of its bytes. Problems are one UserError naming the file.
- */
-export function readSafetensorsHeader(file: string): SafetensorsHeader {
-  const fail = (msg: string): never => {
-    throw new UserError(`${file}: ${msg}`);
-  };
-  let fd: number;
-  let size: number;
-  try {
-    const st = fs.statSync(file);
-    if (!st.isFile()) fail("not a regular file");
-    size = st.size;
-    fd = fs.openSync(file, "r");
-  } catch (e) {
-    throw e instanceof UserError ? e : ioError(e, "read", file);
-  }
-  let text = "";
-  let headerLen = 0;
-  try {
-    if (size < 8) fail(`not a safetensors file: ${size} bytes, shorter than the 8-byte header length`);
-    const lenBuf = Buffer.alloc(8);
-    fs.readSync(fd, lenBuf, 0, 8, 0);
-    const n = lenBuf.readBigUInt64LE(0);
-    if (n > BigInt(MAX_HEADER_BYTES)) fail(`header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit (corrupt or not a safetensors file)`);
-    headerLen = Number(n);
-    if (8 + headerLen > size) fail(`header length ${headerLen} runs past the end of the file (${size} bytes; truncated?)`);
-    const buf = Buffer.alloc(headerLen);
-    fs.readSync(fd, buf, 0, headerLen, 8);
-    try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(buf);
-    } catch {
-      fail("header is not valid UTF-8");
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  if (!text.startsWith("{")) fail(`header does not start with '{' (starts with ${describe(text.slice(0, 10))})`);
-  let header: unknown;
-  try {
-    header = JSON.parse(text);
-  } catch (e) {
-    fail(`header is not valid JSON: ${(e as Error).message}`);
-  }
-  if (typeof header !== "object" || header === null || Array.isArray(header)) fail("header is not a JSON object");
-  let metadata: Record<string, string> | null = null;
-  const tensors: TensorHeader[] = [];
-  for (const [name, info] of Object.entries(header as Record<string, unknown>)) {
-    if (name === "__metadata__") {
-      const ok = typeof info === "object" && info !== null && !Array.isArray(info) && Object.values(info).every((v) => typeof v === "string");
-      if (!ok) fail(`__metadata__ must map strings to strings, got ${describe(info)}`);
-      metadata = info as Record<string, string>;
-      continue;
-    }
-    const where = `tensor '${name}'`;
-    if (typeof info !== "object" || info === null || Array.isArray(info)) fail(`${where}: entry is not an object: ${describe(info)}`);
-    const { dtype, shape, data_offsets: offsets } = info as Record<string, unknown>;
-    if (!isDtype(dtype)) fail(`${where}: unknown dtype ${describe(dtype)}`);
-    if (!Array.isArray(shape) || !shape.every(isCount)) fail(`${where}: shape must be a list of non-negative integers, got ${describe(shape)}`);
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0] > offsets[1]) {
-      fail(`${where}: data_offsets must be [begin, end] with 0 <= begin <= end, got ${describe(offsets)}`);
-    }
-    const [begin, end] = offsets as [number, number];
-    const need = numElements(shape as number[]) * dtypeSize(dtype as Dtype);
-    if (end - begin !== need) fail(`${where}: shape ${describe(shape)} of ${dtype} needs ${need} bytes but data_offsets [${begin}, ${end}] hold ${end - begin}`);
-    tensors.push({ name, dtype: dtype as Dtype, shape: shape as number[], offsets: [begin, end] });
-  }
-  tensors.sort((a, b) => a.offsets[0] - b.offsets[0] || a.offsets[1] - b.offsets[1]);
-  const dataLen = size - 8 - headerLen;
-  let cursor = 0;
-  for (const t of tensors) {
-    if (t.offsets[0] !== cursor) fail(`tensor '${t.name}': data_offsets [${t.offsets}] do not start where the previous tensor ends (byte ${cursor})`);
-    if (t.offsets[1] > dataLen) fail(`tensor '${t.name}': data_offsets [${t.offsets}] run past the end of the data (${dataLen} bytes; truncated?)`);
-    cursor = t.offsets[1];
-  }
-  if (cursor !== dataLen) fail(`tensors cover ${cursor} bytes of data but the file holds ${dataLen} (trailing bytes)`);
-  return { file, bytes: size, headerBytes: 8 + headerLen, metadata, tensors };
-}
 
 // ---------------------------------------------------------------- reports
 
@@ -207,35 +101,8 @@ export function inspectSafetensors(file: string): SafetensorsReport {
   };
 }
 
-function readJson(file: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, "utf8");
-  } catch (e) {
-    throw ioError(e, "read", file);
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new UserError(`${file}: invalid JSON: ${(e as Error).message}`);
-  }
-  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new UserError(`${file}: must hold a JSON object`);
-  return v as Record<string, unknown>;
-}
-
-/** Parameters one token uses: all but the experts a token's sub-tokens are not routed to (only top-k of E count). */
-export function activeParamsPerToken(c: ModelConfig): number {
-  let inactive = 0;
-  const perExpert = ffnMatrices(c) * (c.hidden_size / c.mhmoe_heads) * c.moe_intermediate_size;
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    if (isMoeLayer(c, l)) inactive += (c.num_experts - Math.min(c.num_experts_per_tok, c.num_experts)) * perExpert;
-  }
-  return countParams(c) - inactive;
-}
-
 function trainingReport(file: string): TrainingReport {
-  const s = readJson(file);
+  const s = readJsonObject(file, "training state");
   const str = (v: unknown) => (typeof v === "string" ? v : null);
   const num = (v: unknown) => (typeof v === "number" ? v : null);
   if (s.format === "mhmoe-trainer-state") {
@@ -258,7 +125,7 @@ export function inspectCheckpoint(path: string): CheckpointReport {
   const dir = resolveModelDir(path, "inspect");
   const configPath = join(dir, CONFIG_FILE);
   if (!fs.existsSync(configPath)) throw new UserError(`${configPath}: missing (is ${dir} a checkpoint directory?)`);
-  const config = resolveConfig(readJson(configPath), configPath);
+  const config = resolveConfig(readJsonObject(configPath, "config"), configPath);
   const single = join(dir, SINGLE_FILE);
   const index = join(dir, INDEX_FILE);
   const hasSingle = fs.existsSync(single), hasIndex = fs.existsSync(index);
@@ -267,7 +134,7 @@ export function inspectCheckpoint(path: string): CheckpointReport {
   let files = [single];
   let weightMap: Map<string, string> | undefined;
   if (hasIndex) {
-    const wm = readJson(index).weight_map;
+    const wm = readJsonObject(index, "shard index").weight_map;
     if (typeof wm !== "object" || wm === null || Array.isArray(wm)) throw new UserError(`${index}: "weight_map" must be an object mapping tensor names to shard files`);
     weightMap = new Map();
     for (const [name, f] of Object.entries(wm)) {
@@ -306,7 +173,7 @@ export function inspectCheckpoint(path: string): CheckpointReport {
   return {
     kind: "checkpoint", path, dir, config,
     params: {
-      total: tensors.reduce((a, t) => a + t.params, 0), active_per_token: activeParamsPerToken(config),
+      total: tensors.reduce((a, t) => a + t.params, 0), active_per_token: countActiveParams(config),
       moe_layers: moeLayers, experts: config.num_experts, top_k: config.num_experts_per_tok,
     },
     weights: {

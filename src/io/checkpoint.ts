@@ -128,7 +128,7 @@ export function saveCheckpointDir(
   });
 }
 
-function readJsonObject(file: string, what: string): Record<string, unknown> {
+export function readJsonObject(file: string, what: string): Record<string, unknown> {
   let text: string;
   try {
     text = fs.readFileSync(file, "utf8");

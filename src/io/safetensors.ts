@@ -207,22 +207,21 @@ function isNonNegativeInt(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 }
 
-/** Parses and validates safetensors bytes; every problem is a UserError that names `file` (and the tensor). */
-export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFile {
-  const fail = (msg: string): never => {
-    throw new UserError(`${file}: ${msg}`);
-  };
-  if (bytes.byteLength < 8) fail(`not a safetensors file: ${bytes.byteLength} bytes, shorter than the 8-byte header length`);
-  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
-  if (n > BigInt(MAX_HEADER_BYTES)) fail(`header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit (corrupt or not a safetensors file)`);
-  const headerLen = Number(n);
-  if (8 + headerLen > bytes.byteLength) fail(`header length ${headerLen} runs past the end of the file (${bytes.byteLength} bytes; truncated?)`);
-  let text = "";
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen));
-  } catch {
-    fail("header is not valid UTF-8");
-  }
+/** A tensor's entry in a safetensors header: [begin, end) is its byte range in the data buffer. */
+export interface TensorHeader {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/**
+ * Validates a header (the JSON text after the 8-byte length) against a data buffer of `dataLen` bytes:
+ * dtypes, shapes against byte ranges, ranges tiling the data exactly, as the reference's validate does.
+ * Returns the metadata and the tensors in data order; every problem goes to `fail`.
+ */
+function parseHeader(text: string, dataLen: number, fail: (msg: string) => never): { metadata: Record<string, string> | null; tensors: TensorHeader[] } {
   if (!text.startsWith("{")) fail(`header does not start with '{' (starts with ${describe(text.slice(0, 10))})`);
   let header: unknown;
   try {
@@ -233,7 +232,7 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
   if (typeof header !== "object" || header === null || Array.isArray(header)) fail("header is not a JSON object");
 
   let metadata: Record<string, string> | null = null;
-  const entries: { name: string; dtype: Dtype; shape: number[]; begin: number; end: number }[] = [];
+  const entries: TensorHeader[] = [];
   for (const [name, info] of Object.entries(header as Record<string, unknown>)) {
     if (name === "__metadata__") {
       const ok = typeof info === "object" && info !== null && !Array.isArray(info) && Object.values(info).every((v) => typeof v === "string");
@@ -261,8 +260,6 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
 
   // As the reference's validate: sorted by offsets, tensors must tile the data buffer exactly.
   entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
-  const dataStart = 8 + headerLen;
-  const dataLen = bytes.byteLength - dataStart;
   let cursor = 0;
   let previous = "";
   for (const e of entries) {
@@ -273,12 +270,76 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
     previous = e.name;
   }
   if (cursor !== dataLen) fail(`tensors cover ${cursor} bytes of data but the file holds ${dataLen} (trailing bytes)`);
+  return { metadata, tensors: entries };
+}
 
+/** The header length from the first 8 bytes, checked against the limit and the file's size. */
+function headerLength(first8: Uint8Array, fileBytes: number, fail: (msg: string) => never): number {
+  if (fileBytes < 8) fail(`not a safetensors file: ${fileBytes} bytes, shorter than the 8-byte header length`);
+  const n = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
+  if (n > BigInt(MAX_HEADER_BYTES)) fail(`header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit (corrupt or not a safetensors file)`);
+  const headerLen = Number(n);
+  if (8 + headerLen > fileBytes) fail(`header length ${headerLen} runs past the end of the file (${fileBytes} bytes; truncated?)`);
+  return headerLen;
+}
+
+function decodeHeader(bytes: Uint8Array, fail: (msg: string) => never): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    return fail("header is not valid UTF-8");
+  }
+}
+
+/** Parses and validates safetensors bytes; every problem is a UserError that names `file` (and the tensor). */
+export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFile {
+  const fail = (msg: string): never => {
+    throw new UserError(`${file}: ${msg}`);
+  };
+  const headerLen = headerLength(bytes.subarray(0, 8), bytes.byteLength, fail);
+  const dataStart = 8 + headerLen;
+  const { metadata, tensors: entries } = parseHeader(decodeHeader(bytes.subarray(8, dataStart), fail), bytes.byteLength - dataStart, fail);
   const tensors = new Map<string, SafetensorsTensor>();
   for (const e of entries) {
     tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: bytes.subarray(dataStart + e.begin, dataStart + e.end) });
   }
   return { tensors, metadata };
+}
+
+export interface SafetensorsHeader {
+  file: string;
+  bytes: number;
+  headerBytes: number;
+  metadata: Record<string, string> | null;
+  /** in data-offset order */
+  tensors: TensorHeader[];
+}
+
+/**
+ * Reads and validates a safetensors file's header without reading the tensor data (the same checks as
+ * parseSafetensors, against the file's size): listing a large checkpoint costs what a small one does.
+ */
+export function readSafetensorsHeader(file: string): SafetensorsHeader {
+  const fail = (msg: string): never => {
+    throw new UserError(`${file}: ${msg}`);
+  };
+  let fd: number | undefined;
+  try {
+    const st = fs.statSync(file);
+    if (!st.isFile()) fail("not a regular file");
+    fd = fs.openSync(file, "r");
+    const first8 = new Uint8Array(8);
+    fs.readSync(fd, first8, 0, 8, 0);
+    const headerLen = headerLength(first8, st.size, fail);
+    const buf = new Uint8Array(headerLen);
+    fs.readSync(fd, buf, 0, headerLen, 8);
+    const { metadata, tensors } = parseHeader(decodeHeader(buf, fail), st.size - 8 - headerLen, fail);
+    return { file, bytes: st.size, headerBytes: 8 + headerLen, metadata, tensors };
+  } catch (e) {
+    throw e instanceof UserError ? e : ioError(e, "read", file);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
 }
 
 /** Reads and validates a safetensors file, memory-mapping it (privately) so tensors are views, not copies. */
