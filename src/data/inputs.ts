@@ -137,90 +137,82 @@ function concatPieces(pieces: Uint8Array[], length: number): Uint8Array {
   return out;
 }
 
-async function* jsonlDocuments(file: InputFile, field: string, chunkBytes: number): AsyncGenerator<SourceDocument> {
+/**
+ * A file's bytes, `chunkBytes` at a time, the file closed when done or abandoned. `fresh`: every chunk in
+ * a new buffer (the caller keeps views of earlier ones); otherwise one buffer is reused.
+ */
+async function* fileChunks(path: string, chunkBytes: number, fresh: boolean): AsyncGenerator<Uint8Array> {
   let handle;
   try {
-    handle = await open(file.path, "r");
+    handle = await open(path, "r");
   } catch (e) {
-    throw fileError(file.path, e);
+    throw fileError(path, e);
   }
   try {
-    let pieces: Uint8Array[] = []; // the current line, split across chunks
-    let pieceBytes = 0;
-    let lineNo = 0;
-    const finishLine = (tail: Uint8Array): SourceDocument | null => {
-      pieces.push(tail);
-      const bytes = concatPieces(pieces, pieceBytes + tail.length);
-      pieces = [];
-      pieceBytes = 0;
-      lineNo++;
-      const where = `${file.path}:${lineNo}`;
-      const line = decodeUtf8(bytes, where);
-      if (line.trim() === "") return null;
-      return { pieces: [{ text: documentFromJsonLine(line, field, where), bytes: bytes.length + 1 }] };
-    };
+    let buf: Uint8Array | null = null;
     for (;;) {
-      const chunk = new Uint8Array(chunkBytes);
+      if (fresh || !buf) buf = new Uint8Array(chunkBytes);
       let n;
       try {
-        n = (await handle.read(chunk, 0, chunk.length, null)).bytesRead;
+        n = (await handle.read(buf, 0, buf.length, null)).bytesRead;
       } catch (e) {
-        throw fileError(file.path, e);
+        throw fileError(path, e);
       }
-      if (n === 0) break;
-      let start = 0;
-      for (let nl = chunk.indexOf(10, start); nl !== -1 && nl < n; nl = chunk.indexOf(10, start)) {
-        const doc = finishLine(chunk.subarray(start, nl));
-        start = nl + 1;
-        if (doc) yield doc;
-      }
-      if (start < n) {
-        pieces.push(chunk.subarray(start, n));
-        pieceBytes += n - start;
-      }
-    }
-    if (pieceBytes > 0) {
-      const doc = finishLine(new Uint8Array(0));
-      if (doc) yield doc;
+      if (n === 0) return;
+      yield buf.subarray(0, n);
     }
   } finally {
     await handle.close();
   }
 }
 
+async function* jsonlDocuments(file: InputFile, field: string, chunkBytes: number): AsyncGenerator<SourceDocument> {
+  let pieces: Uint8Array[] = []; // the current line, split across chunks
+  let pieceBytes = 0;
+  let lineNo = 0;
+  const finishLine = (tail: Uint8Array): SourceDocument | null => {
+    pieces.push(tail);
+    const bytes = concatPieces(pieces, pieceBytes + tail.length);
+    pieces = [];
+    pieceBytes = 0;
+    lineNo++;
+    const where = `${file.path}:${lineNo}`;
+    const line = decodeUtf8(bytes, where);
+    if (line.trim() === "") return null;
+    return { pieces: [{ text: documentFromJsonLine(line, field, where), bytes: bytes.length + 1 }] };
+  };
+  for await (const chunk of fileChunks(file.path, chunkBytes, true)) {
+    const n = chunk.length;
+    let start = 0;
+    for (let nl = chunk.indexOf(10, start); nl !== -1 && nl < n; nl = chunk.indexOf(10, start)) {
+      const doc = finishLine(chunk.subarray(start, nl));
+      start = nl + 1;
+      if (doc) yield doc;
+    }
+    if (start < n) {
+      pieces.push(chunk.subarray(start, n));
+      pieceBytes += n - start;
+    }
+  }
+  if (pieceBytes > 0) {
+    const doc = finishLine(new Uint8Array(0));
+    if (doc) yield doc;
+  }
+}
+
 /** A .txt file's text, one read chunk at a time (a UTF-8 sequence split by a chunk waits for the next). */
 async function* txtPieces(file: InputFile, chunkBytes: number): AsyncGenerator<TextPiece> {
-  let handle;
-  try {
-    handle = await open(file.path, "r");
-  } catch (e) {
-    throw fileError(file.path, e);
-  }
-  try {
-    const decoder = new TextDecoder("utf-8", { fatal: true });
-    const decode = (bytes?: Uint8Array) => {
-      try {
-        return bytes ? decoder.decode(bytes, { stream: true }) : decoder.decode();
-      } catch {
-        throw new UserError(`${file.path}: not valid UTF-8 text`);
-      }
-    };
-    const chunk = new Uint8Array(chunkBytes);
-    for (;;) {
-      let n;
-      try {
-        n = (await handle.read(chunk, 0, chunk.length, null)).bytesRead;
-      } catch (e) {
-        throw fileError(file.path, e);
-      }
-      if (n === 0) break;
-      yield { text: decode(chunk.subarray(0, n)), bytes: n };
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  const decode = (bytes?: Uint8Array) => {
+    try {
+      return bytes ? decoder.decode(bytes, { stream: true }) : decoder.decode();
+    } catch {
+      throw new UserError(`${file.path}: not valid UTF-8 text`);
     }
-    const tail = decode();
-    if (tail.length > 0) yield { text: tail, bytes: 0 };
-  } finally {
-    await handle.close();
-  }
+  };
+  for await (const chunk of fileChunks(file.path, chunkBytes, false)) yield { text: decode(chunk), bytes: chunk.length };
+  const tail = decode();
+  if (tail.length > 0) yield { text: tail, bytes: 0 };
 }
 
 /** Every document of every input file, in order; chunkBytes is the read size (tests use small ones). */
