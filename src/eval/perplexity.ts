@@ -12,9 +12,10 @@ import { CONFIG_FILE } from "../io/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { assertFiniteParams, loadModelCheckpoint } from "../model/load.ts";
 import { Transformer } from "../model/transformer.ts";
+import type { MoeLayerOutputs } from "../model/moe.ts";
 import { uploadParams, type ParamStore } from "../model/weights.ts";
 import { UserError } from "../util/errors.ts";
-import { RoutingTally, type RoutingReport } from "./routing.ts";
+import { RoutingTally, type LayerBatchRouting, type RoutingReport } from "./routing.ts";
 import { batchIds, checkVocabulary, readEvalText, windowBatches, type EvalText } from "./windows.ts";
 import { assertSameTokenizer, getTokenizer, type Tokenizer } from "../data/tokenizer.ts";
 
@@ -116,6 +117,21 @@ export class WindowScorer {
   }
 }
 
+/**
+ * What one MoE layer routed in its last forward, read back: the kept load per expert, the drop count,
+ * the top-k indices (MH-MoE only: for the distinct-expert share) and, when asked, the router
+ * probabilities (for the entropy; the largest readback). For eval batches and training log steps.
+ */
+export async function readLayerRouting(l: MoeLayerOutputs, withProbs: boolean): Promise<LayerBatchRouting> {
+  return {
+    layer: l.layer, E: l.E, k: l.k, S: l.S, heads: l.heads,
+    load: await readInt(l.load),
+    dropped: l.dropped ? (await readInt(l.dropped))[0]! : 0,
+    probs: withProbs ? await read(l.probs) : null,
+    topk: l.heads > 1 ? await readInt(l.topkIdx) : null,
+  };
+}
+
 /** Scores already-tokenized text (ids checked against the vocabulary by the caller). */
 export async function evaluateTokens(
   gpu: Gpu, c: ModelConfig, params: Map<string, Float32Array>, text: EvalText, opts: EvalOptions, configFile = "config",
@@ -130,16 +146,7 @@ export async function evaluateTokens(
     r = await scorer.score(text.tokens, T, B, {
       maxTargets: opts.maxTokens,
       onBatch: async (model, done, total) => {
-        for (const l of model.moeLayers) {
-          tally.add({
-            layer: l.layer, E: l.E, k: l.k, S: l.S,
-            load: await readInt(l.load),
-            dropped: l.dropped ? (await readInt(l.dropped))[0]! : 0,
-            probs: wantEntropy ? await read(l.probs) : null,
-            heads: l.heads,
-            topk: l.heads > 1 ? await readInt(l.topkIdx) : null,
-          });
-        }
+        for (const l of model.moeLayers) tally.add(await readLayerRouting(l, wantEntropy));
         opts.onProgress?.(done, total);
       },
     });

@@ -3,9 +3,9 @@
  * fields `mhmoe eval` reports, of the last micro-batch of the step.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { readInt } from "../gpu/tensor.ts";
 import type { MoeLayerOutputs } from "../model/moe.ts";
 import { RoutingTally, type RoutingReport } from "../eval/routing.ts";
+import { readLayerRouting } from "../eval/perplexity.ts";
 
 export interface StepRecord {
   step: number;
@@ -33,13 +33,6 @@ export const TRAINING_FLOPS_FACTOR = 3;
 export async function routingStats(_gpu: Gpu, layers: readonly MoeLayerOutputs[]): Promise<RoutingReport | null> {
   if (layers.length === 0) return null;
   const tally = new RoutingTally();
-  for (const l of layers) {
-    tally.add({
-      layer: l.layer, E: l.E, k: l.k, S: l.S, heads: l.heads,
-      load: await readInt(l.load),
-      dropped: l.dropped ? (await readInt(l.dropped))[0]! : 0,
-      topk: l.heads > 1 ? await readInt(l.topkIdx) : null,
-    });
-  }
+  for (const l of layers) tally.add(await readLayerRouting(l, false));
   return tally.report();
 }
