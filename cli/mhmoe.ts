@@ -7,7 +7,9 @@ import { ioError } from "../src/io/atomic.ts";
 import { ShaderError } from "../src/gpu/kernel.ts";
 import { registerInspect } from "./inspect.ts";
 import { registerBench } from "./bench.ts";
-import { registerPending } from "./pending.ts";
+import { registerGenerate } from "./generate.ts";
+import { registerPlot } from "./plot.ts";
+import { registerDashboard } from "./dashboard.ts";
 import { registerTrain } from "./train.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerEval } from "./eval.ts";
@@ -26,9 +28,11 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerEval(program);
   registerTokenize(program);
-  registerPending(program, "generate", "sample text from a checkpoint");
+  registerGenerate(program);
   registerInspect(program);
   registerPlan(program);
+  registerPlot(program);
+  registerDashboard(program);
   registerBench(program);
   return program;
 }
