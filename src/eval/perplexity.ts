@@ -168,7 +168,7 @@ export async function evaluateTokens(
  * The tokenizer to read eval text with: a training checkpoint records its own (trainer_state.json); a
  * different --tokenizer is refused, since the scores would be meaningless. Other checkpoints: byte.
  */
-function evalTokenizer(dir: string, requested: string | undefined): Tokenizer {
+export function evalTokenizer(dir: string, requested: string | undefined): Tokenizer {
   const stateFile = path.join(dir, "trainer_state.json");
   let recorded: string | undefined;
   if (fs.existsSync(stateFile)) {

@@ -1,0 +1,277 @@
+/**
+ * `mhmoe generate`: sampling from a checkpoint, with a K/V cache (src/model/decoder.ts: a new token
+ * costs O(prefix)) or, with `cache: false`, by re-running the whole forward over the prefix for every
+ * token (the checking path, O(prefix) per layer op). Sampling is on the host in float64 from one seeded
+ * Rng, so a seed gives the same tokens on both paths (up to float rounding of the logits).
+ *
+ * Rules: MoE layers are planned dropless in both paths (a capacity limit would make a token's routing
+ * depend on how many tokens share its forward); only ids the tokenizer can decode are sampled (a model
+ * may pad its vocabulary); `<|endoftext|>` ends a sample and is not part of its text; the prompt plus
+ * the generated tokens but the last must fit in max_position_embeddings.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Gpu } from "../gpu/device.ts";
+import { read, readBytes } from "../gpu/tensor.ts";
+import { CONFIG_FILE } from "../io/checkpoint.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { Decoder, dropless } from "../model/decoder.ts";
+import { assertFiniteParams, loadModelCheckpoint } from "../model/load.ts";
+import { Transformer } from "../model/transformer.ts";
+import { uploadParams, type ParamStore } from "../model/weights.ts";
+import type { Tokenizer } from "../data/tokenizer.ts";
+import { Rng } from "../util/rng.ts";
+import { UserError } from "../util/errors.ts";
+import { evalTokenizer } from "./perplexity.ts";
+
+export const DEFAULT_MAX_TOKENS = 256;
+
+export interface SampleOptions {
+  /** 0: greedy (argmax, lowest id on a tie) */
+  temperature: number;
+  /** keep the k most likely ids (0: all) */
+  topK: number;
+  /** keep the smallest set of most likely ids whose probability reaches p (1: all) */
+  topP: number;
+}
+
+export interface GenerateOptions extends SampleOptions {
+  /** new tokens at most (EOT may end the sample sooner) */
+  maxTokens: number;
+  seed: number;
+  /** false: recompute the whole prefix for every token */
+  cache: boolean;
+  /** called with each piece of decoded text as soon as it is whole (no half UTF-8 character) */
+  onText?: (text: string) => void;
+}
+
+export interface GenerateResult {
+  /** generated ids, without the EOT that ended the sample */
+  tokens: number[];
+  text: string;
+  prompt_tokens: number;
+  finish_reason: "eot" | "length";
+  /** seconds from the start to the first new token (prefill) */
+  first_token_s: number;
+  /** new tokens per second after the first one (the per-token cost at this prefix); all of them when only one */
+  tokens_per_s: number;
+  seconds: number;
+}
+
+export function checkSampleOptions(o: SampleOptions): void {
+  if (!(Number.isFinite(o.temperature) && o.temperature >= 0)) throw new UserError(`--temperature must be a number >= 0, got ${o.temperature}`);
+  if (!(Number.isSafeInteger(o.topK) && o.topK >= 0)) throw new UserError(`--top-k must be an integer >= 0 (0: off), got ${o.topK}`);
+  if (!(o.topP > 0 && o.topP <= 1)) throw new UserError(`--top-p must be in (0, 1], got ${o.topP}`);
+}
+
+/**
+ * The next id from logits[0..n) (n: the ids the tokenizer can decode): argmax at temperature 0, else a
+ * draw from softmax(logits / temperature) restricted by top-k then top-p, from one rng.nextFloat().
+ */
+export function sampleNext(logits: ArrayLike<number>, n: number, o: SampleOptions, rng: Rng): number {
+  if (o.temperature === 0) {
+    let best = 0;
+    for (let i = 1; i < n; i++) if (logits[i]! > logits[best]!) best = i;
+    return best;
+  }
+  let ids: number[] = Array.from({ length: n }, (_, i) => i);
+  const restrict = (o.topK > 0 && o.topK < n) || o.topP < 1;
+  if (restrict) {
+    ids.sort((a, b) => logits[b]! - logits[a]! || a - b);
+    if (o.topK > 0 && o.topK < n) ids = ids.slice(0, o.topK);
+  }
+  let mx = -Infinity;
+  for (const i of ids) mx = Math.max(mx, logits[i]!);
+  const w = ids.map((i) => Math.exp((logits[i]! - mx) / o.temperature));
+  let total = w.reduce((s, x) => s + x, 0);
+  if (o.topP < 1) {
+    let cum = 0, keep = 0;
+    while (keep < w.length && cum < o.topP * total) cum += w[keep++]!;
+    ids = ids.slice(0, Math.max(1, keep));
+    w.length = ids.length;
+    total = w.reduce((s, x) => s + x, 0);
+  }
+  let u = rng.nextFloat() * total;
+  for (let j = 0; j < ids.length; j++) {
+    u -= w[j]!;
+    if (u < 0) return ids[j]!;
+  }
+  return ids[ids.length - 1]!;
+}
+
+/**
+ * Turns ids into text as they come, holding back a tail that does not decode to whole characters yet
+ * (a UTF-8 sequence split across byte tokens or GPT-2 tokens decodes to U+FFFD until it is complete).
+ */
+export class TextStream {
+  private pending: number[] = [];
+  constructor(private readonly tokenizer: Tokenizer) {}
+
+  push(id: number): string {
+    this.pending.push(id);
+    const text = this.tokenizer.decode(this.pending);
+    if (text.endsWith("\uFFFD")) return "";
+    this.pending = [];
+    return text;
+  }
+
+  /** Whatever is held back (as U+FFFD if it never became a whole character). */
+  end(): string {
+    const text = this.pending.length ? this.tokenizer.decode(this.pending) : "";
+    this.pending = [];
+    return text;
+  }
+}
+
+/** The logits after a prefix, by either path. */
+interface LogitsSource {
+  /** feeds the ids that follow what it has seen and returns the logits after the last of them */
+  next(ids: readonly number[]): Promise<Float32Array>;
+  release(): void;
+}
+
+class CachedSource implements LogitsSource {
+  private constructor(private readonly dec: Decoder) {}
+  static async plan(gpu: Gpu, c: ModelConfig, W: ParamStore, maxT: number): Promise<CachedSource> {
+    return new CachedSource(await Decoder.plan(gpu, c, W, { maxT }));
+  }
+  async next(ids: readonly number[]): Promise<Float32Array> {
+    for (const id of ids) this.dec.feed(id);
+    return this.dec.readLogits();
+  }
+  release(): void {
+    this.dec.release();
+  }
+}
+
+/** A whole forward (B = 1, T = prefix length) per token; only the last position's logits are read. */
+class UncachedSource implements LogitsSource {
+  private seen: number[] = [];
+  constructor(private readonly gpu: Gpu, private readonly c: ModelConfig, private readonly W: ParamStore) {}
+  async next(ids: readonly number[]): Promise<Float32Array> {
+    this.seen.push(...ids);
+    const T = this.seen.length;
+    const model = await Transformer.plan(this.gpu, dropless(this.c), this.W, { B: 1, T });
+    try {
+      model.setBatch(Int32Array.from([...this.seen, 0])); // the target column is not used
+      await model.run(false);
+      const V = this.c.vocab_size;
+      return new Float32Array(await readBytes(this.gpu, model.logits.buffer, V * 4, (T - 1) * V * 4));
+    } finally {
+      model.release();
+    }
+  }
+  release(): void {}
+}
+
+/** The most new tokens a prompt of p tokens leaves room for: every fed token needs a position. */
+export function roomFor(c: ModelConfig, promptTokens: number): number {
+  return c.max_position_embeddings - promptTokens + 1;
+}
+
+/** Samples up to maxTokens ids after `prompt` (ids already checked against the vocabulary). */
+export async function generateTokens(
+  gpu: Gpu, c: ModelConfig, W: ParamStore, prompt: Int32Array, tokenizer: Tokenizer, o: GenerateOptions,
+): Promise<GenerateResult> {
+  checkSampleOptions(o);
+  if (prompt.length < 1) throw new UserError("the prompt holds no token");
+  if (!(Number.isSafeInteger(o.maxTokens) && o.maxTokens >= 1)) throw new UserError(`--max-tokens must be a positive integer, got ${o.maxTokens}`);
+  const room = roomFor(c, prompt.length);
+  if (o.maxTokens > room) {
+    throw new UserError(
+      room < 1
+        ? `the prompt is ${prompt.length} tokens, more than max_position_embeddings ${c.max_position_embeddings}`
+        : `a prompt of ${prompt.length} tokens leaves room for ${room} new tokens (max_position_embeddings ${c.max_position_embeddings}), --max-tokens asks for ${o.maxTokens}`,
+    );
+  }
+  const rng = new Rng(o.seed);
+  const n = Math.min(c.vocab_size, tokenizer.vocabSize);
+  const stream = new TextStream(tokenizer);
+  const start = performance.now();
+  const source: LogitsSource = o.cache
+    ? await CachedSource.plan(gpu, c, W, prompt.length + o.maxTokens - 1)
+    : new UncachedSource(gpu, c, W);
+  const tokens: number[] = [];
+  let text = "", finish: "eot" | "length" = "length", firstAt = start;
+  const emit = (s: string) => {
+    if (!s) return;
+    text += s;
+    o.onText?.(s);
+  };
+  try {
+    let logits = await source.next(Array.from(prompt));
+    for (;;) {
+      const id = sampleNext(logits, n, o, rng);
+      if (tokens.length === 0) firstAt = performance.now();
+      if (id === tokenizer.eot) {
+        finish = "eot";
+        break;
+      }
+      tokens.push(id);
+      emit(stream.push(id));
+      if (tokens.length >= o.maxTokens) break;
+      logits = await source.next([id]);
+    }
+  } finally {
+    source.release();
+  }
+  emit(stream.end());
+  const end = performance.now();
+  const sampled = tokens.length + (finish === "eot" ? 1 : 0);
+  const after = (end - firstAt) / 1000;
+  return {
+    tokens, text, prompt_tokens: prompt.length, finish_reason: finish,
+    first_token_s: (firstAt - start) / 1000,
+    tokens_per_s: sampled > 1 && after > 0 ? (sampled - 1) / after : sampled / ((end - start) / 1000),
+    seconds: (end - start) / 1000,
+  };
+}
+
+export interface CheckpointGenerateOptions extends Partial<GenerateOptions> {
+  /** byte or gpt2; default: the checkpoint's (trainer_state.json), else byte */
+  tokenizer?: string;
+}
+
+function refuseMlm(dir: string): void {
+  const file = path.join(dir, CONFIG_FILE);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch {
+    return; // missing or broken: loadModelCheckpoint names the problem
+  }
+  if ((raw as { objective?: unknown })?.objective === "mlm") {
+    throw new UserError(`${file}: objective "mlm" is a masked (bidirectional) model; generate needs a causal ("clm") one`);
+  }
+}
+
+/** Loads checkpoint `dir`, tokenizes the prompt with its tokenizer and samples; the device opens once every input is checked. */
+export async function generateFromCheckpoint(
+  gpu: Gpu | (() => Promise<Gpu>), dir: string, prompt: string, given: CheckpointGenerateOptions = {},
+): Promise<GenerateResult & { prompt: string }> {
+  refuseMlm(dir);
+  const { config, params } = loadModelCheckpoint(dir);
+  if ((config as { objective?: unknown }).objective === "mlm") refuseMlm(dir);
+  assertFiniteParams(params, dir, "generate from");
+  const tokenizer = evalTokenizer(dir, given.tokenizer);
+  let ids = tokenizer.encode(prompt);
+  // An empty prompt starts a new document: the separator every training document follows.
+  if (ids.length === 0) ids = Int32Array.of(tokenizer.eot);
+  const bad = ids.findIndex((id) => id >= config.vocab_size);
+  if (bad >= 0) {
+    throw new UserError(`prompt token ${bad} has id ${ids[bad]}, outside the vocabulary of ${path.join(dir, CONFIG_FILE)} (vocab_size ${config.vocab_size})`);
+  }
+  const o: GenerateOptions = {
+    temperature: given.temperature ?? 1, topK: given.topK ?? 0, topP: given.topP ?? 1, seed: given.seed ?? 0,
+    cache: given.cache ?? true, onText: given.onText,
+    maxTokens: given.maxTokens ?? Math.max(1, Math.min(DEFAULT_MAX_TOKENS, roomFor(config, ids.length))),
+  };
+  checkSampleOptions(o);
+  const device = typeof gpu === "function" ? await gpu() : gpu;
+  const W = uploadParams(device, config, params);
+  try {
+    return { prompt, ...(await generateTokens(device, config, W, ids, tokenizer, o)) };
+  } finally {
+    W.release();
+  }
+}
