@@ -4,6 +4,8 @@ import cliProgress from "cli-progress";
 import { parseNumber } from "./flags.ts";
 import { resolveModelDir } from "../src/train/checkpoint.ts";
 import { getGpu } from "../src/gpu/device.ts";
+import { UserError } from "../src/util/errors.ts";
+import type { Split } from "../src/data/shard-set.ts";
 import { DEFAULT_EVAL_BATCH_SIZE, evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
 
 interface EvalFlags {
@@ -15,6 +17,8 @@ interface EvalFlags {
   activationThreshold?: string;
   entropy: boolean;
   tokenizer?: string;
+  split?: string;
+  plot?: string;
   json?: boolean;
 }
 
@@ -40,7 +44,8 @@ const fmt = (x: number, digits = 4) => x.toFixed(digits);
 
 function printResult(r: EvalResult): void {
   console.log(
-    `loss ${fmt(r.loss)} nats | ppl ${fmt(r.ppl, 3)} | bpb ${fmt(r.bpb)} | ${r.tokens} tokens in ${r.windows} windows of ${r.seq_len}`,
+    `loss ${fmt(r.loss)} nats | ppl ${fmt(r.ppl, 3)} | bpb ${fmt(r.bpb)} | ${r.tokens} tokens in ${r.windows} windows of ${r.seq_len}` +
+      (r.split ? ` | ${r.documents} documents of the ${r.split} split` : ""),
   );
   if (!r.routing) return;
   const g = r.routing;
@@ -60,6 +65,11 @@ function printResult(r: EvalResult): void {
   }
 }
 
+function parseSplit(s: string | undefined): Split | undefined {
+  if (s === undefined || s === "val" || s === "train") return s;
+  throw new UserError(`--split must be val or train, got "${s}"`);
+}
+
 async function evalAction(flags: EvalFlags): Promise<void> {
   const progress = flags.json ? { update() {}, stop() {} } : progressBar();
   try {
@@ -71,6 +81,7 @@ async function evalAction(flags: EvalFlags): Promise<void> {
       activationThreshold: flags.activationThreshold === undefined ? undefined : parseNumber("--activation-threshold", flags.activationThreshold, false),
       routerEntropy: flags.entropy,
       tokenizer: flags.tokenizer,
+      split: parseSplit(flags.split),
       onProgress: progress.update,
     });
     progress.stop();
@@ -84,9 +95,10 @@ async function evalAction(flags: EvalFlags): Promise<void> {
 export function registerEval(program: Command): void {
   program
     .command("eval")
-    .description("loss, perplexity, bits per byte and routing metrics of a checkpoint on a text file")
+    .description("loss, perplexity, bits per byte and routing metrics of a checkpoint on a text file or a shard set")
     .requiredOption("--checkpoint <dir>", "checkpoint directory (config.json + weights), or a run directory or its `latest` file (its newest checkpoint)")
-    .requiredOption("--data <file>", "UTF-8 .txt file, scored as one document with the checkpoint's tokenizer")
+    .requiredOption("--data <path>", "UTF-8 .txt file (one document, read with the checkpoint's tokenizer), or a shard set directory / .arrow file (each document its own context)")
+    .option("--split <name>", "shard sets: val or train (default: val when the set has one, else train)")
     .option("--seq-len <T>", "window length: the text is cut into windows of T targets, the last may be shorter (default: the length the checkpoint was trained at, else its max_position_embeddings)")
     .option("--batch-size <B>", "windows per forward pass", String(DEFAULT_EVAL_BATCH_SIZE))
     .option("--max-tokens <N>", "score only the first N targets (as train --eval-batches N/(B*T) does)")

@@ -2,7 +2,7 @@
 // the same windows (partial last window included), routing metrics against the reference's routing,
 // window layout, bpb/ppl arithmetic and the CLI's JSON.
 import { describe, test, expect, beforeAll, afterAll } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { presetConfig, type ModelConfig } from "../src/model/config.ts";
@@ -10,7 +10,8 @@ import { initParams, parameterSpecs } from "../src/model/params.ts";
 import { loadModelCheckpoint, saveModelCheckpoint } from "../src/model/load.ts";
 import { evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
 import { RoutingTally, distinctExpertTokens, entropySum } from "../src/eval/routing.ts";
-import { batchIds, readEvalText, windowBatches } from "../src/eval/windows.ts";
+import { batchIds, documentWindows, readEvalText, windowBatches } from "../src/eval/windows.ts";
+import { runTokenize } from "../src/data/tokenize.ts";
 import { referenceForward } from "../src/reference/model.ts";
 import { expertHistogram } from "../src/reference/routing.ts";
 import { getGpu } from "../src/gpu/device.ts";
@@ -93,18 +94,29 @@ const CASES: [string, ModelConfig][] = [
 ];
 
 describe("eval windows", () => {
-  test("full batches, the leftover full windows, then the tail alone", () => {
-    expect(windowBatches(117, 16, 3)).toEqual([
-      { first: 0, windows: 3, T: 16 }, { first: 3, windows: 3, T: 16 }, { first: 6, windows: 1, T: 16 }, { first: 7, windows: 1, T: 5 },
-    ]);
-    expect(windowBatches(32, 16, 8)).toEqual([{ first: 0, windows: 2, T: 16 }]);
-    expect(windowBatches(3, 16, 8)).toEqual([{ first: 0, windows: 1, T: 3 }]);
+  const at = (T: number, ...starts: number[]) => ({ starts, T });
+  test("one document: full batches, the leftover full windows, then the tail alone", () => {
+    expect(windowBatches(documentWindows([0], 118, 16), 3)).toEqual([at(16, 0, 16, 32), at(16, 48, 64, 80), at(16, 96), at(5, 112)]);
+    expect(windowBatches(documentWindows([0], 33, 16), 8)).toEqual([at(16, 0, 16)]);
+    expect(windowBatches(documentWindows([0], 4, 16), 8)).toEqual([at(3, 0)]);
   });
 
-  test("window i holds tokens[i*T .. i*T+T] (inputs and targets overlap by T-1)", () => {
+  test("each document starts a new context; tails of one length share a batch; --max-tokens cuts in document order", () => {
+    // documents of 20, 5 and 12 tokens (EOT included): 19, 4 and 11 targets
+    const docs = [0, 20, 25];
+    expect(documentWindows(docs, 37, 8)).toEqual([
+      { start: 0, T: 8 }, { start: 8, T: 8 }, { start: 16, T: 3 }, { start: 20, T: 4 }, { start: 25, T: 8 }, { start: 33, T: 3 },
+    ]);
+    expect(windowBatches(documentWindows(docs, 37, 8), 2)).toEqual([at(8, 0, 8), at(8, 25), at(3, 16, 33), at(4, 20)]);
+    expect(documentWindows(docs, 37, 8, 21)).toEqual([{ start: 0, T: 8 }, { start: 8, T: 8 }, { start: 16, T: 3 }, { start: 20, T: 2 }]);
+    // a one-token document (just its EOT) holds nothing to predict
+    expect(documentWindows([0, 1], 3, 8)).toEqual([{ start: 1, T: 1 }]);
+  });
+
+  test("window rows: inputs tokens[s .. s+T), targets tokens[s+1 .. s+T] (overlapping by T-1)", () => {
     const tokens = Int32Array.from({ length: 40 }, (_, i) => i);
-    expect([...batchIds(tokens, { first: 1, windows: 2, T: 4 }, 4)]).toEqual([4, 5, 6, 7, 8, 8, 9, 10, 11, 12]);
-    expect([...batchIds(tokens, { first: 9, windows: 1, T: 3 }, 4)]).toEqual([36, 37, 38, 39]);
+    expect([...batchIds(tokens, at(4, 4, 8))]).toEqual([4, 5, 6, 7, 8, 8, 9, 10, 11, 12]);
+    expect([...batchIds(tokens, at(3, 36))]).toEqual([36, 37, 38, 39]);
   });
 
   test("the text is its UTF-8 bytes then <|endoftext|>, and bytes counts the file", () => {
@@ -178,7 +190,7 @@ describe("eval loss equals the CPU reference over the same windows", () => {
     // batch size 8 > 7 full windows: one batch of 7 windows of 16, then the tail of 5 alone
     const got = await evaluateCheckpoint(await getGpu(), ckpt, data, { seqLen: T, batchSize: 8 });
     const tokens = tokensOf(TEXT);
-    const full = referenceForward(c, p, batchIds(tokens, { first: 0, windows: 7, T }, T), 7, T, { training: false });
+    const full = referenceForward(c, p, batchIds(tokens, { starts: [0, 16, 32, 48, 64, 80, 96], T }), 7, T, { training: false });
     const tail = referenceForward(c, p, tokens.slice(7 * T), 1, 5, { training: false });
     expect(Math.abs(got.loss - (full.ceLoss * 7 * T + tail.ceLoss * 5) / 117)).toBeLessThan(3e-6); // measured 5.0e-7
     const r = full.routing[0]!.routing, rt = tail.routing[0]!.routing;
@@ -219,6 +231,70 @@ describe("checkpoints written elsewhere", () => {
     expect(got.tokens).toBe(torch.tokens);
     expect(Math.abs(got.loss - torch.loss)).toBeLessThan(3e-6); // measured 0 here; f32 losses of this size differ by up to 5e-7
     expect(got.routing!.layers.map((l) => l.layer)).toEqual([1]);
+  });
+});
+
+describe("eval on a shard set", () => {
+  const DOCS = [TEXT, "A second, shorter document.\n", "x", "Third: " + "abc ".repeat(9)];
+  /** a folder of one .txt per document, tokenized (byte) with a val split of `valFraction` */
+  async function shards(name: string, docs: string[], valFraction = 0): Promise<string> {
+    const src = join(dir, `${name}-texts`);
+    mkdirSync(src, { recursive: true });
+    docs.forEach((d, i) => writeFileSync(join(src, `doc${i}.txt`), d));
+    const out = join(dir, `${name}-shards`);
+    await runTokenize({ inputs: [src], out, tokenizer: "byte", valFraction });
+    return out;
+  }
+
+  test("one document: the same loss, bytes and bpb as the text file", async () => {
+    const { ckpt, data } = writeCase("shard-one", CASES[1]![1], 21);
+    const set = await shards("one", [TEXT]);
+    const file = await evaluateCheckpoint(await getGpu(), ckpt, data, { seqLen: T, batchSize: 3 });
+    const sh = await evaluateCheckpoint(await getGpu(), ckpt, set, { seqLen: T, batchSize: 3 });
+    expect(sh.split).toBe("train");
+    expect(sh.tokens).toBe(file.tokens);
+    expect(sh.windows).toBe(file.windows);
+    expect(sh.loss).toBe(file.loss); // the same windows in the same batches: bit-identical
+    expect(sh.bytes).toBe(file.bytes);
+    expect(sh.bpb).toBe(file.bpb);
+    expect(sh.routing!.layers[0]!.load).toEqual(file.routing!.layers[0]!.load);
+  });
+
+  test("several documents: each scored from an empty context, as the reference scores each alone", async () => {
+    const c = CASES[0]![1];
+    const { ckpt, p } = writeCase("shard-many", c, 22);
+    const set = await shards("many", DOCS);
+    const got = await evaluateCheckpoint(await getGpu(), ckpt, set, { seqLen: T, batchSize: 2 });
+    let nll = 0, n = 0;
+    for (const d of DOCS) {
+      const r = referenceWindows(c, p, tokensOf(d), T);
+      nll += r.loss * r.tokens;
+      n += r.tokens;
+    }
+    expect(got.tokens).toBe(n);
+    expect(got.documents).toBe(DOCS.length);
+    expect(got.bytes).toBe(DOCS.reduce((a, d) => a + new TextEncoder().encode(d).length, 0));
+    expect(Math.abs(got.loss - nll / n)).toBeLessThan(2e-6); // measured 7.2e-8
+    // --max-tokens: the first N targets in document order (all of doc 0, 3 targets of doc 1)
+    const cut = await evaluateCheckpoint(await getGpu(), ckpt, set, { seqLen: T, batchSize: 2, maxTokens: 120 });
+    expect(cut.tokens).toBe(120);
+    expect(cut.documents).toBe(2);
+  });
+
+  test("--split picks the held-out documents; a missing split, --split on text and a tokenizer mismatch are one-line errors", async () => {
+    const { ckpt, data } = writeCase("shard-split", CASES[0]![1], 23);
+    const docs = Array.from({ length: 12 }, (_, i) => `document ${i}: ` + "word ".repeat(5 + i));
+    const set = await shards("split", docs, 0.25);
+    const val = await evaluateCheckpoint(await getGpu(), ckpt, set, { seqLen: T });
+    const train = await evaluateCheckpoint(await getGpu(), ckpt, set, { seqLen: T, split: "train" });
+    expect(val.split).toBe("val");
+    expect(val.documents + train.documents).toBe(12);
+    expect(val.documents).toBeGreaterThan(0);
+    const none = await shards("nosplit", docs.slice(0, 2));
+    await expect(evaluateCheckpoint(() => getGpu(), ckpt, none, { seqLen: T, split: "val" })).rejects.toThrow(/has no val split/);
+    await expect(evaluateCheckpoint(() => getGpu(), ckpt, data, { seqLen: T, split: "val" })).rejects.toThrow(/is a text file, not a shard set/);
+    writeFileSync(join(ckpt, "trainer_state.json"), JSON.stringify({ tokenizer: "gpt2" }));
+    await expect(evaluateCheckpoint(() => getGpu(), ckpt, set, { seqLen: T })).rejects.toThrow(/tokenizer mismatch/);
   });
 });
 

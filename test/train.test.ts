@@ -1,7 +1,7 @@
 // The training loop in process: it learns, resumes bit-exactly, refuses incompatible resumes, stops
 // promptly when asked, and its three first steps match PyTorch's AdamW on the same checkpoint and batch.
 import { describe, test, expect, beforeAll, afterAll } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
@@ -152,6 +152,23 @@ describe("train() options that leave files behind", () => {
     const res = JSON.parse(cli.stdout.toString());
     expect(res.tokens).toBe(384);
     expect(Math.abs(short[0]! - res.loss)).toBeLessThanOrEqual(1e-7); // measured 0
+
+    // Held-out documents (a folder: each its own context, tails of one length batched together) score
+    // as `mhmoe eval` scores the shard set train tokenized them into.
+    const folder = join(tmp, "held-out-docs");
+    mkdirSync(folder, { recursive: true });
+    [300, 45, 700].forEach((n, i) => writeFileSync(join(folder, `d${i}.txt`), proseText().slice(100 * i, 100 * i + n)));
+    const docs: number[] = [];
+    const out2 = join(tmp, "eval-docs");
+    const r2 = await train(gpu, tinyOptions({ out: out2, data: prose, evalData: folder, steps: 2, evalEvery: 2, evalBatches: 3 }), {
+      onEval: (x) => docs.push(x.eval_loss),
+    });
+    const cli2 = Bun.spawnSync([process.execPath, CLI, "eval", "--checkpoint", r2.checkpoint!, "--data", join(out2, "eval"), "--seq-len", "32",
+      "--batch-size", "4", "--max-tokens", "384", "--json"], { cwd: ROOT });
+    expect(cli2.exitCode, cli2.stderr.toString()).toBe(0);
+    const res2 = JSON.parse(cli2.stdout.toString());
+    expect([res2.tokens, res2.documents]).toEqual([384, 3]); // 300 + 45 targets, then 39 of the third
+    expect(Math.abs(docs[0]! - res2.loss)).toBeLessThanOrEqual(1e-7); // measured 0
   });
 
   test("--keep N: exactly the N newest checkpoints remain and `latest` names the newest", async () => {

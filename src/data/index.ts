@@ -13,7 +13,7 @@ export {
   type TokenizerName,
 } from "./tokenizer.ts";
 export { openShardSet, verifyShard, INDEX_FILE, type IndexJson, type IndexShard, type ShardInfo, type ShardSet, type Split } from "./shard-set.ts";
-export { readShardDocuments, readSplitStream, readTokenBatches, ShardReader, type TokenBatch } from "./shard-reader.ts";
+export { readEvalDocuments, readShardDocuments, readSplitStream, readTokenBatches, ShardReader, type TokenBatch } from "./shard-reader.ts";
 export { shardSchema, TOKEN_COLUMN } from "./shard-writer.ts";
 export { Loader, type LoaderOptions, type LoaderPosition } from "./loader.ts";
 export {

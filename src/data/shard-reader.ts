@@ -385,3 +385,36 @@ export async function readSplitStream(set: ShardSet, split: Split, maxTokens: nu
   }
   return out.slice(0, at);
 }
+
+/**
+ * A split's documents for evaluation, in stored order: each non-empty document's tokens then
+ * `<|endoftext|>`, end to end, with where each begins; reading stops once `maxTargets` targets (a
+ * document of n tokens gives n: its tokens after the first, then its EOT) are held.
+ */
+export async function readEvalDocuments(
+  set: ShardSet, split: Split, maxTargets = Infinity,
+): Promise<{ tokens: Int32Array; docStarts: number[] }> {
+  const parts: Int32Array[] = [];
+  const docStarts: number[] = [];
+  let length = 0, targets = 0, inDocument = false;
+  for await (const { ids, continuation, ends } of readShardRows(set, split)) {
+    if (targets >= maxTargets) break;
+    if (isEmptyDocument(ids.length, continuation, ends)) continue;
+    if (!inDocument) docStarts.push(length);
+    inDocument = !ends;
+    parts.push(ids);
+    length += ids.length;
+    targets += ids.length;
+    if (ends) {
+      parts.push(Int32Array.of(set.eot));
+      length += 1;
+    }
+  }
+  if (inDocument) {
+    parts.push(Int32Array.of(set.eot)); // cut off by maxTargets mid-document: close it for the window rule
+    length += 1;
+  }
+  const tokens = new Int32Array(length);
+  parts.reduce((at, p) => (tokens.set(p, at), at + p.length), 0);
+  return { tokens, docStarts };
+}

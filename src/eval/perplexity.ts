@@ -16,8 +16,10 @@ import type { MoeLayerOutputs } from "../model/moe.ts";
 import { uploadParams, type ParamStore } from "../model/weights.ts";
 import { UserError } from "../util/errors.ts";
 import { RoutingTally, type LayerBatchRouting, type RoutingReport } from "./routing.ts";
-import { batchIds, checkVocabulary, readEvalText, windowBatches, type EvalText } from "./windows.ts";
+import { batchIds, checkVocabulary, documentWindows, readEvalText, windowBatches, type EvalText } from "./windows.ts";
 import { assertSameTokenizer, getTokenizer, type Tokenizer } from "../data/tokenizer.ts";
+import { openShardSet, type Split } from "../data/shard-set.ts";
+import { readEvalDocuments } from "../data/shard-reader.ts";
 
 export const DEFAULT_EVAL_BATCH_SIZE = 8;
 
@@ -33,6 +35,8 @@ export interface EvalOptions {
   tokenizer?: string;
   /** score only the first N targets (default: all) */
   maxTokens?: number;
+  /** shard sets: the split to score (default val when the set has one, else train) */
+  split?: Split;
 }
 
 export interface EvalResult {
@@ -44,6 +48,10 @@ export interface EvalResult {
   bpb: number;
   bytes: number;
   windows: number;
+  /** documents scored (whole or, with --max-tokens, in part); a text file is one */
+  documents: number;
+  /** shard sets: the split scored */
+  split?: Split;
   seq_len: number;
   batch_size: number;
   /** MoE models only */
@@ -79,26 +87,36 @@ export class WindowScorer {
    * forward. `onBatch` sees each batch's model after its forward (routing counts, probabilities).
    */
   async score(
-    tokens: Int32Array, T: number, B: number,
+    text: Pick<EvalText, "tokens" | "docStarts">, T: number, B: number,
     opts: { maxTargets?: number; onBatch?: (model: Transformer, windowsDone: number, windowsTotal: number) => Promise<void> } = {},
   ): Promise<{ loss: number; targets: number; windows: number }> {
-    const targets = Math.min(tokens.length - 1, opts.maxTargets ?? Infinity);
-    if (targets < 1) throw new UserError("the eval data holds no token to predict");
-    const batches = windowBatches(targets, T, B);
-    const windowsTotal = batches.reduce((a, b) => a + b.windows, 0);
+    const windows = documentWindows(text.docStarts, text.tokens.length, T, opts.maxTargets);
+    if (windows.length === 0) throw new UserError("the eval data holds no token to predict");
+    const batches = windowBatches(windows, B);
     let nll = 0, scored = 0, windowsDone = 0;
-    for (const batch of batches) {
-      const model = await this.plan(batch.windows, batch.T);
-      model.setBatch(batchIds(tokens, batch, T));
-      await model.run(false);
-      const positions = batch.windows * batch.T;
-      // ceLoss is the mean over this batch's positions: weight it back to a sum.
-      nll += (await model.readScalar(model.ceLoss)) * positions;
-      scored += positions;
-      windowsDone += batch.windows;
-      await opts.onBatch?.(model, windowsDone, windowsTotal);
+    try {
+      for (const batch of batches) {
+        const model = await this.plan(batch.starts.length, batch.T);
+        model.setBatch(batchIds(text.tokens, batch));
+        await model.run(false);
+        const positions = batch.starts.length * batch.T;
+        // ceLoss is the mean over this batch's positions: weight it back to a sum.
+        nll += (await model.readScalar(model.ceLoss)) * positions;
+        scored += positions;
+        windowsDone += batch.starts.length;
+        await opts.onBatch?.(model, windowsDone, windows.length);
+      }
+    } finally {
+      // Documents end in windows of many lengths (up to T-1 shapes): keep only the full-length plans,
+      // so many short documents cost re-planning, not GPU memory for every shape at once.
+      for (const [key, model] of this.plans) {
+        if (model.opts.T !== T) {
+          model.release();
+          this.plans.delete(key);
+        }
+      }
     }
-    return { loss: nll / scored, targets: scored, windows: windowsTotal };
+    return { loss: nll / scored, targets: scored, windows: windows.length };
   }
 
   private async plan(B: number, T: number): Promise<Transformer> {
@@ -132,6 +150,13 @@ export async function readLayerRouting(l: MoeLayerOutputs, withProbs: boolean): 
   };
 }
 
+/** How many documents the first `targets` targets reach into (a document of n+1 tokens holds n). */
+function documentsScored(text: EvalText, targets: number): number {
+  let left = targets, d = 0;
+  for (; d < text.docStarts.length && left > 0; d++) left -= (text.docStarts[d + 1] ?? text.tokens.length) - text.docStarts[d]! - 1;
+  return d;
+}
+
 /** Scores already-tokenized text (ids checked against the vocabulary by the caller). */
 export async function evaluateTokens(
   gpu: Gpu, c: ModelConfig, params: Map<string, Float32Array>, text: EvalText, opts: EvalOptions, configFile = "config",
@@ -143,7 +168,7 @@ export async function evaluateTokens(
   const wantEntropy = opts.routerEntropy ?? true;
   let r: { loss: number; targets: number; windows: number };
   try {
-    r = await scorer.score(text.tokens, T, B, {
+    r = await scorer.score(text, T, B, {
       maxTargets: opts.maxTokens,
       onBatch: async (model, done, total) => {
         for (const l of model.moeLayers) tally.add(await readLayerRouting(l, wantEntropy));
@@ -155,20 +180,21 @@ export async function evaluateTokens(
     W.release();
   }
   // Bits per byte: the bytes of the scored text (all of it, or the share of the tokens scored).
-  const bytes = r.targets === text.tokens.length - 1 ? text.bytes : text.bytes * (r.targets / (text.tokens.length - 1));
+  const held = text.tokens.length - text.docStarts.length;
+  const bytes = r.targets === held ? text.bytes : text.bytes * (r.targets / held);
   const result: EvalResult = {
     loss: r.loss, tokens: r.targets, ppl: Math.exp(r.loss), bpb: (r.loss * r.targets) / (Math.LN2 * bytes), bytes: Math.round(bytes),
-    windows: r.windows, seq_len: T, batch_size: B,
+    windows: r.windows, documents: documentsScored(text, r.targets), seq_len: T, batch_size: B,
   };
   if (!tally.empty) result.routing = tally.report(opts.activationThreshold);
   return result;
 }
 
 /**
- * The tokenizer to read eval text with: a training checkpoint records its own (trainer_state.json); a
- * different --tokenizer is refused, since the scores would be meaningless. Other checkpoints: byte.
+ * The tokenizer a checkpoint was trained with (trainer_state.json), if it records one; a `--tokenizer`
+ * that contradicts it is refused, since the scores would be meaningless.
  */
-export function evalTokenizer(dir: string, requested: string | undefined): Tokenizer {
+function recordedTokenizer(dir: string, requested: string | undefined): string | undefined {
   const stateFile = path.join(dir, "trainer_state.json");
   let recorded: string | undefined;
   if (fs.existsSync(stateFile)) {
@@ -179,6 +205,12 @@ export function evalTokenizer(dir: string, requested: string | undefined): Token
     }
   }
   if (requested && recorded) assertSameTokenizer({ tokenizer: recorded, where: `checkpoint ${dir}` }, { tokenizer: requested, where: "--tokenizer" });
+  return recorded;
+}
+
+/** The tokenizer to read eval text with: the checkpoint's recorded one, else --tokenizer, else byte. */
+export function evalTokenizer(dir: string, requested: string | undefined): Tokenizer {
+  const recorded = recordedTokenizer(dir, requested);
   return getTokenizer(requested ?? recorded ?? "byte");
 }
 
@@ -192,18 +224,55 @@ function trainedSeqLen(dir: string): number | undefined {
   }
 }
 
-/** Loads checkpoint `dir` (--seq-len by default the training length, else max_position_embeddings), tokenizes `dataFile` with its tokenizer and scores it. */
+/** Eval data read from a text file or a shard set's split. */
+export interface EvalData extends EvalText {
+  /** shard sets: the split scored */
+  split?: Split;
+}
+
+const utf8Length = (text: string) => Buffer.byteLength(text, "utf8");
+
+/**
+ * A shard set's documents (a directory, or one .arrow file) in `split` (default: val when the set has
+ * one, else train), read up to `maxTargets` targets; its tokenizer must be the checkpoint's. Bytes (for
+ * bits per byte) are those of the documents' text, as a .txt file of the same text would count them.
+ */
+async function readShardEvalData(dataPath: string, dir: string, opts: Pick<EvalOptions, "tokenizer" | "maxTokens" | "split">): Promise<EvalData> {
+  const recorded = recordedTokenizer(dir, opts.tokenizer);
+  const set = await openShardSet(dataPath, { tokenizer: opts.tokenizer ?? recorded });
+  assertSameTokenizer({ tokenizer: recorded ?? opts.tokenizer ?? "byte", where: `checkpoint ${dir}` }, { tokenizer: set.tokenizer, where: `shard set ${dataPath}` });
+  const split: Split = opts.split ?? (set.splits.val.length > 0 ? "val" : "train");
+  if (set.splits[split].length === 0) throw new UserError(`${dataPath}: the shard set has no ${split} split (--split ${split === "val" ? "train" : "val"})`);
+  const docs = await readEvalDocuments(set, split, opts.maxTokens);
+  if (docs.docStarts.length === 0) throw new UserError(`${dataPath}: the ${split} split holds no document`);
+  const tokenizer = getTokenizer(set.tokenizer);
+  let bytes = 0;
+  docs.docStarts.forEach((start, d) => {
+    const end = (docs.docStarts[d + 1] ?? docs.tokens.length) - 1; // the EOT is not text
+    bytes += utf8Length(tokenizer.decode(docs.tokens.subarray(start, end)));
+  });
+  return { ...docs, bytes, split };
+}
+
+/**
+ * Loads checkpoint `dir` (--seq-len by default the training length, else max_position_embeddings),
+ * reads `dataPath` (a .txt file with the checkpoint's tokenizer, or a shard set directory / .arrow file)
+ * and scores it.
+ */
 export async function evaluateCheckpoint(
-  gpu: Gpu | (() => Promise<Gpu>), dir: string, dataFile: string, given: Omit<EvalOptions, "seqLen"> & { seqLen?: number },
+  gpu: Gpu | (() => Promise<Gpu>), dir: string, dataPath: string, given: Omit<EvalOptions, "seqLen"> & { seqLen?: number },
 ): Promise<EvalResult> {
   const { config, params } = loadModelCheckpoint(dir);
   assertFiniteParams(params, dir, "evaluate");
   const opts: EvalOptions = { ...given, seqLen: given.seqLen ?? trainedSeqLen(dir) ?? config.max_position_embeddings };
   const configFile = path.join(dir, CONFIG_FILE);
   checkOptions(config, opts, configFile);
-  const text = readEvalText(dataFile, evalTokenizer(dir, opts.tokenizer));
-  checkVocabulary(text.tokens, config.vocab_size, dataFile, configFile);
+  const isShardSet = dataPath.endsWith(".arrow") || (fs.existsSync(dataPath) && fs.statSync(dataPath).isDirectory());
+  if (opts.split && !isShardSet) throw new UserError(`--split: ${dataPath} is a text file, not a shard set (a text file is scored whole)`);
+  const text: EvalData = isShardSet ? await readShardEvalData(dataPath, dir, opts) : readEvalText(dataPath, evalTokenizer(dir, opts.tokenizer));
+  checkVocabulary(text.tokens, config.vocab_size, dataPath, configFile);
   // The device is opened only once every file has been checked, so a bad input fails fast.
   const device = typeof gpu === "function" ? await gpu() : gpu;
-  return evaluateTokens(device, config, params, text, opts, configFile);
+  const result = await evaluateTokens(device, config, params, text, opts, configFile);
+  return text.split ? { ...result, split: text.split } : result;
 }

@@ -11,7 +11,7 @@ import { initParams, numel, parameterSpecs } from "../model/params.ts";
 import { ParamStore } from "../model/weights.ts";
 import { Transformer } from "../model/transformer.ts";
 import { assertFiniteParams, loadModelCheckpoint } from "../model/load.ts";
-import { Loader, readSplitStream } from "../data/index.ts";
+import { Loader, readEvalDocuments } from "../data/index.ts";
 import { WindowScorer } from "../eval/perplexity.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import { GpuAdamW } from "./optimizer.ts";
@@ -87,7 +87,7 @@ class TrainingRun {
   private constructor(
     readonly gpu: Gpu, readonly o: TrainOptions, readonly hooks: TrainHooks, readonly dir: RunDir, readonly data: TrainData,
     readonly loader: Loader, readonly W: ParamStore, readonly G: ParamStore, readonly model: Transformer, readonly opt: GpuAdamW,
-    readonly runner: StepRunner, readonly held: { scorer: WindowScorer; tokens: Int32Array } | null, from: ResumeState | null,
+    readonly runner: StepRunner, readonly held: { scorer: WindowScorer; text: HeldOut } | null, from: ResumeState | null,
   ) {
     this.step = from?.state.step ?? 0;
     this.unread = this.step + 1;
@@ -131,7 +131,7 @@ class TrainingRun {
         opt.setApplied(from.state.step - from.state.skippedSteps, o, from.state.adam);
       }
       const runner = new StepRunner(gpu, model, G, opt, o.gradAccum, o.logEvery);
-      const ev = evalTokens ? { scorer: new WindowScorer(gpu, c, W), tokens: evalTokens } : null;
+      const ev = evalTokens ? { scorer: new WindowScorer(gpu, c, W), text: evalTokens } : null;
       return new TrainingRun(gpu, o, hooks, dir, data, loader, W, G, model, opt, runner, ev, from);
     });
   }
@@ -212,9 +212,9 @@ class TrainingRun {
   }
 
   private async evaluate(): Promise<void> {
-    const { scorer, tokens } = this.held!;
+    const { scorer, text } = this.held!;
     const o = this.o;
-    const { loss } = await this.gpu.checked("evaluating", () => scorer.score(tokens, o.seqLen, o.batchSize));
+    const { loss } = await this.gpu.checked("evaluating", () => scorer.score(text, o.seqLen, o.batchSize, { maxTargets: text.maxTargets }));
     const r = { step: this.step, eval_loss: loss, eval_ppl: Math.exp(loss) };
     this.dir.appendMetrics(r);
     this.hooks.onEval?.(r);
@@ -260,15 +260,16 @@ function initialWeights(o: TrainOptions): Map<string, Float32Array> {
 }
 
 /**
- * The first eval-batches*B*T+1 held-out tokens: the data's val split, or --eval-data (all of it: text is
- * tokenized without a split; a shard set gives its val split if it has one). Training tokens are never
- * reported as eval: without held-out data --eval-every is refused.
+ * The held-out documents holding the first eval-batches*B*T targets, scored by `mhmoe eval`'s rule
+ * (each document its own context): the data's val split, or --eval-data (all of it: text is tokenized
+ * without a split; a shard set gives its val split if it has one). Training tokens are never reported
+ * as eval: without held-out data --eval-every is refused.
  */
-async function heldOutTokens(o: TrainOptions, data: TrainData, hooks: TrainHooks): Promise<Int32Array> {
-  const max = o.evalBatches * o.batchSize * o.seqLen + 1;
+async function heldOutTokens(o: TrainOptions, data: TrainData, hooks: TrainHooks): Promise<HeldOut> {
+  const max = o.evalBatches * o.batchSize * o.seqLen;
   if (o.evalData) {
     const ev = await openTrainData(o.evalData, o.tokenizer, `${o.out}/eval`, { onInfo: hooks.onInfo, valFraction: 0 });
-    return readSplitStream(ev.set, ev.set.splits.val.length > 0 ? "val" : "train", max);
+    return { ...(await readEvalDocuments(ev.set, ev.set.splits.val.length > 0 ? "val" : "train", max)), maxTargets: max };
   }
   if (data.set.splits.val.length === 0) {
     throw new UserError(
@@ -276,7 +277,13 @@ async function heldOutTokens(o: TrainOptions, data: TrainData, hooks: TrainHooks
         "give --eval-data FILE|DIR, or hold out part of text --data with --val-fraction",
     );
   }
-  return readSplitStream(data.set, "val", max);
+  return { ...(await readEvalDocuments(data.set, "val", max)), maxTargets: max };
+}
+
+interface HeldOut {
+  tokens: Int32Array;
+  docStarts: number[];
+  maxTargets: number;
 }
 
 function runRecord(o: TrainOptions): Record<string, unknown> {
