@@ -4,13 +4,13 @@
  * is a vega-lite spec built from plain rows (a run's metrics.jsonl, or an eval RoutingReport); vega
  * renders it headless to SVG. Charts print well: white background, axis titles with units.
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import * as vl from "vega-lite";
 import * as vega from "vega";
 import type { TopLevelSpec } from "vega-lite";
 import { UserError } from "../util/errors.ts";
-import { fsDo } from "../io/atomic.ts";
+import { fsDo, writeFileAtomic } from "../io/atomic.ts";
 import type { RoutingReport } from "./routing.ts";
 
 export const METRICS_FILE = "metrics.jsonl";
@@ -81,7 +81,7 @@ const CONFIG = {
   padding: 12,
   title: { fontSize: 15, anchor: "start", subtitleFontSize: 11, subtitleColor: "#444" },
   axis: { titleFontSize: 12, labelFontSize: 11, titleFontWeight: "normal", gridColor: "#e6e6e6" },
-  legend: { titleFontSize: 12, labelFontSize: 11, titleFontWeight: "normal", labelLimit: 280 },
+  legend: { titleFontSize: 12, labelFontSize: 11, titleFontWeight: "normal", labelLimit: 280, titleLimit: 320 },
   header: { labelFontSize: 12, titleFontSize: 12 },
   view: { stroke: "#bbb" },
   range: { category: { scheme: "tableau10" } },
@@ -96,6 +96,7 @@ function topLevel(title: string, subtitle: string | undefined, body: Record<stri
   } as unknown as TopLevelSpec;
 }
 
+const pct = (x: number): string => `${(100 * x).toFixed(2)}%`;
 const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
 
 // ---------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ function curveSpec(c: CurveDef, values: { run: string; step: number; value: numb
     data: { values },
     mark: { type: "line", point: points, strokeWidth: 1.8, tooltip: points },
     encoding: {
-      x: { field: "step", type: "quantitative", title: "step", axis: { format: "~s" } },
+      x: { field: "step", type: "quantitative", title: "step", axis: { format: "~s", tickMinStep: 1 } },
       y: {
         field: "value", type: "quantitative", title: c.y, scale: { zero: false, type: c.log ? "log" : "linear" },
         ...(c.format ? { axis: { format: c.format } } : {}),
@@ -225,10 +226,10 @@ export function runChartPlan(runs: RunMetrics[]): { charts: ChartDef[]; skipped:
         data: { values: act },
         mark: { type: "line", point: maxRows <= 60, strokeWidth: 1.8 },
         encoding: {
-          x: { field: "step", type: "quantitative", title: "step", axis: { format: "~s" } },
+          x: { field: "step", type: "quantitative", title: "step", axis: { format: "~s", tickMinStep: 1 } },
           y: { field: "value", type: "quantitative", title: "activation ratio (share of experts)", scale: { domain: [0, 1] }, axis: { format: ".0%" } },
           color: { field: "run", type: "nominal", title: "run", scale: { domain: labels } },
-          strokeDash: { field: "layer", type: "nominal", title: "MoE layer" },
+          ...(new Set(act.map((a) => a.layer)).size > 1 ? { strokeDash: { field: "layer", type: "nominal", title: "MoE layer" } } : {}),
         },
       }),
     });
@@ -255,11 +256,12 @@ interface HeatCell {
   step: number;
   from: number;
   to: number;
-  steps: string;
   expert: number;
   utilisation: number;
   share: number;
   load: number | null;
+  /** the cell's hover text (the SVG's <title>, the dashboard's tooltip) */
+  label: string;
 }
 
 /**
@@ -282,19 +284,18 @@ function heatmapCells(rr: { step: number; layers: Record<string, unknown>[] }[],
     for (let e = 0; e < E; e++) {
       const have = part.filter((p) => e < p.f.length).map((p) => p.f[e]!);
       const mean = (k: "utilisation" | "share") => have.reduce((a, x) => a + x[k], 0) / have.length;
-      const loads = have.map((x) => x.load);
-      cells.push({
-        run, step: last.step, from: prev, to: last.step,
-        steps: part.length === 1 ? `${last.step}` : `${first.step}-${last.step} (mean of ${part.length} logged steps)`,
-        expert: e, utilisation: mean("utilisation"), share: mean("share"),
-        load: part.length === 1 && loads[0] !== null ? loads[0]! : null,
-      });
+      const load = part.length === 1 ? (have[0]?.load ?? null) : null;
+      const utilisation = mean("utilisation"), share = mean("share");
+      const steps = part.length === 1 ? `step ${last.step}` : `steps ${first.step}-${last.step} (mean of ${part.length} logged steps)`;
+      const label = `${run}, ${steps}, expert ${e}: utilisation ${utilisation.toFixed(3)}, share of sub-tokens ${pct(share)}` +
+        (load !== null ? `, load ${load}` : "");
+      cells.push({ run, step: last.step, from: prev, to: last.step, expert: e, utilisation, share, load, label });
     }
   }
   return cells;
 }
 
-const UTIL_LEGEND = "utilisation (1 = even share)";
+const UTIL_LEGEND = "utilisation";
 
 function trainingHeatmapSpec(cells: HeatCell[], title: string, facetRuns: string[] | null): TopLevelSpec {
   const E = Math.max(1, ...cells.map((c) => c.expert + 1));
@@ -302,26 +303,20 @@ function trainingHeatmapSpec(cells: HeatCell[], title: string, facetRuns: string
   const inner = {
     width: WIDTH,
     height: { step: E <= 16 ? 16 : E <= 64 ? 8 : 4 },
-    mark: { type: "rect", tooltip: true },
+    mark: { type: "rect" },
     encoding: {
-      x: { field: "from", type: "quantitative", title: "step", axis: { format: "~s" }, scale: { nice: false, zero: false } },
+      x: { field: "from", type: "quantitative", title: "step", axis: { format: "~s", tickMinStep: 1 }, scale: { nice: false, zero: false } },
       x2: { field: "to" },
       y: { field: "expert", type: "ordinal", title: "expert", axis: E > 32 ? { labelExpr: "datum.value % 8 === 0 ? datum.label : ''" } : {} },
       color: {
         field: "utilisation", type: "quantitative", title: UTIL_LEGEND,
         scale: { scheme: "blueorange", domainMid: 1, domain: [0, maxU] },
       },
-      tooltip: [
-        { field: "run", type: "nominal" },
-        { field: "steps", type: "nominal", title: "step" },
-        { field: "expert", type: "ordinal" },
-        { field: "utilisation", type: "quantitative", format: ".3f" },
-        { field: "share", type: "quantitative", format: ".1%", title: "share of sub-tokens" },
-        { field: "load", type: "quantitative", title: "load (assignments)" },
-      ],
+      tooltip: { field: "label", type: "nominal" },
+      description: { field: "label", type: "nominal" },
     },
   };
-  const subtitle = "colour: expert load over the even share, last micro-batch of each logged step";
+  const subtitle = "utilisation: an expert's load over the even share (1 = even), last micro-batch of each logged step";
   if (!facetRuns) return topLevel(title, subtitle, { data: { values: cells }, ...inner });
   return topLevel(title, subtitle, {
     data: { values: cells },
@@ -339,6 +334,8 @@ export function routingHeatmapSpec(report: RoutingReport, title = "Expert activa
   const values = report.layers.flatMap((l) =>
     (expertFigures(l as unknown as Record<string, unknown>) ?? []).map((f, e) => ({
       layer: l.layer, expert: e, share: f.share, utilisation: f.utilisation, load: f.load,
+      label: `layer ${l.layer}, expert ${e}: share of sub-tokens ${pct(f.share)}, utilisation ${f.utilisation.toFixed(3)}` +
+        (f.load !== null ? `, load ${f.load}` : ""),
     })),
   );
   const E = Math.max(1, ...report.layers.map((l) => l.experts));
@@ -350,18 +347,13 @@ export function routingHeatmapSpec(report: RoutingReport, title = "Expert activa
     data: { values },
     width: { step },
     height: { step: 24 },
-    mark: { type: "rect", tooltip: true },
+    mark: { type: "rect" },
     encoding: {
       x: { field: "expert", type: "ordinal", title: "expert", axis: { labelAngle: 0, ...(E > 32 ? { labelExpr: "datum.value % 8 === 0 ? datum.label : ''" } : {}) } },
       y: { field: "layer", type: "ordinal", title: "layer", sort: "descending" },
       color: { field: "share", type: "quantitative", title: "share of sub-tokens", scale: { scheme: "viridis", zero: true }, legend: { format: ".0%" } },
-      tooltip: [
-        { field: "layer", type: "ordinal" },
-        { field: "expert", type: "ordinal" },
-        { field: "share", type: "quantitative", format: ".2%", title: "share of sub-tokens" },
-        { field: "utilisation", type: "quantitative", format: ".3f" },
-        { field: "load", type: "quantitative", title: "load (assignments)" },
-      ],
+      tooltip: { field: "label", type: "nominal" },
+      description: { field: "label", type: "nominal" },
     },
   });
 }
@@ -373,6 +365,24 @@ export async function routingHeatmapSvg(report: RoutingReport, title?: string): 
 
 // ---------------------------------------------------------------------------------------------
 // Rendering.
+
+/**
+ * Renders every training chart of `runs` to OUT/ID.svg (default OUT: the first run's plots/), each file
+ * written atomically; returns the paths written and the charts skipped for want of data.
+ */
+export async function writeRunPlots(runs: RunMetrics[], out?: string): Promise<{ written: string[]; skipped: SkippedChart[] }> {
+  const dir = out ?? join(runs[0]!.dir, "plots");
+  if (existsSync(dir) && !statSync(dir).isDirectory()) throw new UserError(`cannot write plots to ${dir}: a file is in the way`);
+  fsDo("create directory", dir, () => mkdirSync(dir, { recursive: true }));
+  const { charts, skipped } = runChartPlan(runs);
+  const written: string[] = [];
+  for (const c of charts) {
+    const file = join(dir, `${c.id}.svg`);
+    writeFileAtomic(file, await renderSvg(c.spec));
+    written.push(file);
+  }
+  return { written, skipped };
+}
 
 const escapeXml = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
