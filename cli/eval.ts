@@ -4,7 +4,12 @@ import cliProgress from "cli-progress";
 import { parseNumber } from "./flags.ts";
 import { resolveModelDir } from "../src/train/checkpoint.ts";
 import { getGpu } from "../src/gpu/device.ts";
+import * as path from "node:path";
 import { UserError } from "../src/util/errors.ts";
+import { writeFileAtomic } from "../src/io/atomic.ts";
+import { CONFIG_FILE, readJsonObject } from "../src/io/checkpoint.ts";
+import { resolveConfig } from "../src/model/config.ts";
+import { routingHeatmapSvg } from "../src/eval/charts.ts";
 import type { Split } from "../src/data/shard-set.ts";
 import { DEFAULT_EVAL_BATCH_SIZE, evaluateCheckpoint, type EvalResult } from "../src/eval/perplexity.ts";
 
@@ -70,10 +75,23 @@ function parseSplit(s: string | undefined): Split | undefined {
   throw new UserError(`--split must be val or train, got "${s}"`);
 }
 
+/** --plot: the expert-activation heatmap (MoE layers x experts) of this evaluation, as an SVG. */
+async function writeHeatmap(file: string, r: EvalResult, checkpoint: string): Promise<void> {
+  if (!r.routing) throw new Error("a MoE model reported no routing");
+  const title = `Expert activation: ${path.basename(checkpoint)}, ${r.tokens} tokens`;
+  writeFileAtomic(file, await routingHeatmapSvg(r.routing, title));
+}
+
 async function evalAction(flags: EvalFlags): Promise<void> {
   const progress = flags.json ? { update() {}, stop() {} } : progressBar();
   try {
     const checkpoint = resolveModelDir(flags.checkpoint, "--checkpoint");
+    if (flags.plot) {
+      // fail before the evaluation, not after it
+      const config = resolveConfig(readJsonObject(path.join(checkpoint, CONFIG_FILE), "config"), path.join(checkpoint, CONFIG_FILE));
+      if (config.num_experts === 0) throw new UserError(`--plot: ${checkpoint} is a dense model (num_experts 0); there is no routing to plot`);
+      if (!flags.plot.endsWith(".svg")) throw new UserError(`--plot: ${flags.plot} should end in .svg (the heatmap is an SVG)`);
+    }
     const result = await evaluateCheckpoint(() => getGpu(), checkpoint, flags.data, {
       seqLen: flags.seqLen === undefined ? undefined : parseNumber("--seq-len", flags.seqLen, true),
       batchSize: parseNumber("--batch-size", flags.batchSize, true),
@@ -85,8 +103,12 @@ async function evalAction(flags: EvalFlags): Promise<void> {
       onProgress: progress.update,
     });
     progress.stop();
+    if (flags.plot) await writeHeatmap(flags.plot, result, checkpoint);
     if (flags.json) console.log(JSON.stringify(result));
-    else printResult(result);
+    else {
+      printResult(result);
+      if (flags.plot) console.log(`wrote ${flags.plot}`);
+    }
   } finally {
     progress.stop();
   }
@@ -105,6 +127,7 @@ export function registerEval(program: Command): void {
     .option("--activation-threshold <x>", "routing: an expert is active when its share of the load is at least x (default 1/(4E))")
     .option("--tokenizer <name>", "byte or gpt2 (default: the checkpoint's, recorded by mhmoe train; else byte)")
     .option("--no-entropy", "skip the router entropy (saves reading router probabilities back)")
+    .option("--plot <file.svg>", "also write the expert-activation heatmap (MoE layers x experts, colour = share of sub-tokens) as an SVG")
     .option("--json", "print the result as one JSON object")
     .action(evalAction);
 }

@@ -2,7 +2,7 @@
 // the same windows (partial last window included), routing metrics against the reference's routing,
 // window layout, bpb/ppl arithmetic and the CLI's JSON.
 import { describe, test, expect, beforeAll, afterAll } from "bun:test";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { presetConfig, type ModelConfig } from "../src/model/config.ts";
@@ -326,6 +326,40 @@ describe("mhmoe eval (CLI)", () => {
     expect(text.exitCode).toBe(0);
     expect(text.stdout.toString()).toContain(`loss ${lib.loss.toFixed(4)} nats`);
     expect(text.stdout.toString()).toContain("layer 1: active");
+  });
+});
+
+describe("mhmoe eval --plot", () => {
+  const cli = (...args: string[]) => Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "eval", ...args], { cwd: ROOT });
+  test("writes the expert-activation heatmap: one cell per (MoE layer, expert) carrying its share and utilisation", () => {
+    const c = presetConfig("mhmoe", { ...TINY, num_hidden_layers: 4, num_experts: 6, moe_intermediate_size: 16, mhmoe_heads: 2 });
+    const { ckpt, data } = writeCase("plot", c, 41);
+    const svgFile = join(dir, "heat.svg");
+    const p = cli("--checkpoint", ckpt, "--data", data, "--seq-len", String(T), "--plot", svgFile, "--json");
+    expect(p.exitCode, p.stderr.toString()).toBe(0);
+    const r = JSON.parse(p.stdout.toString()) as EvalResult;
+    const svg = readFileSync(svgFile, "utf8");
+    expect(svg.startsWith("<svg")).toBe(true);
+    const cells = [...svg.matchAll(/aria-roledescription="rect mark"[^>]*aria-label="([^"]*)"|aria-label="([^"]*)"[^>]*aria-roledescription="rect mark"/g)].map((m) => m[1] ?? m[2]!);
+    const layers = r.routing!.layers;
+    expect(layers.map((l) => l.layer)).toEqual([1, 3]);
+    expect(cells).toHaveLength(layers.length * 6);
+    for (const l of layers) {
+      for (let e = 0; e < 6; e++) {
+        const cell = cells.find((t) => t.startsWith(`layer ${l.layer}, expert ${e}:`));
+        expect(cell, `layer ${l.layer} expert ${e}`).toBeDefined();
+        expect(cell).toContain(`utilisation ${l.utilisation[e]!.toFixed(3)}`);
+      }
+    }
+  });
+
+  test("a dense checkpoint has nothing to plot: one line, non-zero exit, no file", () => {
+    const { ckpt, data } = writeCase("plot-dense", CASES[0]![1], 42);
+    const svgFile = join(dir, "dense.svg");
+    const p = cli("--checkpoint", ckpt, "--data", data, "--plot", svgFile);
+    expect(p.exitCode).toBe(1);
+    expect(p.stderr.toString()).toMatch(/^error: --plot: .* is a dense model \(num_experts 0\); there is no routing to plot\n$/);
+    expect(existsSync(svgFile)).toBe(false);
   });
 });
 
