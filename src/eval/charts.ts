@@ -320,7 +320,7 @@ function trainingHeatmapSpec(cells: HeatCell[], title: string, facetRuns: string
   if (!facetRuns) return topLevel(title, subtitle, { data: { values: cells }, ...inner });
   return topLevel(title, subtitle, {
     data: { values: cells },
-    facet: { row: { field: "run", type: "nominal", title: "run", sort: facetRuns } },
+    facet: { row: { field: "run", type: "nominal", title: null, sort: facetRuns, header: { labelFontSize: 12 } } },
     spec: inner,
     resolve: { scale: { x: "shared" } },
   });
@@ -339,7 +339,8 @@ export function routingHeatmapSpec(report: RoutingReport, title = "Expert activa
     })),
   );
   const E = Math.max(1, ...report.layers.map((l) => l.experts));
-  const step = E <= 16 ? 30 : E <= 64 ? 12 : 6;
+  const step = E <= 16 ? 30 : E <= 32 ? 16 : E <= 64 ? 10 : 6;
+  const every = E <= 16 ? 1 : E <= 32 ? 4 : 8;
   const sub = report.layers[0]
     ? `share of each MoE layer's routed sub-tokens per expert (${report.layers[0].sub_tokens} sub-tokens, top-${report.layers[0].top_k}, h=${report.layers[0].heads})`
     : "share of each MoE layer's routed sub-tokens per expert";
@@ -349,7 +350,7 @@ export function routingHeatmapSpec(report: RoutingReport, title = "Expert activa
     height: { step: 24 },
     mark: { type: "rect" },
     encoding: {
-      x: { field: "expert", type: "ordinal", title: "expert", axis: { labelAngle: 0, ...(E > 32 ? { labelExpr: "datum.value % 8 === 0 ? datum.label : ''" } : {}) } },
+      x: { field: "expert", type: "ordinal", title: "expert", axis: { labelAngle: 0, labelExpr: `datum.value % ${every} === 0 ? datum.label : ''` } },
       y: { field: "layer", type: "ordinal", title: "layer", sort: "descending" },
       color: { field: "share", type: "quantitative", title: "share of sub-tokens", scale: { scheme: "viridis", zero: true }, legend: { format: ".0%" } },
       tooltip: { field: "label", type: "nominal" },
@@ -382,6 +383,47 @@ export async function writeRunPlots(runs: RunMetrics[], out?: string): Promise<{
     written.push(file);
   }
   return { written, skipped };
+}
+
+/**
+ * Helvetica/Arial advance widths (1/1000 em) of ASCII 32..126. Headless, vega has no canvas to measure
+ * text and guesses 0.8 em a character, which leaves wide blank margins and cuts long titles short; the
+ * real widths make the SVG's layout fit the fonts a browser or printer draws it with.
+ */
+const HELVETICA_WIDTHS = [
+  278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278, // space ! " # $ % & ' ( ) * + , - . /
+  556, 556, 556, 556, 556, 556, 556, 556, 556, 556, 278, 278, 584, 584, 584, 556, // 0-9 : ; < = > ?
+  1015, 667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556, 833, 722, 778, // @ A-O
+  667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611, 278, 278, 278, 469, 556, // P-Z [ \ ] ^ _
+  333, 556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833, 556, 556, // ` a-o
+  556, 556, 333, 500, 278, 556, 500, 722, 500, 500, 500, 334, 260, 334, 584, // p-z { | } ~
+];
+
+interface TextItem {
+  fontSize?: number;
+  fontWeight?: string | number;
+}
+
+function helveticaWidth(text: string, size: number, bold: boolean): number {
+  let w = 0;
+  for (const ch of text) {
+    const c = ch.codePointAt(0)!;
+    w += c >= 32 && c <= 126 ? HELVETICA_WIDTHS[c - 32]! : 600;
+  }
+  return (w * size * (bold ? 1.08 : 1)) / 1000;
+}
+
+{
+  const tm = (vega as unknown as { textMetrics: { width: unknown; estimateWidth: unknown } }).textMetrics;
+  if (tm.width === tm.estimateWidth) {
+    // the raw text: vega truncates to item.limit itself, measuring slices through this function
+    tm.width = (item: TextItem, text: unknown): number => {
+      const size = item.fontSize ?? 11;
+      const bold = item.fontWeight === "bold" || Number(item.fontWeight) >= 600;
+      const t = text == null ? "" : String(text).trim();
+      return helveticaWidth(t, size, bold);
+    };
+  }
 }
 
 const escapeXml = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
