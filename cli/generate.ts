@@ -25,7 +25,6 @@ async function generateAction(flags: GenerateFlags): Promise<void> {
   if (seed < 0) throw new UserError(`--seed must be a non-negative integer, got ${seed}`);
   // Text streams to stdout as it is sampled: the prompt first, then each whole character once decoded.
   const stream = !flags.json;
-  if (stream) process.stdout.write(flags.prompt);
   const r = await generateFromCheckpoint(() => getGpu(), checkpoint, flags.prompt, {
     maxTokens: flags.maxTokens === undefined ? undefined : parseNumber("--max-tokens", flags.maxTokens, true),
     temperature: parseNumber("--temperature", flags.temperature, false),
@@ -34,6 +33,7 @@ async function generateAction(flags: GenerateFlags): Promise<void> {
     seed,
     cache: flags.cache,
     tokenizer: flags.tokenizer,
+    onStart: stream ? () => process.stdout.write(flags.prompt) : undefined,
     onText: stream ? (s) => process.stdout.write(s) : undefined,
   });
   if (flags.json) {

@@ -2,7 +2,7 @@
 // against the whole-prefix forward at every position (dense, MH-MoE, X-MoE with a capacity factor),
 // cache vs no-cache tokens for a seed, the O(prefix) cost per token, and the command itself.
 import { describe, test, expect, beforeAll, afterAll } from "bun:test";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getGpu } from "../src/gpu/device.ts";
@@ -124,4 +124,200 @@ describe("cached decoder", () => {
       W.release();
     });
   }
+});
+
+describe("sampling", () => {
+  const logits = Float32Array.from([1, 3, 2, 3, -1, 0.5]);
+  const opts = { temperature: 1, topK: 0, topP: 1 };
+
+  test("temperature 0 is argmax (lowest id on a tie); only the first n ids are candidates", () => {
+    expect(sampleNext(logits, 6, { ...opts, temperature: 0 }, new Rng(0))).toBe(1);
+    expect(sampleNext(logits, 1, { ...opts, temperature: 0 }, new Rng(0))).toBe(0);
+    for (let s = 0; s < 50; s++) expect(sampleNext(logits, 3, opts, new Rng(s))).toBeLessThan(3);
+  });
+
+  test("frequencies follow softmax(logits / T); top-k and top-p cut the tail", () => {
+    const count = (o: typeof opts, n = 20000) => {
+      const r = new Rng(42), c = new Array(6).fill(0);
+      for (let i = 0; i < n; i++) c[sampleNext(logits, 6, o, r)]++;
+      return c.map((x) => x / n);
+    };
+    const T = 0.7;
+    const w = Array.from(logits, (x) => Math.exp(x / T)), Z = w.reduce((a, b) => a + b);
+    count({ ...opts, temperature: T }).forEach((f, i) => expect(Math.abs(f - w[i]! / Z)).toBeLessThan(0.015));
+    // top-2: ids 1 and 3 (equal logits) only, half each
+    const k2 = count({ ...opts, topK: 2 });
+    expect(k2[1]! + k2[3]!).toBe(1);
+    expect(Math.abs(k2[1]! - 0.5)).toBeLessThan(0.02);
+    // top-p 0.8 at T=1: probabilities by rank are ids 1 and 3 (.384 each, .768 together < .8), then 2 (.141):
+    // {1, 3, 2} is the smallest set reaching .8; id 2 keeps .141 / .909 of the draws
+    const p = count({ ...opts, topP: 0.8 });
+    expect(p[0]! + p[4]! + p[5]!).toBe(0);
+    expect(Math.abs(p[2]! - 0.141 / 0.909)).toBeLessThan(0.015);
+  });
+
+  test("TextStream never splits a UTF-8 character and drops nothing", () => {
+    const tok = getTokenizer("byte");
+    const text = "naïve € 😀 ok";
+    const s = new TextStream(tok);
+    const pieces = Array.from(new TextEncoder().encode(text), (b) => s.push(b));
+    expect(pieces.join("") + s.end()).toBe(text);
+    expect(pieces.every((p) => !p.includes("\uFFFD"))).toBe(true);
+    expect(pieces.filter((p) => p !== "").length).toBe([...text].length);
+  });
+});
+
+describe("generation", () => {
+  const c = CONFIGS.mhmoe!;
+  const params = randomParams(c, 5);
+  const tok = getTokenizer("byte");
+  const prompt = new TextEncoder().encode("The quick brown fox");
+  const run = async (o: Partial<GenerateOptions>) => {
+    const gpu = await getGpu();
+    const W = uploadParams(gpu, c, params);
+    try {
+      return await generateTokens(gpu, c, W, Int32Array.from(prompt), tok, { temperature: 1, topK: 0, topP: 1, seed: 0, cache: true, maxTokens: 24, ...o });
+    } finally {
+      W.release();
+    }
+  };
+
+  test("cache and no-cache give the same tokens for a seed (greedy and sampled)", async () => {
+    for (const o of [{ temperature: 0 }, { temperature: 1, seed: 3 }, { temperature: 0.8, topK: 40, topP: 0.9, seed: 11 }]) {
+      const a = await run({ ...o, cache: true }), b = await run({ ...o, cache: false });
+      expect(a.tokens.length).toBeGreaterThan(0);
+      expect(b.tokens).toEqual(a.tokens);
+      expect(b.finish_reason).toBe(a.finish_reason);
+    }
+  });
+
+  test("same seed, same text; another seed, other text; text streams in whole pieces", async () => {
+    const pieces: string[] = [];
+    const a = await run({ seed: 1, onText: (s) => pieces.push(s) });
+    const b = await run({ seed: 1 });
+    const other = await run({ seed: 2 });
+    expect(b.text).toBe(a.text);
+    expect(other.tokens).not.toEqual(a.tokens);
+    expect(pieces.join("")).toBe(a.text);
+    expect(pieces.length).toBeGreaterThan(1);
+  });
+
+  test("the cached path costs O(prefix) per token: prompt 256 vs 16", async () => {
+    const gpu = await getGpu();
+    const dense = CONFIGS.dense!; // max_position_embeddings 320
+    const W = uploadParams(gpu, dense, randomParams(dense, 8));
+    const r = new Rng(4);
+    const msPerToken: Record<string, number> = {};
+    try {
+      for (const cache of [true, false]) {
+        for (const P of [16, 256]) {
+          const ids = Int32Array.from({ length: P }, () => r.int(256));
+          // A tokenizer whose EOT never comes: every run makes all its tokens. Best of 3 runs (the first
+          // also builds the pipelines): other processes share these CPU cores.
+          const noEot = { ...tok, eot: -1 };
+          let best = Infinity;
+          for (let rep = 0; rep < 3; rep++) {
+            const res = await generateTokens(gpu, dense, W, ids, noEot, { temperature: 1, topK: 0, topP: 1, seed: rep, cache, maxTokens: 16 });
+            best = Math.min(best, 1000 / res.tokens_per_s);
+          }
+          msPerToken[`${cache ? "cache" : "no-cache"} prompt ${P}`] = best;
+        }
+      }
+    } finally {
+      W.release();
+    }
+    console.log("ms per new token:", JSON.stringify(msPerToken, (_, v) => (typeof v === "number" ? Number(v.toFixed(2)) : v)));
+    const cacheGrowth = msPerToken["cache prompt 256"]! / msPerToken["cache prompt 16"]!;
+    const fullGrowth = msPerToken["no-cache prompt 256"]! / msPerToken["no-cache prompt 16"]!;
+    console.log(`growth 16 -> 256: cache x${cacheGrowth.toFixed(2)}, no-cache x${fullGrowth.toFixed(2)}`);
+    expect(cacheGrowth).toBeLessThan(fullGrowth / 2);
+    expect(msPerToken["cache prompt 256"]!).toBeLessThan(msPerToken["no-cache prompt 256"]!);
+  });
+});
+
+describe("mhmoe generate", () => {
+  let tmp = "", run = "";
+  beforeAll(() => {
+    tmp = mkdtempSync(join(tmpdir(), "mhmoe-generate-"));
+    run = join(tmp, "run");
+    const t = Bun.spawnSync([process.execPath, CLI, "train", ...TINY_ARGS, "--data", PROSE, "--steps", "2", "--out", run], { cwd: ROOT });
+    if (t.exitCode !== 0) throw new Error(`train failed: ${t.stderr.toString()}`);
+  });
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  const gen = (...args: string[]) => {
+    const p = Bun.spawnSync([process.execPath, CLI, "generate", ...args], { cwd: ROOT });
+    return { code: p.exitCode ?? -1, out: p.stdout.toString(), err: p.stderr.toString() };
+  };
+
+  test("streams the prompt, then text as it is sampled; --json has the same tokens; --no-cache agrees", async () => {
+    const args = ["--checkpoint", run, "--prompt", "Fellow", "--max-tokens", "40", "--seed", "5", "--top-k", "50"];
+    const p = Bun.spawn([process.execPath, CLI, "generate", ...args], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+    const chunks: string[] = [];
+    const decoder = new TextDecoder();
+    for await (const c of p.stdout) chunks.push(decoder.decode(c, { stream: true }));
+    expect(await p.exited).toBe(0);
+    const out = chunks.join("");
+    expect(chunks.length).toBeGreaterThan(2); // pieces arrive as they are made, not once at the end
+    expect(out.startsWith("Fellow")).toBe(true);
+    expect(await new Response(p.stderr).text()).toMatch(/^\[\d+ tokens, (ended by <\|endoftext\|>|length limit), [\d.]+ tokens\/s/);
+
+    const j = JSON.parse(gen(...args, "--json").out);
+    expect(j.prompt).toBe("Fellow");
+    expect(out).toBe(`Fellow${j.text}\n`);
+    expect(j.tokens.length === 40 || j.finish_reason === "eot").toBe(true);
+    expect(["eot", "length"]).toContain(j.finish_reason);
+    expect(j.tokens_per_s).toBeGreaterThan(0);
+    expect(getTokenizer("byte").decode(j.tokens)).toBe(j.text);
+    const nc = JSON.parse(gen(...args, "--json", "--no-cache").out);
+    expect(nc.tokens).toEqual(j.tokens);
+    expect(nc.cache).toBe(false);
+  });
+
+  test("a checkpoint saved by the PyTorch twin: byte tokenizer, greedy tokens equal PyTorch's own", () => {
+    const twin = join(tmp, "twin");
+    const py = Bun.spawnSync([process.env.MHMOE_PYTHON ?? "/usr/bin/python3", join(import.meta.dir, "fixtures/generate_twin.py"), twin, "Hello", "20"], { cwd: ROOT });
+    if (py.exitCode !== 0) throw new Error(py.stderr.toString());
+    const torchIds = JSON.parse(py.stdout.toString());
+    expect(readdirSync(twin).sort()).toEqual(["config.json", "model.safetensors"]);
+    for (const cache of [[], ["--no-cache"]]) {
+      const r = gen("--checkpoint", twin, "--prompt", "Hello", "--max-tokens", "20", "--temperature", "0", "--json", ...cache);
+      expect(r.err).toBe("");
+      expect(JSON.parse(r.out).tokens).toEqual(torchIds);
+    }
+  });
+
+  test("bad input ends in one error line and a non-zero exit, before any output", () => {
+    const small = join(tmp, "small");
+    const c = presetConfig("dense", { ...BACK, vocab_size: 150, max_position_embeddings: 16 });
+    saveModelCheckpoint(small, c, randomParams(c, 1));
+    const mlm = join(tmp, "mlm");
+    saveModelCheckpoint(mlm, c, randomParams(c, 1));
+    const cfg = JSON.parse(readFileSync(join(mlm, "config.json"), "utf8"));
+    writeFileSync(join(mlm, "config.json"), JSON.stringify({ ...cfg, objective: "mlm" }));
+    const cases: [string[], RegExp][] = [
+      [["--checkpoint", join(tmp, "nope"), "--prompt", "a"], /nope/],
+      [["--checkpoint", small, "--prompt", "a", "--temperature", "-1"], /--temperature must be a number >= 0/],
+      [["--checkpoint", small, "--prompt", "a", "--top-p", "0"], /--top-p must be in \(0, 1\]/],
+      [["--checkpoint", small, "--prompt", "a", "--top-p", "1.5"], /--top-p must be in \(0, 1\]/],
+      [["--checkpoint", small, "--prompt", "a", "--top-k", "-2"], /--top-k must be an integer >= 0/],
+      [["--checkpoint", small, "--prompt", "a", "--seed", "x"], /--seed: expected an integer/],
+      [["--checkpoint", small, "--prompt", "é"], /prompt token 0 has id 195, outside the vocabulary .*vocab_size 150/],
+      [["--checkpoint", small, "--prompt", "abcd", "--max-tokens", "14"], /a prompt of 4 tokens leaves room for 13 new tokens \(max_position_embeddings 16\)/],
+      [["--checkpoint", small, "--prompt", "a".repeat(17)], /the prompt is 17 tokens, more than max_position_embeddings 16/],
+      [["--checkpoint", small, "--prompt", "a", "--tokenizer", "gpt3"], /unknown tokenizer "gpt3"/],
+      [["--checkpoint", run, "--prompt", "a", "--tokenizer", "gpt2"], /tokenizer mismatch: checkpoint .* uses "byte" but --tokenizer uses "gpt2"/],
+      [["--checkpoint", mlm, "--prompt", "a"], /objective "mlm" is a masked .*generate needs a causal/],
+    ];
+    for (const [args, want] of cases) {
+      const r = gen(...args);
+      expect(r.code, args.join(" ")).toBe(1);
+      expect(r.out).toBe("");
+      expect(r.err).toMatch(want);
+      expect(r.err.trim().split("\n")).toHaveLength(1);
+      expect(r.err.startsWith("error: ")).toBe(true);
+    }
+    // the room left is usable: 13 new tokens after 4
+    expect(gen("--checkpoint", small, "--prompt", "abcd", "--max-tokens", "13", "--temperature", "0").code).toBe(0);
+  });
 });

@@ -41,6 +41,8 @@ export interface GenerateOptions extends SampleOptions {
   seed: number;
   /** false: recompute the whole prefix for every token */
   cache: boolean;
+  /** called once every input is checked and the model planned, just before the first token */
+  onStart?: () => void;
   /** called with each piece of decoded text as soon as it is whole (no half UTF-8 character) */
   onText?: (text: string) => void;
 }
@@ -199,6 +201,7 @@ export async function generateTokens(
     o.onText?.(s);
   };
   try {
+    o.onStart?.();
     let logits = await source.next(Array.from(prompt));
     for (;;) {
       const id = sampleNext(logits, n, o, rng);
@@ -263,7 +266,7 @@ export async function generateFromCheckpoint(
   }
   const o: GenerateOptions = {
     temperature: given.temperature ?? 1, topK: given.topK ?? 0, topP: given.topP ?? 1, seed: given.seed ?? 0,
-    cache: given.cache ?? true, onText: given.onText,
+    cache: given.cache ?? true, onStart: given.onStart, onText: given.onText,
     maxTokens: given.maxTokens ?? Math.max(1, Math.min(DEFAULT_MAX_TOKENS, roomFor(config, ids.length))),
   };
   checkSampleOptions(o);
