@@ -126,6 +126,8 @@ class MoELayer(nn.Module):
             keep = capacity_keep_mask(experts, self.num_experts, self.capacity(num_sub))
         else:
             keep = torch.ones_like(experts, dtype=torch.bool)
+        # For routing metrics (train_torch.py): top-k choices and which were kept, of the last forward.
+        self.last_routing = (experts.detach(), keep.detach())
 
         y = torch.zeros_like(s)
         for e, expert in enumerate(self.experts):

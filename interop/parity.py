@@ -66,16 +66,25 @@ def parse_args(argv):
     return args
 
 
+def learning_rate(lr: float, min_lr: float, warmup: int, schedule: str, total_steps: int, t: int) -> float:
+    """mhmoe train's rule (src/train/schedule.ts, the same operations in double) for 1-based step t:
+    linear warm-up from lr/W, then cosine or linear decay to min_lr over total_steps, or constant."""
+    i = t - 1
+    if warmup > 0 and i < warmup:
+        return (lr * (i + 1)) / warmup
+    if schedule == "constant":
+        return lr
+    span = max(1, total_steps - warmup)
+    progress = min(1.0, max(0.0, (i - warmup) / span))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_lr + (lr - min_lr) * shape
+
+
 def lr_factor(args, i: int) -> float:
     """Multiplier of --lr for 0-based step i (optimizer step i+1), for torch's LambdaLR."""
-    if args.warmup > 0 and i < args.warmup:
-        return (i + 1) / args.warmup
-    if args.schedule == "constant":
-        return 1.0
-    progress = min(1.0, max(0.0, (i - args.warmup) / max(1, args.total_steps - args.warmup)))
-    shape = 0.5 * (1 + math.cos(math.pi * progress)) if args.schedule == "cosine" else 1 - progress
-    floor = args.min_lr / args.lr if args.lr > 0 else 0.0
-    return floor + (1 - floor) * shape
+    if args.lr == 0:
+        return 0.0
+    return learning_rate(args.lr, args.min_lr, args.warmup, args.schedule, args.total_steps, i + 1) / args.lr
 
 
 def make_adamw(model, args) -> torch.optim.AdamW:

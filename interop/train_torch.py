@@ -1,22 +1,29 @@
-"""Continue training an mhmoe checkpoint in PyTorch (and the PyTorch throughput baseline).
+"""Train an mhmoe model in PyTorch: `mhmoe train`'s options, schedule, data order, metrics and
+checkpoints, so a run moves from mhmoe to PyTorch (one process, DDP or FSDP) and back at any step.
 
-    python3 interop/train_torch.py --checkpoint DIR --data corpus.txt --steps N \
-        --batch-size B --seq-len T [--lr 3e-4 --warmup-steps 0 --beta1 0.9 --beta2 0.95
-        --eps 1e-8 --weight-decay 0.1 --grad-clip 1.0 --seed 0 --device cpu --threads 0
-        --log-every 1 --save OUT_DIR]
+    python3 interop/train_torch.py --data SHARDS --out RUN (--config config.json | --checkpoint DIR) \
+        [--steps 200 --batch-size 8 --seq-len 64 --grad-accum 1 --lr 3e-3 --min-lr 3e-4 --warmup 20
+         --schedule cosine --weight-decay 0.1 --beta1 0.9 --beta2 0.95 --eps 1e-8 --clip 1.0 --seed 0
+         --log-every 10 --checkpoint-every 0 --keep 3]
+    python3 interop/train_torch.py --resume RUN [--steps N ...]      # an mhmoe (or this script's) run
 
-(--config FILE.json instead of --checkpoint starts from a fresh initialisation.)
-Byte tokenizer only: the whole .txt file is one document, its UTF-8 bytes followed by 256
-(<|endoftext|>). A checkpoint whose trainer_state.json records another tokenizer (gpt2) is
-refused; --save records the tokenizer the same way, so mhmoe eval reads text as trained. Batches are consecutive windows of T+1 tokens read in
-order, wrapping at the end. Prints one JSON line per logged step:
-{"step", "loss", "ce", "aux", "z", "lr", "tokens_per_s"}. Under torchrun (WORLD_SIZE > 1)
-the model is wrapped in DistributedDataParallel and each rank reads its own windows.
+SHARDS is a shard set (`mhmoe tokenize`); batches come from a Python port of mhmoe's loader
+(shard_loader.py), so the same seed gives the same batches, and a checkpoint's loader position continues
+where `mhmoe train` stopped. RUN gets mhmoe's run directory: metrics.jsonl rows with the fields of `mhmoe
+train` (loss = cross-entropy), checkpoint-NNNNNN/ with optimizer.safetensors and trainer_state.json,
+`latest`, and the .lock; `mhmoe train --resume RUN` continues it. A .txt --data (one document, byte
+tokenizer, consecutive windows) is the older throughput mode: it writes no run directory.
+
+Under torchrun (WORLD_SIZE > 1): --grad-accum is the global number of micro-batches per step, as in
+mhmoe; rank r runs micro-batches r*A..r*A+A-1 of each step (A = grad-accum / world), reading only those
+batches' tokens, and DDP (or --fsdp) averages the gradients, so the step equals the single-process one.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import sys
 import time
@@ -26,12 +33,25 @@ import require_torch  # noqa: E402,F401  (one line instead of a traceback when t
 import torch  # noqa: E402
 
 from mhmoe_torch import ConfigError, MHMoEConfig, MHMoEForCausalLM  # noqa: E402
-from parity import make_adamw  # noqa: E402
+from parity import learning_rate, make_adamw  # noqa: E402
 from safetensors_io import CheckpointError, _write_atomic, load_pretrained, save_pretrained  # noqa: E402
 
 END_OF_TEXT = 256
 TOKENIZER = "byte"
 STATE_FILE = "trainer_state.json"  # where mhmoe train records a checkpoint's tokenizer
+
+# mhmoe train's defaults (src/train/options.ts TRAIN_DEFAULTS), under its run-record names.
+DEFAULTS = dict(steps=200, batchSize=8, seqLen=64, gradAccum=1, lr=3e-3, minLr=3e-4, warmup=20, schedule="cosine",
+                weightDecay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, clip=1.0, seed=0, logEvery=10, checkpointEvery=0,
+                keep=3)
+# options a resumed run may change (RESUME_CHANGEABLE) and must keep (RESUME_FIXED), as mhmoe
+CHANGEABLE = ("steps", "lr", "minLr", "warmup", "schedule", "weightDecay", "beta1", "beta2", "eps", "clip",
+              "logEvery", "checkpointEvery", "keep")
+FIXED = ("batchSize", "seqLen", "gradAccum", "seed")
+FLAGS = {"steps": "--steps", "batchSize": "--batch-size", "seqLen": "--seq-len", "gradAccum": "--grad-accum",
+         "lr": "--lr", "minLr": "--min-lr", "warmup": "--warmup", "schedule": "--schedule",
+         "weightDecay": "--weight-decay", "beta1": "--beta1", "beta2": "--beta2", "eps": "--eps", "clip": "--clip",
+         "seed": "--seed", "logEvery": "--log-every", "checkpointEvery": "--checkpoint-every", "keep": "--keep"}
 
 
 class UsageError(Exception):
@@ -39,32 +59,388 @@ class UsageError(Exception):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="train an mhmoe model in PyTorch")
+    p = argparse.ArgumentParser(description="train an mhmoe model in PyTorch (mhmoe train's options and formats)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="checkpoint directory to continue from")
+    src.add_argument("--resume", help="an mhmoe training checkpoint, or a run directory (its latest)")
+    src.add_argument("--checkpoint", help="start from these weights (step 0, fresh optimizer: mhmoe train --init)")
     src.add_argument("--config", help="config.json to initialise a fresh model from")
-    p.add_argument("--data", required=True, help="a UTF-8 .txt file")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup, then constant")
-    p.add_argument("--beta1", type=float, default=0.9)
-    p.add_argument("--beta2", type=float, default=0.95)
-    p.add_argument("--eps", type=float, default=1e-8)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="global norm clip, 0 = off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="shard set directory (mhmoe tokenize), or one .txt file; --resume: the run's")
+    p.add_argument("--out", help="run directory (metrics.jsonl, checkpoints); --resume: the checkpoint's run")
+    for key, flag in FLAGS.items():
+        kind = str if key == "schedule" else int if isinstance(DEFAULTS[key], int) else float
+        extra = {"choices": ["cosine", "linear", "constant"]} if key == "schedule" else {}
+        p.add_argument(flag, dest=key, type=kind, default=None, help=f"default {DEFAULTS[key]}", **extra)
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end this process after that step with a checkpoint (as Ctrl-C in mhmoe train); the "
+                        "schedule still runs over --steps")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: FullyShardedDataParallel instead of DDP")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = default")
-    p.add_argument("--log-every", type=int, default=1)
-    p.add_argument("--save", help="directory to save_pretrained into at the end")
-    args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "seq_len", "log_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    return args
+    p.add_argument("--save", help="also export the final weights here (save_pretrained + tokenizer record)")
+    return p.parse_args(argv)
 
+
+def resolve_options(args, saved=None) -> dict:
+    """The run's options: given flags, else the saved run's (resume), else mhmoe's defaults; mhmoe's rules."""
+    given = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    o = dict(DEFAULTS)
+    if saved:
+        for k in FLAGS:
+            if k in saved and k not in given:
+                o[k] = saved[k]
+        for k in FIXED:
+            if k in given and k in saved and given[k] != saved[k]:
+                raise UsageError(f"{FLAGS[k]} cannot change when resuming (the run has {json.dumps(saved[k])}): "
+                                 "the data position and the steps depend on it")
+        if "lr" in given and "minLr" not in given and isinstance(saved.get("lr"), (int, float)) and saved["lr"] > 0 \
+                and isinstance(saved.get("minLr"), (int, float)):
+            o["minLr"] = saved["minLr"] * (given["lr"] / saved["lr"])
+    o.update(given)
+    for k in ("steps", "batchSize", "seqLen", "gradAccum", "logEvery"):
+        if o[k] < 1:
+            raise UsageError(f"{FLAGS[k]} must be an integer >= 1, got {o[k]}")
+    for k in ("warmup", "seed", "checkpointEvery", "keep"):
+        if o[k] < 0:
+            raise UsageError(f"{FLAGS[k]} must be an integer >= 0, got {o[k]}")
+    for k, hi in (("lr", math.inf), ("minLr", math.inf), ("weightDecay", math.inf), ("beta1", 1), ("beta2", 1),
+                  ("eps", math.inf), ("clip", math.inf)):
+        if not (math.isfinite(o[k]) and 0 <= o[k] < hi):
+            raise UsageError(f"{FLAGS[k]} must be a number in [0, {hi}), got {o[k]}")
+    if o["minLr"] > o["lr"]:
+        raise UsageError(f"--min-lr ({o['minLr']}) must not exceed --lr ({o['lr']})")
+    return o
+
+
+# ---- distributed -------------------------------------------------------------------------------
+
+class Dist:
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        if self.world > 1:
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+
+    def sum(self, values):
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def last_rank_object(self, obj):
+        """The object rank world-1 holds (routing of the step's last micro-batch), on every rank."""
+        if self.world == 1:
+            return obj
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out[-1]
+
+    def close(self):
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def import_fsdp():
+    """FSDP, importable on Python 3.11 with torch 1.13 (torch_compat.py says why)."""
+    import torch_compat
+    torch_compat.allow_fsdp_import()
+    from torch.distributed import fsdp
+    return fsdp
+
+
+class Trainer:
+    """The model as trained (plain, DDP or FSDP), its AdamW, and the step's gradient arithmetic."""
+
+    def __init__(self, model, o: dict, dist: Dist, use_fsdp: bool):
+        self.model, self.o, self.dist, self.fsdp = model, o, dist, None
+        hp = argparse.Namespace(weight_decay=o["weightDecay"], lr=o["lr"], beta1=o["beta1"], beta2=o["beta2"],
+                                eps=o["eps"])
+        if use_fsdp:
+            if dist.world == 1:
+                raise UsageError("--fsdp needs several processes (torchrun --nproc_per_node N)")
+            if dist.device.type != "cuda" and torch.__version__ < "2":
+                raise UsageError(f"--fsdp: PyTorch {torch.__version__}'s FSDP does not run on CPU (\"FSDP does not "
+                                 "support CPU only execution\"; gloo here lacks its collectives): use DDP on CPU, "
+                                 "--fsdp with --device cuda")
+            fsdp = self.fsdp = import_fsdp()
+            from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+            from mhmoe_torch import DecoderLayer
+            policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={DecoderLayer})
+            kw = dict(auto_wrap_policy=policy, device_id=dist.device if dist.device.type == "cuda" else None)
+            # Flat shards mix decayed matrices with norms and biases: a twin of the model holding 1 where
+            # AdamW decays (ndim >= 2) and 0 elsewhere, sharded the same way, masks the decay per element.
+            mask = MHMoEForCausalLM(model.config).to(dist.device)
+            with torch.no_grad():
+                for p in mask.parameters():
+                    p.fill_(1.0 if p.ndim >= 2 else 0.0)
+            self.trained = fsdp.FullyShardedDataParallel(model, **kw)
+            self.masks = [p.detach() for p in fsdp.FullyShardedDataParallel(mask, **kw).parameters()]
+            self.optimizer = torch.optim.AdamW(self.trained.parameters(), lr=o["lr"], betas=(o["beta1"], o["beta2"]),
+                                               eps=o["eps"], weight_decay=0.0, foreach=False)
+        else:
+            self.trained = model
+            if dist.world > 1:
+                # An expert no sub-token of this rank chose has no gradient here: DDP must allow that.
+                self.trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+            self.optimizer = make_adamw(model, hp)
+
+    def params(self):
+        return list(self.trained.parameters()) if self.fsdp else list(self.model.parameters())
+
+    def micro_step(self, ids, scale: float, sync: bool):
+        """Forward and backward of one micro-batch (loss_total * scale); gradients are all-reduced only when
+        sync (the rank's last micro-batch of the step), as DDP's and FSDP's no_sync() intend."""
+        with self.trained.no_sync() if not sync and self.dist.world > 1 else _null():
+            out = self.trained(ids[:, :-1], labels=ids[:, 1:], training=True)
+            (out.loss_total * scale).backward()
+        return out
+
+    def clip_and_step(self, lr: float) -> float:
+        """Zero gradients where none came (AdamW still decays them, as mhmoe), clip, step; the norm before clipping."""
+        for p in self.params():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        max_norm = self.o["clip"] if self.o["clip"] > 0 else math.inf
+        if self.fsdp:
+            norm = self.trained.clip_grad_norm_(max_norm)
+            shrink = 1 - lr * self.o["weightDecay"]
+            with torch.no_grad():
+                for p, m in zip(self.params(), self.masks):
+                    p.mul_(torch.where(m > 0, torch.full_like(p, shrink), torch.ones_like(p)))
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.params(), max_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        norm = float(norm)
+        if math.isfinite(norm):
+            self.optimizer.step()
+        return norm
+
+    # -- optimizer state <-> mhmoe's moments (per parameter name, full tensors) --
+
+    def load_moments(self, moments, applied: int) -> None:
+        names = [n for n, _ in self.model.named_parameters()]
+        if self.fsdp:
+            full = {"state": {n: {"step": torch.tensor(float(applied)), "exp_avg": moments["m"][n],
+                                  "exp_avg_sq": moments["v"][n]} for n in names},
+                    "param_groups": [{**{k: v for k, v in self.optimizer.param_groups[0].items() if k != "params"},
+                                      "params": names}]}
+            FSDP = self.fsdp.FullyShardedDataParallel
+            full = FSDP.rekey_optim_state_dict(full, self.fsdp.OptimStateKeyType.PARAM_ID, self.trained)
+            self.optimizer.load_state_dict(FSDP.shard_full_optim_state_dict(full, self.trained))
+            return
+        params = dict(self.model.named_parameters())
+        for n in names:
+            p = params[n]
+            self.optimizer.state[p] = {"step": torch.tensor(float(applied)),
+                                       "exp_avg": moments["m"][n].to(p.device).clone(),
+                                       "exp_avg_sq": moments["v"][n].to(p.device).clone()}
+
+    def full_state(self):
+        """(plain model with full weights, moments by name) on rank 0; (None, None) elsewhere."""
+        if self.fsdp:
+            FSDP = self.fsdp.FullyShardedDataParallel
+            cfg = self.fsdp.FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+            with FSDP.state_dict_type(self.trained, self.fsdp.StateDictType.FULL_STATE_DICT, cfg):
+                weights = self.trained.state_dict()
+            osd = FSDP.full_optim_state_dict(self.trained, self.optimizer, rank0_only=True)
+            if self.dist.rank != 0:
+                return None, None
+            osd = FSDP.rekey_optim_state_dict(osd, self.fsdp.OptimStateKeyType.PARAM_NAME, self.trained)
+            plain = MHMoEForCausalLM(self.model.config)
+            plain.load_state_dict({k.replace("_fsdp_wrapped_module.", ""): v for k, v in weights.items()})
+            state = osd["state"]
+        else:
+            if self.dist.rank != 0:
+                return None, None
+            plain = MHMoEForCausalLM(self.model.config)
+            plain.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            by_param = self.optimizer.state
+            state = {n: by_param.get(p, {}) for n, p in self.model.named_parameters()}
+        moments = {"m": {}, "v": {}}
+        for n, p in plain.named_parameters():
+            s = state.get(n) or {}
+            moments["m"][n] = s.get("exp_avg", torch.zeros_like(p)).detach().cpu().reshape(p.shape)
+            moments["v"][n] = s.get("exp_avg_sq", torch.zeros_like(p)).detach().cpu().reshape(p.shape)
+        return plain.to("cpu"), moments
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+# ---- the shard-set run -----------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this PyTorch ({torch.__version__}) sees no CUDA device; "
+                         "use --device cpu")
+    return device
+
+
+def read_config(path: str) -> MHMoEConfig:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return MHMoEConfig.from_dict(json.load(f), source=path)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}: not valid JSON ({err})") from None
+
+
+def checkpoint_tokenizer(directory: str) -> str:
+    """The tokenizer recorded beside a checkpoint (mhmoe train, or --save here); byte when none is."""
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        return TOKENIZER
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            name = json.load(f).get("tokenizer", TOKENIZER)
+    except (OSError, ValueError, AttributeError) as err:
+        raise UsageError(f"{path}: cannot read the tokenizer record ({err})") from None
+    if not isinstance(name, str):
+        raise UsageError(f"{path}: \"tokenizer\" must be a name, got {json.dumps(name)}")
+    return name
+
+
+def train_shards(args, dist: Dist) -> None:
+    import arrow_shards
+    import run_checkpoint as rc
+    from routing import routing_report
+    from shard_loader import Loader
+
+    resume = None
+    if args.resume:
+        directory, state, model, moments = rc.read_training_checkpoint(args.resume)
+        resume = (directory, state, moments)
+        o = resolve_options(args, state.get("run") or {})
+        data = args.data or state["data"]["dir"]
+        out = args.out or os.path.dirname(os.path.abspath(directory))
+        tokenizer = state["tokenizer"]
+    else:
+        o = resolve_options(args)
+        data, out = args.data, args.out
+        if args.checkpoint:
+            model = load_pretrained(args.checkpoint)
+            tokenizer = None
+        else:
+            model = MHMoEForCausalLM(read_config(args.config))
+            tokenizer = None
+    shard_set = arrow_shards.open_shard_set(data, tokenizer)
+    if args.checkpoint and checkpoint_tokenizer(args.checkpoint) != shard_set.tokenizer:
+        raise UsageError(f"{args.checkpoint} was trained on \"{checkpoint_tokenizer(args.checkpoint)}\" tokens; "
+                         f"{data} holds \"{shard_set.tokenizer}\" tokens")
+    config = model.config
+    if shard_set.vocab_size > config.vocab_size:
+        raise UsageError(f"{data}: tokenizer {shard_set.tokenizer} has {shard_set.vocab_size} ids, the model's "
+                         f"vocab_size is {config.vocab_size}")
+    if o["seqLen"] > config.max_position_embeddings:
+        raise UsageError(f"--seq-len {o['seqLen']} exceeds the model's max_position_embeddings "
+                         f"{config.max_position_embeddings}")
+    if o["gradAccum"] % dist.world:
+        raise UsageError(f"--grad-accum {o['gradAccum']} (micro-batches per step, all ranks together) must be a "
+                         f"multiple of the {dist.world} ranks")
+    if resume and resume[1]["data"]["fingerprint"] != shard_set.fingerprint:
+        raise UsageError(f"cannot resume: the checkpoint's data ({resume[1]['data']['dir']}) is not the shard set "
+                         f"given now ({data})")
+    B, T, G = o["batchSize"], o["seqLen"], o["gradAccum"]
+    A = G // dist.world
+    verify = (lambda i: i % dist.world == dist.rank)  # every shard hashed once, by one rank
+    loader = (Loader.resume(shard_set, B, T, resume[1]["loader"], verify=verify) if resume
+              else Loader(shard_set, B, T, seed=o["seed"], verify=verify))
+    step = resume[1]["step"] if resume else 0
+    skipped = resume[1].get("skippedSteps", 0) if resume else 0
+    run_dir = rc.RunDir(out, step if resume else None) if out and dist.rank == 0 else None
+    if dist.world > 1:
+        torch.distributed.barrier()  # rank 0 owns the run directory before anyone trains
+    try:
+        model = model.to(dist.device)
+        model.train()
+        trainer = Trainer(model, o, dist, args.fsdp)
+        if resume:
+            trainer.load_moments(resume[2], step - skipped)
+        saved_run = (resume[1].get("run") or {}) if resume else {}
+        # Evaluations and --skip-nonfinite are mhmoe's: kept in the record for when mhmoe resumes the run.
+        run = {"evalEvery": 0, "evalBatches": 8, "skipNonfinite": False, **saved_run,
+               **{k: o[k] for k in FLAGS}, "data": data, "tokenizer": shard_set.tokenizer, "out": out}
+        if dist.rank == 0 and run.get("evalEvery"):
+            print(f"note: the run evaluates every {run['evalEvery']} steps in mhmoe; train_torch.py does not",
+                  file=sys.stderr)
+        window_start, window_tokens = time.perf_counter(), 0
+        last_saved = None
+        stop_at = min(o["steps"], args.stop_at) if args.stop_at is not None else o["steps"]
+        if stop_at <= step:
+            raise UsageError(f"--stop-at {args.stop_at}: the run is already at step {step}")
+        while step < stop_at:
+            step += 1
+            lr = learning_rate(o["lr"], o["minLr"], o["warmup"], o["schedule"], o["steps"], step)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            sums = [0.0, 0.0, 0.0]
+            mine = range(dist.rank * A, dist.rank * A + A)
+            batches = []
+            for g in range(G):
+                if g in mine:
+                    batches.append(torch.from_numpy(loader.next().astype("int64")).to(dist.device))
+                else:
+                    loader.skip()
+            for a, ids in enumerate(batches):
+                out_ = trainer.micro_step(ids, 1 / A, sync=(a == A - 1))
+                sums[0] += out_.loss_ce.item()
+                sums[1] += out_.loss_aux.item()
+                sums[2] += out_.loss_z.item()
+            norm = trainer.clip_and_step(lr)
+            ce, aux, z = (s / G for s in dist.sum(sums))
+            window_tokens += G * B * T
+            if not (math.isfinite(norm) and math.isfinite(ce)):
+                raise UsageError(f"non-finite {'gradient norm' if not math.isfinite(norm) else 'loss'} at step {step}; "
+                                 "training stopped" + (f" (last good checkpoint: {last_saved})" if last_saved else "")
+                                 + "; lower --lr")
+            last = step == stop_at
+            if step % o["logEvery"] == 0 or last:
+                routing = dist.last_rank_object(routing_report(model))
+                seconds = time.perf_counter() - window_start
+                record = {"step": step, "loss": ce, "aux_loss": aux, "z_loss": z, "lr": lr, "grad_norm": norm,
+                          "tokens_per_s": window_tokens / seconds, "tokens_seen": loader.tokens_seen,
+                          "skipped_steps": skipped, "routing": routing}
+                window_start, window_tokens = time.perf_counter(), 0
+                if dist.rank == 0:
+                    if run_dir:
+                        run_dir.append_metrics(record)
+                    print(json.dumps(record), flush=True)
+            if out and (last or (o["checkpointEvery"] > 0 and step % o["checkpointEvery"] == 0)):
+                plain, moments = trainer.full_state()
+                if dist.rank == 0:
+                    applied = step - skipped
+                    state = {"format": "mhmoe-trainer-state", "version": 1, "step": step,
+                             "tokensSeen": loader.tokens_seen, "skippedSteps": skipped,
+                             "tokenizer": shard_set.tokenizer,
+                             "data": {"dir": shard_set.dir, "fingerprint": shard_set.fingerprint},
+                             "loader": loader.position(), "run": run, "seed": o["seed"],
+                             "adam": {"bias_correction1": 1 - o["beta1"] ** applied,
+                                      "bias_correction2": 1 - o["beta2"] ** applied}}
+                    last_saved = rc.write_training_checkpoint(out, plain, moments, state, o["keep"])
+                    print(json.dumps({"checkpoint": last_saved, "step": step}), flush=True)
+        if args.save:
+            plain, _ = trainer.full_state()
+            if dist.rank == 0:
+                save_export(plain, args, shard_set.tokenizer, step)
+    finally:
+        if run_dir:
+            run_dir.close()
+
+
+# ---- the text mode (one .txt file, byte tokenizer) --------------------------------------------------
 
 def byte_tokens(path: str) -> torch.Tensor:
     try:
@@ -97,125 +473,93 @@ class SequentialBatches:
         return torch.stack(rows)
 
 
-def checkpoint_tokenizer(directory: str) -> str:
-    """The tokenizer recorded beside a checkpoint (mhmoe train, or --save here); byte when none is."""
-    path = os.path.join(directory, STATE_FILE)
-    if not os.path.exists(path):
-        return TOKENIZER
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            name = json.load(f).get("tokenizer", TOKENIZER)
-    except (OSError, ValueError, AttributeError) as err:
-        raise UsageError(f"{path}: cannot read the tokenizer record ({err})") from None
-    if not isinstance(name, str):
-        raise UsageError(f"{path}: \"tokenizer\" must be a name, got {json.dumps(name)}")
-    return name
-
-
-def pick_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this PyTorch ({torch.__version__}) sees no CUDA device; "
-                         "use --device cpu")
-    return device
-
-
-def save_export(model, args) -> None:
+def save_export(model, args, tokenizer: str, steps: int) -> None:
     """save_pretrained, plus the tokenizer record mhmoe eval reads (not a resumable training state)."""
     save_pretrained(model, args.save)
-    record = {"format": "mhmoe-torch-export", "tokenizer": TOKENIZER,
-              "source": os.path.abspath(args.checkpoint or args.config), "torch_steps": args.steps}
+    record = {"format": "mhmoe-torch-export", "tokenizer": tokenizer,
+              "source": os.path.abspath(args.resume or args.checkpoint or args.config), "torch_steps": steps}
     _write_atomic(os.path.join(args.save, STATE_FILE), (json.dumps(record, indent=2) + "\n").encode())
+    print(json.dumps({"saved": args.save}), flush=True)
 
 
-def build_model(args) -> MHMoEForCausalLM:
-    if args.checkpoint:
-        return load_pretrained(args.checkpoint)
-    try:
-        with open(args.config, "r", encoding="utf-8") as f:
-            config = MHMoEConfig.from_dict(json.load(f), source=args.config)
-    except OSError as err:
-        raise UsageError(f"{args.config}: cannot read ({err.strerror})") from None
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{args.config}: not valid JSON ({err})") from None
-    return MHMoEForCausalLM(config)
-
-
-def train(args) -> None:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = pick_device(args.device)
+def train_text(args, dist: Dist) -> None:
+    if args.resume:
+        raise UsageError("--resume continues on the run's shard set; a .txt --data is for fresh runs only")
+    if args.out:
+        raise UsageError("--out (a resumable run directory) needs a shard set --data: ./mhmoe tokenize --input "
+                         f"{args.data} --out SHARDS")
     if args.checkpoint and checkpoint_tokenizer(args.checkpoint) != TOKENIZER:
         raise UsageError(f"{args.checkpoint} was trained on \"{checkpoint_tokenizer(args.checkpoint)}\" "
-                         f"tokens but train_torch.py reads --data with the {TOKENIZER} tokenizer only; "
-                         "continue it with mhmoe train --resume instead")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-    torch.manual_seed(args.seed)
-    model = build_model(args).to(device)
+                         f"tokens but a .txt --data is read with the {TOKENIZER} tokenizer only; "
+                         "tokenize it with mhmoe tokenize and give the shard set")
+    o = resolve_options(args)
+    model = load_pretrained(args.checkpoint) if args.checkpoint else MHMoEForCausalLM(read_config(args.config))
     config = model.config
-    if args.seq_len > config.max_position_embeddings:
-        raise UsageError(f"--seq-len {args.seq_len} exceeds max_position_embeddings "
-                         f"{config.max_position_embeddings}")
+    if o["seqLen"] > config.max_position_embeddings:
+        raise UsageError(f"--seq-len {o['seqLen']} exceeds max_position_embeddings {config.max_position_embeddings}")
     if config.vocab_size <= END_OF_TEXT:
         raise UsageError(f"vocab_size {config.vocab_size} is too small for the byte tokenizer (257)")
-    batches = SequentialBatches(byte_tokens(args.data), args.batch_size, args.seq_len, rank, world)
+    if o["gradAccum"] % dist.world:
+        raise UsageError(f"--grad-accum {o['gradAccum']} must be a multiple of the {dist.world} ranks")
+    A = o["gradAccum"] // dist.world
+    batches = SequentialBatches(byte_tokens(args.data), o["batchSize"], o["seqLen"], dist.rank, dist.world)
+    model = model.to(dist.device)
     model.train()
-    optimizer = make_adamw(model, args)
-    trained = model
-    if world > 1:
-        # Experts that no sub-token chose this step get no gradient: DDP must allow that.
-        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    trainer = Trainer(model, o, dist, args.fsdp)
     window_start, window_tokens = time.perf_counter(), 0
-    for step in range(1, args.steps + 1):
-        lr = args.lr * min(1.0, step / args.warmup_steps) if args.warmup_steps else args.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        ids = batches.next().to(device)
-        optimizer.zero_grad(set_to_none=True)
-        out = trained(ids[:, :-1], labels=ids[:, 1:], training=True)
-        out.loss_total.backward()
-        for p in model.parameters():  # an expert nobody chose: zero gradient, still decayed,
-            if p.grad is None:        # as in mhmoe and parity.py
-                p.grad = torch.zeros_like(p)
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optimizer.step()
-        window_tokens += args.batch_size * args.seq_len * world
-        if step % args.log_every == 0 or step == args.steps:
-            loss = out.loss_total.item()  # syncs the device, so the timing below is honest
+    seen = 0
+    for step in range(1, o["steps"] + 1):
+        lr = learning_rate(o["lr"], o["minLr"], o["warmup"], o["schedule"], o["steps"], step)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        sums = [0.0, 0.0, 0.0]
+        for a in range(A):
+            ids = batches.next().to(dist.device)
+            out = trainer.micro_step(ids, 1 / A, sync=(a == A - 1))
+            sums = [sums[0] + out.loss_ce.item(), sums[1] + out.loss_aux.item(), sums[2] + out.loss_z.item()]
+        norm = trainer.clip_and_step(lr)
+        ce, aux, z = (s / o["gradAccum"] for s in dist.sum(sums))
+        window_tokens += o["gradAccum"] * o["batchSize"] * o["seqLen"]
+        seen += o["gradAccum"] * o["batchSize"] * o["seqLen"]
+        if step % o["logEvery"] == 0 or step == o["steps"]:
             elapsed = time.perf_counter() - window_start
-            if rank == 0:
-                print(json.dumps({
-                    "step": step, "loss": loss, "ce": out.loss_ce.item(),
-                    "aux": out.loss_aux.item(), "z": out.loss_z.item(), "lr": lr,
-                    "tokens_per_s": window_tokens / elapsed}), flush=True)
+            if dist.rank == 0:
+                print(json.dumps({"step": step, "loss": ce, "aux_loss": aux, "z_loss": z, "lr": lr, "grad_norm": norm,
+                                  "tokens_per_s": window_tokens / elapsed, "tokens_seen": seen}), flush=True)
             window_start, window_tokens = time.perf_counter(), 0
-    if args.save and rank == 0:
-        save_export(model.to("cpu"), args)
-        print(json.dumps({"saved": args.save}), flush=True)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    if args.save:
+        plain, _ = trainer.full_state()
+        if dist.rank == 0:
+            save_export(plain.to("cpu"), args, TOKENIZER, o["steps"])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    dist = None
     try:
-        train(args)
-    except (UsageError, CheckpointError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        device = pick_device(args.device)
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        dist = Dist(device)
+        torch.manual_seed(args.seed or 0)
+        data = args.data
+        if data is None and not args.resume:
+            raise UsageError("--data is required (a shard set directory, or a .txt file)")
+        if data is not None and not os.path.exists(data):
+            raise UsageError(f"--data: {data} does not exist")
+        if data is not None and os.path.isfile(data):
+            train_text(args, dist)
+        else:
+            train_shards(args, dist)
+    except (UsageError, CheckpointError, ConfigError, ValueError) as err:
+        prefix = f"rank {dist.rank}: " if dist and dist.world > 1 else ""
+        print(f"error: {prefix}{err}", file=sys.stderr)
         return 1
-    except OSError as err:  # e.g. --save into a directory we may not write
+    except OSError as err:  # e.g. --out or --save in a directory we may not write
         print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
         return 1
+    finally:
+        if dist:
+            dist.close()
     return 0
 
 
