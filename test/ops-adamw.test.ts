@@ -230,3 +230,25 @@ describe("adamw: non-finite gradients", () => {
     norm.release();
   });
 });
+
+describe("optimizer launches", () => {
+  // Stacked experts are one tensor per projection: the optimizer launches once per parameter tensor
+  // (plus the norm's reduction), so 64 experts cost what 4 do (before: one launch per expert and projection).
+  test("one norm input and one update launch per parameter tensor, whatever the expert count", async () => {
+    const gpu = await getGpu();
+    const { presetConfig } = await import("../src/model/config.ts");
+    const { ParamStore } = await import("../src/model/weights.ts");
+    const { GpuAdamW } = await import("../src/train/optimizer.ts");
+    const counts: number[] = [];
+    for (const E of [4, 64]) {
+      const c = presetConfig("mhmoe", { vocab_size: 257, hidden_size: 32, num_hidden_layers: 12, num_attention_heads: 4, intermediate_size: 32, num_experts: E, moe_intermediate_size: 8 });
+      const W = ParamStore.allocate(gpu, c, "w"), G = ParamStore.allocate(gpu, c, "g");
+      const opt = await GpuAdamW.plan(gpu, c, W, G);
+      const updates = opt.dispatches.filter((d) => d.kernel.name === "adamw.wgsl:adamw_update").length;
+      expect(updates).toBe(W.tensors.length);
+      counts.push(opt.dispatches.length);
+      opt.release(); W.release(); G.release();
+    }
+    expect(counts[1]).toBe(counts[0]!);
+  });
+});

@@ -8,6 +8,26 @@ import { ADAMW_CLIP_INDEX, createAdamWState, planAdamWStep, setAdamWApplied, wri
 import type { ModelConfig } from "../model/config.ts";
 import { ParamStore } from "../model/weights.ts";
 
+/**
+ * The parameters as AdamW segments, tensor by tensor and in offset order within a tensor, so the
+ * experts stacked in one tensor (slots interleave gate/up/down in spec order) coalesce into one segment:
+ * one norm input and one update launch per parameter tensor, not per expert and projection.
+ */
+export function adamwSegments(params: ParamStore, grads: ParamStore, m: ParamStore, v: ParamStore): AdamWSegment[] {
+  const byTensor = new Map<Tensor, string[]>(params.tensors.map((t) => [t, []]));
+  for (const [name, slot] of params.slots) byTensor.get(slot.tensor)!.push(name);
+  const segments: AdamWSegment[] = [];
+  for (const names of byTensor.values()) {
+    names.sort((a, b) => params.slots.get(a)!.offset - params.slots.get(b)!.offset);
+    for (const name of names) {
+      const slot = params.slots.get(name)!;
+      const at = (store: ParamStore) => store.slots.get(name)!.tensor;
+      segments.push({ param: slot.tensor, grad: at(grads), m: at(m), v: at(v), offset: slot.offset, n: slot.size, decay: slot.spec.decay });
+    }
+  }
+  return segments;
+}
+
 export class GpuAdamW {
   readonly m: ParamStore;
   readonly v: ParamStore;
@@ -25,12 +45,7 @@ export class GpuAdamW {
 
   static async plan(gpu: Gpu, c: ModelConfig, params: ParamStore, grads: ParamStore): Promise<GpuAdamW> {
     const opt = new GpuAdamW(gpu, params, grads, c);
-    const segments: AdamWSegment[] = [];
-    for (const [name, slot] of params.slots) {
-      const g = grads.slots.get(name)!, m = opt.m.slots.get(name)!, v = opt.v.slots.get(name)!;
-      segments.push({ param: slot.tensor, grad: g.tensor, m: m.tensor, v: v.tensor, offset: slot.offset, n: slot.size, decay: slot.spec.decay });
-    }
-    opt.dispatches = await planAdamWStep(gpu, { segments, norm: opt.gradNorm, state: opt.state });
+    opt.dispatches = await planAdamWStep(gpu, { segments: adamwSegments(params, grads, opt.m, opt.v), norm: opt.gradNorm, state: opt.state });
     return opt;
   }
 
