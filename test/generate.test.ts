@@ -116,10 +116,13 @@ describe("cached decoder", () => {
         dec.feed(ids[t]!);
         expectClose(await dec.readLogits(), want.subarray(t * V, (t + 1) * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} position ${t}`);
       }
-      // A reset cache replays the same logits (no stale row leaks into attention).
+      // A reset cache replays the same logits (no stale row leaks into attention); a prompt fed in one
+      // submit (feedMany) leaves the same cache as token by token.
       dec.reset();
-      for (let t = 0; t < 5; t++) dec.feed(ids[t]!);
-      expectClose(await dec.readLogits(), want.subarray(4 * V, 5 * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} after reset`);
+      dec.feedMany(ids.slice(0, 25));
+      expectClose(await dec.readLogits(), want.subarray(24 * V, 25 * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} feedMany`);
+      dec.feed(ids[25]!);
+      expectClose(await dec.readLogits(), want.subarray(25 * V, 26 * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} after feedMany`);
       dec.release();
       W.release();
     });
@@ -207,31 +210,35 @@ describe("generation", () => {
     const dense = CONFIGS.dense!; // max_position_embeddings 320
     const W = uploadParams(gpu, dense, randomParams(dense, 8));
     const r = new Rng(4);
-    const msPerToken: Record<string, number> = {};
+    const prompts = { 16: Int32Array.from({ length: 16 }, () => r.int(256)), 256: Int32Array.from({ length: 256 }, () => r.int(256)) };
+    // A tokenizer whose EOT never comes: every run makes all its tokens. Other processes share these CPU
+    // cores, so the figure is robust by construction: the median gap between consecutive tokens of a run,
+    // the best of 3 rounds that take the four cases in turn (a burst of load hits all of them alike).
+    const noEot = { ...tok, eot: -1 };
+    const ms: Record<string, number> = {};
     try {
-      for (const cache of [true, false]) {
-        for (const P of [16, 256]) {
-          const ids = Int32Array.from({ length: P }, () => r.int(256));
-          // A tokenizer whose EOT never comes: every run makes all its tokens. Best of 3 runs (the first
-          // also builds the pipelines): other processes share these CPU cores.
-          const noEot = { ...tok, eot: -1 };
-          let best = Infinity;
-          for (let rep = 0; rep < 3; rep++) {
-            const res = await generateTokens(gpu, dense, W, ids, noEot, { temperature: 1, topK: 0, topP: 1, seed: rep, cache, maxTokens: 16 });
-            best = Math.min(best, 1000 / res.tokens_per_s);
+      for (let round = 0; round < 3; round++) {
+        for (const cache of [true, false]) {
+          for (const P of [16, 256] as const) {
+            const at: number[] = [];
+            await generateTokens(gpu, dense, W, prompts[P], noEot, {
+              temperature: 1, topK: 0, topP: 1, seed: round, cache, maxTokens: 17, onToken: () => at.push(performance.now()),
+            });
+            const gaps = at.slice(1).map((t, i) => t - at[i]!).sort((x, y) => x - y);
+            const key = `${cache ? "cache" : "no-cache"} prompt ${P}`;
+            ms[key] = Math.min(ms[key] ?? Infinity, gaps[gaps.length >> 1]!);
           }
-          msPerToken[`${cache ? "cache" : "no-cache"} prompt ${P}`] = best;
         }
       }
     } finally {
       W.release();
     }
-    console.log("ms per new token:", JSON.stringify(msPerToken, (_, v) => (typeof v === "number" ? Number(v.toFixed(2)) : v)));
-    const cacheGrowth = msPerToken["cache prompt 256"]! / msPerToken["cache prompt 16"]!;
-    const fullGrowth = msPerToken["no-cache prompt 256"]! / msPerToken["no-cache prompt 16"]!;
+    console.log("ms per new token (median):", JSON.stringify(ms, (_, v) => (typeof v === "number" ? Number(v.toFixed(2)) : v)));
+    const cacheGrowth = ms["cache prompt 256"]! / ms["cache prompt 16"]!;
+    const fullGrowth = ms["no-cache prompt 256"]! / ms["no-cache prompt 16"]!;
     console.log(`growth 16 -> 256: cache x${cacheGrowth.toFixed(2)}, no-cache x${fullGrowth.toFixed(2)}`);
     expect(cacheGrowth).toBeLessThan(fullGrowth / 2);
-    expect(msPerToken["cache prompt 256"]!).toBeLessThan(msPerToken["no-cache prompt 256"]!);
+    expect(ms["cache prompt 256"]!).toBeLessThan(ms["no-cache prompt 256"]! / 3);
   });
 });
 

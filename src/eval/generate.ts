@@ -43,6 +43,8 @@ export interface GenerateOptions extends SampleOptions {
   cache: boolean;
   /** called once every input is checked and the model planned, just before the first token */
   onStart?: () => void;
+  /** called with each new id as it is sampled (EOT included) */
+  onToken?: (id: number) => void;
   /** called with each piece of decoded text as soon as it is whole (no half UTF-8 character) */
   onText?: (text: string) => void;
 }
@@ -138,7 +140,8 @@ class CachedSource implements LogitsSource {
     return new CachedSource(await Decoder.plan(gpu, c, W, { maxT }));
   }
   async next(ids: readonly number[]): Promise<Float32Array> {
-    for (const id of ids) this.dec.feed(id);
+    if (ids.length === 1) this.dec.feed(ids[0]!);
+    else this.dec.feedMany(ids);
     return this.dec.readLogits();
   }
   release(): void {
@@ -206,6 +209,7 @@ export async function generateTokens(
     for (;;) {
       const id = sampleNext(logits, n, o, rng);
       if (tokens.length === 0) firstAt = performance.now();
+      o.onToken?.(id);
       if (id === tokenizer.eot) {
         finish = "eot";
         break;

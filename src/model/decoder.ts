@@ -9,7 +9,7 @@
  * capacity dropping, whether a token keeps its experts would depend on how many tokens share a forward.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { Commands, read, writeAt, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { Commands, read, upload, writeAt, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { planEmbeddingForward } from "../ops/embedding.ts";
 import { planRmsNormForward } from "../ops/norm.ts";
 import { ropeTable } from "../ops/rope.ts";
@@ -40,6 +40,9 @@ export class Decoder {
   pos = 0;
   private ids!: Tensor;
   private state!: Tensor;
+  /** [maxT] ids to feed, by position, and [maxT] the positions 0..maxT-1: a prompt is one submit */
+  private queued!: Tensor;
+  private positions!: Tensor;
   private readonly steps: Dispatch[] = [];
   private readonly arena: Arena;
   private readonly scratch: Arena;
@@ -81,6 +84,23 @@ export class Decoder {
     this.pos++;
   }
 
+  /**
+   * Queues tokens at positions pos, pos+1, ... in ONE submit (a prompt's prefill): each step copies its
+   * id and position into place on the GPU before its pass, so no host round trip or submit per token.
+   */
+  feedMany(ids: ArrayLike<number>): void {
+    if (ids.length === 0) return;
+    if (this.pos + ids.length > this.maxT) throw new Error(`Decoder: ${ids.length} tokens from position ${this.pos} overflow the ${this.maxT}-position cache`);
+    const chunk = Int32Array.from(ids);
+    for (const id of chunk) if (!(id >= 0 && id < this.config.vocab_size)) throw new Error(`Decoder: token id ${id} outside the vocabulary`);
+    writeAt(this.queued, chunk, this.pos);
+    const cmds = new Commands(this.gpu);
+    for (let i = 0; i < chunk.length; i++, this.pos++) {
+      cmds.copy(this.queued, this.pos, this.ids, 0, 1).copy(this.positions, this.pos, this.state, 0, 1).pass(this.steps);
+    }
+    cmds.submit();
+  }
+
   /** The logits after the last token fed ([V]). */
   readLogits(): Promise<Float32Array> {
     return read(this.logits);
@@ -101,6 +121,8 @@ export class Decoder {
 
     this.ids = A.i32([1], "decode.ids");
     this.state = A.i32([4], "decode.state");
+    this.queued = A.i32([maxT], "decode.queued");
+    this.positions = A.adopt(upload(gpu, Int32Array.from({ length: maxT }, (_, i) => i), [maxT], "decode.positions"));
     const table = A.adopt(ropeTable(gpu, maxT, dHead, c.rope_theta));
     const scores = A.f32([H, maxT], "decode.scores");
     const xs = Array.from({ length: L + 1 }, (_, l) => A.f32([1, d], `x${l}`));
