@@ -33,7 +33,8 @@ const report = (layers: LayerRoutingMetrics[]): RoutingReport => ({
 
 /** The marks of one kind ("rect", "line", ...), each with its hover text (<title>) if it has one. */
 function marks(svg: string, kind: string): { title: string | null }[] {
-  const re = new RegExp(`<path [^>]*aria-roledescription="${kind} mark"[^>]*?(/>|>(?:<title>([^<]*)</title>)?)`, "g");
+  const role = kind === "point" ? "point" : `${kind} mark`; // vega names a point item "point", others "KIND mark"
+  const re = new RegExp(`<path [^>]*aria-roledescription="${role}"[^>]*?(/>|>(?:<title>([^<]*)</title>)?)`, "g");
   return [...svg.matchAll(re)].map((m) => ({ title: m[2] ?? null }));
 }
 /** The texts of the legend's labels. */
@@ -124,6 +125,8 @@ describe("training charts", () => {
     const loss = await renderSvg(charts.find((c) => c.id === "loss")!.spec);
     expect(marks(loss, "line").length).toBe(2);
     expect(legendLabels(loss)).toEqual(["run-a", "run-b"]);
+    expect(marks(loss, "line").map((m) => m.title)).toEqual(["run-a: training loss", "run-b: training loss"]);
+    expect(marks(loss, "point").map((m) => m.title)).toContain("run-b, step 20: training loss 4.6");
     expect(loss).toContain("cross-entropy loss (nats/token)");
     // eval rows: run-b only
     const ev = await renderSvg(charts.find((c) => c.id === "eval_loss")!.spec);

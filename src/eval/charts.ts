@@ -96,6 +96,8 @@ function topLevel(title: string, subtitle: string | undefined, body: Record<stri
   } as unknown as TopLevelSpec;
 }
 
+/** A figure for hover text: 5 significant digits, no trailing zeros. */
+const num = (x: number): string => String(Number(x.toPrecision(5)));
 const pct = (x: number): string => `${(100 * x).toFixed(2)}%`;
 const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
 
@@ -112,7 +114,6 @@ interface CurveDef {
   /** the rows it reads: step rows (a `loss`) or eval rows (an `eval_loss`) */
   eval?: boolean;
   format?: string;
-  log?: boolean;
   missing: string;
 }
 
@@ -146,20 +147,38 @@ function runLabels(runs: RunMetrics[]): string[] {
   return labels.map((l, i) => (labels.indexOf(l) !== i ? `${l} #${i + 1}` : l));
 }
 
+/**
+ * Lines over step, one per series (colour = run); with few rows, a point per row carries the row's
+ * figures as hover text. A line's own hover text is its series, not its first point's figures.
+ */
+function linesOverStep(encoding: Record<string, unknown>, points: boolean): Record<string, unknown> {
+  return {
+    encoding: { x: { field: "step", type: "quantitative", title: "step", axis: { format: "~s", tickMinStep: 1 } }, ...encoding },
+    layer: [
+      { mark: { type: "line", strokeWidth: 1.8 }, encoding: { description: { field: "series", type: "nominal" } } },
+      ...(points
+        ? [{
+          mark: { type: "point", filled: true, size: 28 },
+          encoding: { tooltip: { field: "label", type: "nominal" }, description: { field: "label", type: "nominal" } },
+        }]
+        : []),
+    ],
+  };
+}
+
 function curveSpec(c: CurveDef, values: { run: string; step: number; value: number }[], runs: string[], points: boolean): TopLevelSpec {
   return topLevel(c.title, undefined, {
     width: WIDTH,
     height: HEIGHT,
-    data: { values },
-    mark: { type: "line", point: points, strokeWidth: 1.8, tooltip: points },
-    encoding: {
-      x: { field: "step", type: "quantitative", title: "step", axis: { format: "~s", tickMinStep: 1 } },
-      y: {
-        field: "value", type: "quantitative", title: c.y, scale: { zero: false, type: c.log ? "log" : "linear" },
-        ...(c.format ? { axis: { format: c.format } } : {}),
-      },
-      color: { field: "run", type: "nominal", title: "run", scale: { domain: runs } },
+    data: {
+      values: values.map((v) => ({
+        ...v, series: `${v.run}: ${c.title.toLowerCase()}`, label: `${v.run}, step ${v.step}: ${c.title.toLowerCase()} ${num(v.value)}`,
+      })),
     },
+    ...linesOverStep({
+      y: { field: "value", type: "quantitative", title: c.y, scale: { zero: false }, ...(c.format ? { axis: { format: c.format } } : {}) },
+      color: { field: "run", type: "nominal", title: "run", scale: { domain: runs } },
+    }, points),
   });
 }
 
@@ -200,7 +219,7 @@ export function runChartPlan(runs: RunMetrics[]): { charts: ChartDef[]; skipped:
       r.rows.flatMap((row) => {
         if (isEvalRow(row) !== !!c.eval || !finite(row.step)) return [];
         const v = c.value(row);
-        return finite(v) && (!c.log || v > 0) ? [{ run: labels[i]!, step: row.step, value: v }] : [];
+        return finite(v) ? [{ run: labels[i]!, step: row.step, value: v }] : [];
       }),
     );
     if (values.length === 0) skipped.push({ id: c.id, title: c.title, reason: c.missing });
@@ -211,7 +230,15 @@ export function runChartPlan(runs: RunMetrics[]): { charts: ChartDef[]; skipped:
   const perRun = runs.map((r) => routingRows(r.rows));
   const act = perRun.flatMap((rr, i) =>
     rr.flatMap(({ step, layers }) =>
-      layers.flatMap((l) => (finite(l.activation_ratio) ? [{ run: labels[i]!, step, layer: `layer ${l.layer}`, value: l.activation_ratio }] : [])),
+      layers.flatMap((l) =>
+        finite(l.activation_ratio)
+          ? [{
+            run: labels[i]!, step, layer: `layer ${l.layer}`, value: l.activation_ratio,
+            series: `${labels[i]}: activation ratio of layer ${l.layer}`,
+            label: `${labels[i]}, step ${step}: activation ratio of layer ${l.layer} ${num(l.activation_ratio)}`,
+          }]
+          : [],
+      ),
     ),
   );
   const actTitle = "Expert activation ratio";
@@ -224,13 +251,13 @@ export function runChartPlan(runs: RunMetrics[]): { charts: ChartDef[]; skipped:
         width: WIDTH,
         height: HEIGHT,
         data: { values: act },
-        mark: { type: "line", point: maxRows <= 60, strokeWidth: 1.8 },
-        encoding: {
-          x: { field: "step", type: "quantitative", title: "step", axis: { format: "~s", tickMinStep: 1 } },
+        ...linesOverStep({
           y: { field: "value", type: "quantitative", title: "activation ratio (share of experts)", scale: { domain: [0, 1] }, axis: { format: ".0%" } },
           color: { field: "run", type: "nominal", title: "run", scale: { domain: labels } },
-          ...(new Set(act.map((a) => a.layer)).size > 1 ? { strokeDash: { field: "layer", type: "nominal", title: "MoE layer" } } : {}),
-        },
+          ...(new Set(act.map((a) => a.layer)).size > 1
+            ? { strokeDash: { field: "layer", type: "nominal", title: "MoE layer" }, shape: { field: "layer", type: "nominal", title: "MoE layer" } }
+            : { detail: { field: "layer", type: "nominal" } }),
+        }, maxRows <= 60),
       }),
     });
   }
@@ -347,11 +374,11 @@ export function routingHeatmapSpec(report: RoutingReport, title = "Expert activa
   return topLevel(title, sub, {
     data: { values },
     width: { step },
-    height: { step: 24 },
+    height: { step: report.layers.length <= 16 ? 24 : 14 },
     mark: { type: "rect" },
     encoding: {
       x: { field: "expert", type: "ordinal", title: "expert", axis: { labelAngle: 0, labelExpr: `datum.value % ${every} === 0 ? datum.label : ''` } },
-      y: { field: "layer", type: "ordinal", title: "layer", sort: "descending" },
+      y: { field: "layer", type: "ordinal", title: "layer" },
       color: { field: "share", type: "quantitative", title: "share of sub-tokens", scale: { scheme: "viridis", zero: true }, legend: { format: ".0%" } },
       tooltip: { field: "label", type: "nominal" },
       description: { field: "label", type: "nominal" },
@@ -439,7 +466,7 @@ export async function renderSvg(spec: ChartDef["spec"]): Promise<string> {
   try {
     const svg = await view.toSVG();
     return svg.replace(
-      /<path aria-label="([^"]*)" role="graphics-symbol" aria-roledescription="([a-z]+ mark)"([^>]*?)\/>/g,
+      /<path aria-label="([^"]*)" role="graphics-symbol" aria-roledescription="([a-z ]+)"([^>]*?)\/>/g,
       (_m, label: string, role: string, rest: string) =>
         `<path aria-label="${label}" role="graphics-symbol" aria-roledescription="${role}"${rest}><title>${escapeXml(decodeAttr(label))}</title></path>`,
     );
