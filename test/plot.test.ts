@@ -197,6 +197,7 @@ describe("mhmoe plot", () => {
       [[missing], `error: no such run directory: ${missing}\n`],
       [[join(dir, "empty-dir2")], `error: ${join(dir, "empty-dir2", "metrics.jsonl")} does not exist: not a run directory of mhmoe train\n`],
       [[runDir("no-rows", [])], `error: ${join(dir, "no-rows", "metrics.jsonl")} has no rows: nothing to plot yet\n`],
+      [[runDir("no-figures", [{ note: "x" }])], `error: nothing to plot: no row of ${join(dir, "no-figures")} has a figure the charts draw (step, loss, lr, ...)\n`],
     ];
     mkdirSync(join(dir, "empty-dir2"));
     for (const [args, err] of cases) {
@@ -206,6 +207,7 @@ describe("mhmoe plot", () => {
       expect(r.err).toBe(err);
     }
     expect(existsSync(join(dir, "no-rows", "plots"))).toBe(false);
+    expect(existsSync(join(dir, "no-figures", "plots"))).toBe(false);
   });
 
   test("plots a real 3-step training run", () => {

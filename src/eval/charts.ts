@@ -440,7 +440,8 @@ function helveticaWidth(text: string, size: number, bold: boolean): number {
   return (w * size * (bold ? 1.08 : 1)) / 1000;
 }
 
-{
+/** Where vega has no canvas (bun, node), it measures text with the widths above. */
+function measureTextHeadless(): void {
   const tm = (vega as unknown as { textMetrics: { width: unknown; estimateWidth: unknown } }).textMetrics;
   if (tm.width === tm.estimateWidth) {
     // the raw text: vega truncates to item.limit itself, measuring slices through this function
@@ -452,6 +453,7 @@ function helveticaWidth(text: string, size: number, bold: boolean): number {
     };
   }
 }
+measureTextHeadless();
 
 const escapeXml = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
