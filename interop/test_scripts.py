@@ -121,7 +121,7 @@ class TrainScriptTest(unittest.TestCase):
             saved = os.path.join(tmp, "saved")
             res = run_script("train_torch.py", "--checkpoint", os.path.join(tmp, "ckpt"),
                              "--data", text, "--steps", 6, "--batch-size", 2, "--seq-len", 16,
-                             "--lr", "1e-2", "--save", saved)
+                             "--lr", "1e-2", "--warmup", 0, "--log-every", 1, "--save", saved)
             self.assertEqual(res.returncode, 0, res.stderr)
             records = [json.loads(line) for line in res.stdout.splitlines()]
             steps = [r for r in records if "step" in r]
@@ -129,6 +129,10 @@ class TrainScriptTest(unittest.TestCase):
             for r in steps:
                 self.assertGreater(r["tokens_per_s"], 0)
                 self.assertTrue(r["loss"] > 0)
+                # mhmoe train's fields: loss is the cross-entropy alone, the router losses apart
+                self.assertEqual(set(r), {"step", "loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens_per_s",
+                                          "tokens_seen"})
+                self.assertEqual(r["tokens_seen"], r["step"] * 2 * 16)
             self.assertLess(steps[-1]["loss"], steps[0]["loss"])
             self.assertEqual(records[-1], {"saved": saved})
             reloaded = load_pretrained(saved)

@@ -381,7 +381,8 @@ def train_shards(args, dist: Dist) -> None:
         last_saved = None
         stop_at = min(o["steps"], args.stop_at) if args.stop_at is not None else o["steps"]
         if stop_at <= step:
-            raise UsageError(f"--stop-at {args.stop_at}: the run is already at step {step}")
+            raise UsageError(f"the run is already at step {step}" + (f" (--stop-at {args.stop_at})" if args.stop_at
+                             is not None else f" of --steps {o['steps']}: give a larger --steps to go on"))
         while step < stop_at:
             step += 1
             lr = learning_rate(o["lr"], o["minLr"], o["warmup"], o["schedule"], o["steps"], step)
