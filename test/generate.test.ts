@@ -116,13 +116,21 @@ describe("cached decoder", () => {
         dec.feed(ids[t]!);
         expectClose(await dec.readLogits(), want.subarray(t * V, (t + 1) * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} position ${t}`);
       }
-      // A reset cache replays the same logits (no stale row leaks into attention); a prompt fed in one
-      // submit (feedMany) leaves the same cache as token by token.
+      // A reset cache replays the same logits (no stale row leaks into attention); prompts fed in one
+      // submit (feedMany) or as one forward (prefill) leave the same cache as token by token.
       dec.reset();
       dec.feedMany(ids.slice(0, 25));
       expectClose(await dec.readLogits(), want.subarray(24 * V, 25 * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} feedMany`);
       dec.feed(ids[25]!);
       expectClose(await dec.readLogits(), want.subarray(25 * V, 26 * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} after feedMany`);
+      // and so does a prompt fed as one P-row forward (prefill)
+      dec.reset();
+      await dec.prefill(ids.slice(0, 30));
+      expectClose(await dec.readLogits(), want.subarray(29 * V, 30 * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} prefill`);
+      for (let t = 30; t < T; t++) {
+        dec.feed(ids[t]!);
+        expectClose(await dec.readLogits(), want.subarray(t * V, (t + 1) * V), { atol: 1e-5 * Math.max(1, scale), rtol: 0 }, `${name} position ${t} after prefill`);
+      }
       dec.release();
       W.release();
     });
@@ -263,11 +271,12 @@ describe("mhmoe generate", () => {
     const chunks: string[] = [];
     const decoder = new TextDecoder();
     for await (const c of p.stdout) chunks.push(decoder.decode(c, { stream: true }));
-    expect(await p.exited).toBe(0);
+    const err = await new Response(p.stderr).text();
+    expect(await p.exited, err).toBe(0);
     const out = chunks.join("");
     expect(chunks.length).toBeGreaterThan(2); // pieces arrive as they are made, not once at the end
     expect(out.startsWith("Fellow")).toBe(true);
-    expect(await new Response(p.stderr).text()).toMatch(/^\[\d+ tokens, (ended by <\|endoftext\|>|length limit), [\d.]+ tokens\/s/);
+    expect(err).toMatch(/^\[\d+ tokens, (ended by <\|endoftext\|>|length limit), [\d.]+ tokens\/s/);
 
     const j = JSON.parse(gen(...args, "--json").out);
     expect(j.prompt).toBe("Fellow");

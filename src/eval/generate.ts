@@ -141,6 +141,7 @@ class CachedSource implements LogitsSource {
   }
   async next(ids: readonly number[]): Promise<Float32Array> {
     if (ids.length === 1) this.dec.feed(ids[0]!);
+    else if (this.dec.pos === 0) await this.dec.prefill(ids);
     else this.dec.feedMany(ids);
     return this.dec.readLogits();
   }

@@ -12,7 +12,8 @@ import type { Gpu } from "../gpu/device.ts";
 import { Commands, read, upload, writeAt, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { planEmbeddingForward } from "../ops/embedding.ts";
 import { planRmsNormForward } from "../ops/norm.ts";
-import { ropeTable } from "../ops/rope.ts";
+import { planRopeForward, ropeTable } from "../ops/rope.ts";
+import { planAttentionForward } from "../ops/attention.ts";
 import { planDecodeAttention, planRopeAppend } from "../ops/attention_decode.ts";
 import { planCopy } from "../ops/elementwise.ts";
 import { isMoeLayer, type ModelConfig } from "./config.ts";
@@ -44,9 +45,14 @@ export class Decoder {
   private queued!: Tensor;
   private positions!: Tensor;
   private readonly steps: Dispatch[] = [];
+  /** the final norm and LM head of a step (reading xs[L]), which a prefill's last row goes through too */
+  private tail: Dispatch[] = [];
+  private xLast!: Tensor;
+  private table!: Tensor;
   private readonly arena: Arena;
   private readonly scratch: Arena;
   private readonly config: ModelConfig;
+  private readonly caches: { k: Tensor; v: Tensor }[] = [];
 
   private constructor(readonly gpu: Gpu, config: ModelConfig, readonly params: ParamStore, readonly opts: DecoderPlanOptions) {
     this.config = dropless(config);
@@ -101,6 +107,31 @@ export class Decoder {
     cmds.submit();
   }
 
+  /**
+   * Feeds a prompt from position 0 as ONE forward over its P tokens (the Transformer's math with N = P:
+   * full causal attention, P-row matmuls), writing every layer's roped k and v into cache rows 0..P-1 and
+   * the last token's logits: dispatches no longer grow with P as with token-by-token feeding. Planned
+   * for this P and released once run.
+   */
+  async prefill(ids: ArrayLike<number>): Promise<void> {
+    const P = ids.length;
+    if (this.pos !== 0) throw new Error("Decoder.prefill: the cache is not empty (reset() first)");
+    if (P < 1 || P > this.maxT) throw new Error(`Decoder.prefill: ${P} tokens for a ${this.maxT}-position cache`);
+    const chunk = Int32Array.from(ids);
+    for (const id of chunk) if (!(id >= 0 && id < this.config.vocab_size)) throw new Error(`Decoder: token id ${id} outside the vocabulary`);
+    const A = new Arena(this.gpu), S = new Arena(this.gpu, true);
+    try {
+      const plan = await this.gpu.checked("planning the prefill", () => this.planPrefill(P, A, S));
+      writeAt(this.queued, chunk, 0);
+      new Commands(this.gpu).pass(plan, this.tail).submit();
+      this.pos = P;
+      await this.gpu.sync();
+    } finally {
+      A.release();
+      S.release();
+    }
+  }
+
   /** The logits after the last token fed ([V]). */
   readLogits(): Promise<Float32Array> {
     return read(this.logits);
@@ -123,7 +154,7 @@ export class Decoder {
     this.state = A.i32([4], "decode.state");
     this.queued = A.i32([maxT], "decode.queued");
     this.positions = A.adopt(upload(gpu, Int32Array.from({ length: maxT }, (_, i) => i), [maxT], "decode.positions"));
-    const table = A.adopt(ropeTable(gpu, maxT, dHead, c.rope_theta));
+    const table = (this.table = A.adopt(ropeTable(gpu, maxT, dHead, c.rope_theta)));
     const scores = A.f32([H, maxT], "decode.scores");
     const xs = Array.from({ length: L + 1 }, (_, l) => A.f32([1, d], `x${l}`));
     fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, table: W.get("model.embed_tokens.weight"), out: xs[0]!, N: 1, V, d })));
@@ -136,6 +167,7 @@ export class Decoder {
     for (let l = 0; l < L; l++) {
       const p = lp(l);
       const kCache = A.f32([maxT, d], `${p}.k_cache`), vCache = A.f32([maxT, d], `${p}.v_cache`);
+      this.caches.push({ k: kCache, v: vCache });
       fwd.push(...(await planRmsNormForward(gpu, { x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), y: a, rstd, N: 1, d, eps })));
       fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, 1, d, d));
       fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, 1, d, d));
@@ -155,8 +187,50 @@ export class Decoder {
       }
     }
     const xf = A.f32([1, d], "xfinal");
-    fwd.push(...(await planRmsNormForward(gpu, { x: xs[L]!, w: W.get("model.norm.weight"), y: xf, rstd, N: 1, d, eps })));
+    this.xLast = xs[L]!;
     this.logits = A.f32([1, V], "logits");
-    fwd.push(await linear(gpu, xf, W.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"), this.logits, 1, d, V));
+    this.tail = [
+      ...(await planRmsNormForward(gpu, { x: this.xLast, w: W.get("model.norm.weight"), y: xf, rstd, N: 1, d, eps })),
+      await linear(gpu, xf, W.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"), this.logits, 1, d, V),
+    ];
+    fwd.push(...this.tail);
+  }
+
+  /** The prompt forward of prefill(): Transformer's layer loop at N = P, B = 1, plus the cache writes. */
+  private async planPrefill(P: number, A: Arena, S: Arena): Promise<Dispatch[]> {
+    const { gpu, config: c, params: W } = this;
+    const d = c.hidden_size, H = c.num_attention_heads, dHead = d / H, V = c.vocab_size, L = c.num_hidden_layers;
+    const eps = c.rms_norm_eps, N = P, lp = (l: number) => `model.layers.${l}`;
+    const fwd: Dispatch[] = [];
+    const x = A.f32([N, d], "pre.x"), xMid = A.f32([N, d], "pre.xmid"), a = A.f32([N, d], "pre.a"), m = A.f32([N, d], "pre.m");
+    const rstd = A.f32([N], "pre.rstd"), q = A.f32([N, d], "pre.q"), k = A.f32([N, d], "pre.k"), v = A.f32([N, d], "pre.v");
+    const o = A.f32([N, d], "pre.o"), lse = A.f32([1, H, P], "pre.lse");
+    fwd.push(...(await planEmbeddingForward(gpu, { ids: this.queued, table: W.get("model.embed_tokens.weight"), out: x, N, V, d })));
+    for (let l = 0; l < L; l++) {
+      const p = lp(l), cache = this.caches[l]!;
+      fwd.push(...(await planRmsNormForward(gpu, { x, w: W.get(`${p}.input_layernorm.weight`), y: a, rstd, N, d, eps })));
+      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, N, d, d));
+      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, N, d, d));
+      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, N, d, d));
+      fwd.push(...(await planRopeForward(gpu, { x: q, table: this.table, B: 1, T: P, H, dHead })));
+      fwd.push(...(await planRopeForward(gpu, { x: k, table: this.table, B: 1, T: P, H, dHead })));
+      fwd.push(...(await planCopy(gpu, { src: k, dst: cache.k, rows: N, cols: d })));
+      fwd.push(...(await planCopy(gpu, { src: v, dst: cache.v, rows: N, cols: d })));
+      fwd.push(...(await planAttentionForward(gpu, { B: 1, T: P, H, dHead, q, k, v, o, lse })));
+      fwd.push(...(await planCopy(gpu, { src: x, dst: xMid, rows: N, cols: d })));
+      fwd.push(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 1));
+      fwd.push(...(await planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd, N, d, eps })));
+      fwd.push(...(await planCopy(gpu, { src: xMid, dst: x, rows: N, cols: d })));
+      const io = { N, width: d, m, out: x, dOut: null, dm: null };
+      if (isMoeLayer(c, l)) {
+        fwd.push(...(await planMoeBlock(gpu, c, l, io, W, null, A, S, 1)).block.forward);
+      } else {
+        const w = { gate: c.hidden_act === "silu" ? W.get(`${p}.mlp.gate_proj.weight`) : null, up: W.get(`${p}.mlp.up_proj.weight`), down: W.get(`${p}.mlp.down_proj.weight`) };
+        fwd.push(...(await planDenseFfn(gpu, { ...io, inner: c.intermediate_size, act: c.hidden_act }, w, null, A, S, `${p}.mlp`)).forward);
+      }
+    }
+    // Only the last token's logits are wanted: its row goes through the step's final norm and LM head.
+    fwd.push(...(await planCopy(gpu, { src: { tensor: x, offset: (P - 1) * d }, dst: this.xLast, rows: 1, cols: d })));
+    return fwd;
   }
 }
