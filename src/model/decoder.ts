@@ -2,7 +2,8 @@
  * The model planned for generation: one new token per step against per-layer K/V caches on the GPU.
  * Everything (pipelines, bind groups, activations [1, d], caches [maxT, d]) is made once; a step writes
  * the token id and its position into two small buffers and submits the recorded dispatches, so one
- * token costs O(1) in everything but attention, which reads the pos+1 cached rows (O(prefix)).
+ * token costs O(1) in everything but attention, which reads the pos+1 cached rows (O(prefix)). A prompt
+ * goes in as one P-row forward (prefill(), planned for its length) that fills cache rows 0..P-1.
  *
  * Same math as Transformer's forward (docs/model.md) row by row: RoPE from the same table, the same
  * matmul, norm, FFN and MoE ops with N = 1. MoE layers are planned dropless (see dropless()): with
