@@ -25,6 +25,11 @@ async function generateAction(flags: GenerateFlags): Promise<void> {
   if (seed < 0) throw new UserError(`--seed must be a non-negative integer, got ${seed}`);
   // Text streams to stdout as it is sampled: the prompt first, then each whole character once decoded.
   const stream = !flags.json;
+  // A reader that stops early (`| head`) closes the pipe: stop generating, quietly, as text filters do.
+  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE") process.exit(0);
+    throw e;
+  });
   const r = await generateFromCheckpoint(() => getGpu(), checkpoint, flags.prompt, {
     maxTokens: flags.maxTokens === undefined ? undefined : parseNumber("--max-tokens", flags.maxTokens, true),
     temperature: parseNumber("--temperature", flags.temperature, false),

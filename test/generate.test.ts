@@ -175,6 +175,14 @@ describe("sampling", () => {
     expect(pieces.join("") + s.end()).toBe(text);
     expect(pieces.every((p) => !p.includes("\uFFFD"))).toBe(true);
     expect(pieces.filter((p) => p !== "").length).toBe([...text].length);
+    // GPT-2 byte-level BPE splits emoji and CJK characters across tokens too
+    const gpt2 = getTokenizer("gpt2");
+    const g = new TextStream(gpt2);
+    const cjk = "😀😀 ok ñandú 中文字符 🎉x";
+    const gp = Array.from(gpt2.encode(cjk), (id) => g.push(id));
+    expect(gp.join("") + g.end()).toBe(cjk);
+    expect(gp.some((p) => p === "")).toBe(true);
+    expect(gp.every((p) => !p.includes("\uFFFD"))).toBe(true);
   });
 });
 
