@@ -90,7 +90,7 @@ async function wallRun(gpu: Gpu, dispatches: readonly Dispatch[], reps = 1): Pro
 }
 
 async function snapshot(gpu: Gpu, tensors: Tensor[]): Promise<Uint32Array[]> {
-  return Promise.all(tensors.map(async (t) => new Uint32Array(await readBytes(gpu, t.buffer, t.byteLength))));
+  return Promise.all(tensors.map(async (t) => new Uint32Array(await readBytes(gpu, t.buffer, t.byteLength, t.byteOffset))));
 }
 
 /** Labels of the tensors whose bits differ between one run of the group and three. */

@@ -232,9 +232,10 @@ describe("adamw: non-finite gradients", () => {
 });
 
 describe("optimizer launches", () => {
-  // Stacked experts are one tensor per projection: the optimizer launches once per parameter tensor
-  // (plus the norm's reduction), so 64 experts cost what 4 do (before: one launch per expert and projection).
-  test("one norm input and one update launch per parameter tensor, whatever the expert count", async () => {
+  // Parameters live in a few chunks, decayed tensors first: the optimizer launches twice per chunk (plus
+  // the norm's reduction), so 12 layers of 64 experts cost what 4 experts do (before: one launch per
+  // tensor, and earlier one per expert and projection).
+  test("two update launches per parameter chunk, whatever the tensor or expert count", async () => {
     const gpu = await getGpu();
     const { presetConfig } = await import("../src/model/config.ts");
     const { ParamStore } = await import("../src/model/weights.ts");
@@ -245,7 +246,8 @@ describe("optimizer launches", () => {
       const W = ParamStore.allocate(gpu, c, "w"), G = ParamStore.allocate(gpu, c, "g");
       const opt = await GpuAdamW.plan(gpu, c, W, G);
       const updates = opt.dispatches.filter((d) => d.kernel.name === "adamw.wgsl:adamw_update").length;
-      expect(updates).toBe(W.tensors.length);
+      expect(W.chunks).toHaveLength(1);
+      expect(updates).toBe(2);
       counts.push(opt.dispatches.length);
       opt.release(); W.release(); G.release();
     }

@@ -8,7 +8,11 @@ type Typed = Float32Array | Int32Array | Uint32Array;
 const MAP_READ = 0x1;
 const COPY_DST = 0x8;
 
-/** A dense row-major array in a pooled storage buffer. Element offsets are handled by the ops, not here. */
+/**
+ * A dense row-major array in a pooled storage buffer: the whole buffer, or a view, a range of a larger
+ * buffer starting at `byteOffset` (see tensorView). Kernels see either as a whole array: a view is bound
+ * as its range, so no op needs to know. Element offsets inside a tensor are handled by the ops.
+ */
 export class Tensor {
   constructor(
     readonly gpu: Gpu,
@@ -16,6 +20,10 @@ export class Tensor {
     readonly shape: readonly number[],
     readonly dtype: DType = "f32",
     readonly label = "",
+    /** where a view starts in `buffer` (0 for a tensor that owns its buffer) */
+    readonly byteOffset = 0,
+    /** false for a view: releasing it leaves the buffer to its owner */
+    readonly ownsBuffer = true,
   ) {}
 
   get size(): number {
@@ -25,29 +33,55 @@ export class Tensor {
     return this.size * 4;
   }
   release(): void {
-    this.gpu.pool.release(this.buffer);
+    if (this.ownsBuffer) this.gpu.pool.release(this.buffer);
+  }
+}
+
+/**
+ * Elements elementOffset.. of `base` as a tensor of `shape`, sharing its buffer. The view's start must
+ * meet the adapter's minStorageBufferOffsetAlignment (so it can be bound as a range) and its bytes must
+ * fit the adapter's binding limit; the base keeps owning the buffer.
+ */
+export function tensorView(base: Tensor, elementOffset: number, shape: readonly number[], label = ""): Tensor {
+  const gpu = base.gpu;
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (elementOffset < 0 || elementOffset + n > base.size) throw new Error(`tensorView ${label}: elements ${elementOffset}..${elementOffset + n} outside ${base.label || "tensor"} of ${base.size}`);
+  const byteOffset = base.byteOffset + elementOffset * 4;
+  const align = gpu.limits.minStorageBufferOffsetAlignment ?? 256;
+  if (byteOffset % align !== 0) throw new Error(`tensorView ${label}: byte offset ${byteOffset} is not a multiple of minStorageBufferOffsetAlignment ${align}`);
+  checkBindable(gpu, n * 4, shape, label);
+  return new Tensor(gpu, base.buffer, shape, base.dtype, label, byteOffset, false);
+}
+
+/** Whether two tensors share memory (the same buffer, overlapping ranges): never both bound when one is written. */
+export function sharesMemory(a: Tensor, b: Tensor): boolean {
+  if (a.buffer !== b.buffer) return false;
+  return a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+}
+
+/** Kernels bind whole tensors: one past the adapter's binding limit could never be used. */
+function checkBindable(gpu: Gpu, bytes: number, shape: readonly number[], label: string): void {
+  const limit = gpu.limits.maxStorageBufferBindingSize ?? Infinity;
+  if (bytes > limit) {
+    const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+    throw new UserError(
+      `tensor ${label || "[" + shape.join(", ") + "]"} [${shape.join(", ")}] needs ${mib(bytes)}, more than this adapter binds ` +
+        `(maxStorageBufferBindingSize ${mib(limit)}); use a smaller batch, sequence length or model`,
+    );
   }
 }
 
 /** An uninitialised tensor (pooled memory may hold old data: ops write every element, or call zeros()). */
 export function empty(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", label = ""): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
-  // Kernels bind whole tensors, so one past the adapter's binding limit could never be used.
-  const limit = gpu.limits.maxStorageBufferBindingSize ?? Infinity;
-  if (n * 4 > limit) {
-    const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
-    throw new UserError(
-      `tensor ${label || "[" + shape.join(", ") + "]"} [${shape.join(", ")}] needs ${mib(n * 4)}, more than this adapter binds ` +
-        `(maxStorageBufferBindingSize ${mib(limit)}); use a smaller batch, sequence length or model`,
-    );
-  }
+  checkBindable(gpu, n * 4, shape, label);
   return new Tensor(gpu, gpu.pool.acquire(n * 4, undefined, label), shape, dtype, label);
 }
 
 export function zeros(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", label = ""): Tensor {
   const t = empty(gpu, shape, dtype, label);
   const enc = gpu.device.createCommandEncoder();
-  enc.clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4 || 4);
+  enc.clearBuffer(t.buffer, t.byteOffset, Math.ceil(t.byteLength / 4) * 4 || 4);
   gpu.device.queue.submit([enc.finish()]);
   return t;
 }
@@ -58,19 +92,19 @@ export function upload(gpu: Gpu, data: Typed, shape?: readonly number[], label =
   const n = s.reduce((a, b) => a * b, 1);
   if (n !== data.length) throw new Error(`upload: shape [${s}] has ${n} elements, data has ${data.length}`);
   const t = empty(gpu, s, dtype, label);
-  if (data.byteLength > 0) gpu.device.queue.writeBuffer(t.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+  if (data.byteLength > 0) gpu.device.queue.writeBuffer(t.buffer, t.byteOffset, data.buffer, data.byteOffset, data.byteLength);
   return t;
 }
 
 export function write(t: Tensor, data: Typed): void {
   if (data.length !== t.size) throw new Error(`write: tensor has ${t.size} elements, data has ${data.length}`);
-  t.gpu.device.queue.writeBuffer(t.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+  t.gpu.device.queue.writeBuffer(t.buffer, t.byteOffset, data.buffer, data.byteOffset, data.byteLength);
 }
 
 /** Writes `data` into elements at.. of a tensor; queued, so it lands before the next submit's work. */
 export function writeAt(t: Tensor, data: Typed, at = 0): void {
   if (at < 0 || at + data.length > t.size) throw new Error(`writeAt: elements ${at}..${at + data.length} outside ${t.label || "tensor"} of ${t.size}`);
-  if (data.length > 0) t.gpu.device.queue.writeBuffer(t.buffer, at * 4, data.buffer, data.byteOffset, data.byteLength);
+  if (data.length > 0) t.gpu.device.queue.writeBuffer(t.buffer, t.byteOffset + at * 4, data.buffer, data.byteOffset, data.byteLength);
 }
 
 /**
@@ -94,13 +128,13 @@ export class Commands {
 
   /** Copies n elements from src[srcAt..] to dst[dstAt..]. */
   copy(src: Tensor, srcAt: number, dst: Tensor, dstAt: number, n: number): this {
-    this.encoder.copyBufferToBuffer(src.buffer, srcAt * 4, dst.buffer, dstAt * 4, n * 4);
+    this.encoder.copyBufferToBuffer(src.buffer, src.byteOffset + srcAt * 4, dst.buffer, dst.byteOffset + dstAt * 4, n * 4);
     return this;
   }
 
   /** Sets every element of the tensors to zero. */
   clear(...tensors: readonly Tensor[]): this {
-    for (const t of tensors) this.encoder.clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+    for (const t of tensors) this.encoder.clearBuffer(t.buffer, t.byteOffset, Math.ceil(t.byteLength / 4) * 4);
     return this;
   }
 
@@ -125,12 +159,12 @@ export async function readBytes(gpu: Gpu, buffer: GPUBuffer, byteLength: number,
 
 export async function read(t: Tensor): Promise<Float32Array>;
 export async function read(t: Tensor): Promise<Typed> {
-  const bytes = await readBytes(t.gpu, t.buffer, t.byteLength);
+  const bytes = await readBytes(t.gpu, t.buffer, t.byteLength, t.byteOffset);
   return t.dtype === "f32" ? new Float32Array(bytes) : t.dtype === "i32" ? new Int32Array(bytes) : new Uint32Array(bytes);
 }
 
 export async function readInt(t: Tensor): Promise<Int32Array> {
-  return new Int32Array(await readBytes(t.gpu, t.buffer, t.byteLength));
+  return new Int32Array(await readBytes(t.gpu, t.buffer, t.byteLength, t.byteOffset));
 }
 
 /**
@@ -155,6 +189,15 @@ export function uniform(gpu: Gpu, fields: UniformField[], label = "params"): GPU
 
 export type Binding = Tensor | GPUBuffer;
 
+/**
+ * A tensor binds exactly its range, a view or not: a pooled buffer may be up to 1/8 larger than its
+ * tensor (size classes), and that slack must not count against the adapter's binding limit.
+ */
+function bufferBinding(b: Binding): GPUBufferBinding {
+  if (!(b instanceof Tensor)) return { buffer: b };
+  return { buffer: b.buffer, offset: b.byteOffset, size: Math.max(4, b.byteLength) };
+}
+
 /** Bind group for binding slots 0..n-1 of group 0, in order. Made once when an op is planned, then reused. */
 export function bindGroup(gpu: Gpu, kernel: Kernel, bindings: Binding[]): GPUBindGroup {
   return bindSlots(gpu, kernel, bindings.map((b, i) => [i, b]));
@@ -168,7 +211,7 @@ export function bindSlots(gpu: Gpu, kernel: Kernel, slots: [number, Binding][]):
   return gpu.device.createBindGroup({
     label: kernel.name,
     layout: kernel.layout,
-    entries: slots.map(([binding, b]) => ({ binding, resource: { buffer: b instanceof Tensor ? b.buffer : b } })),
+    entries: slots.map(([binding, b]) => ({ binding, resource: bufferBinding(b) })),
   });
 }
 

@@ -86,7 +86,7 @@ export class Transformer {
   }
 
   async readScalar(t: Tensor): Promise<number> {
-    return new Float32Array(await readBytes(this.gpu, t.buffer, 4))[0]!;
+    return new Float32Array(await readBytes(this.gpu, t.buffer, 4, t.byteOffset))[0]!;
   }
 
   release(): void {

@@ -4,7 +4,7 @@
  * ([E, out, in], expert e at offset e*out*in) because the grouped expert GEMM reads them as one array.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { readBytes, writeAt, zeros, type Commands, type Tensor } from "../gpu/tensor.ts";
+import { readBytes, tensorView, writeAt, zeros, type Commands, type Tensor } from "../gpu/tensor.ts";
 import type { ModelConfig } from "./config.ts";
 import { numel, parameterSpecs, type ParamSpec } from "./params.ts";
 
@@ -29,38 +29,91 @@ export function expertStackKey(name: string): { key: string; expert: number } | 
   return m ? { key: `${m[1]}.*.${m[3]}`, expert: Number(m[2]) } : null;
 }
 
+/**
+ * One buffer of a store: parameter tensors back to back (each start aligned for binding), those with
+ * weight decay first, elements [0, decayEnd), then those without, [decayEnd, size). Padding between
+ * tensors is zero and stays zero (its gradient is zero), so the optimizer can treat each region as one
+ * segment and the gradients of a whole chunk can be cleared at once.
+ */
+export interface ParamChunk {
+  tensor: Tensor;
+  decayEnd: number;
+}
+
+interface Unit {
+  key: string;
+  elements: number;
+  decay: boolean;
+  label: string;
+}
+
 export class ParamStore {
   readonly slots = new Map<string, ParamSlot>();
-  /** The distinct tensors, in spec order (each stacked tensor once). */
+  /** The distinct parameter tensors (views into the chunks), in spec order (each stacked tensor once). */
   readonly tensors: Tensor[] = [];
+  /** The buffers the tensors live in: as few as the adapter's binding limit allows. */
+  readonly chunks: ParamChunk[] = [];
   private stacks = new Map<string, Tensor>();
 
   private constructor(readonly gpu: Gpu, readonly specs: ParamSpec[]) {}
 
-  /** Allocates zeroed storage for every parameter of the config (weights or gradients alike). */
+  /**
+   * Allocates zeroed storage for every parameter of the config (weights, gradients or moments alike:
+   * the layout depends only on the config and the adapter, so stores of one config line up chunk for
+   * chunk). Tensors are views into a few large chunks, so the optimizer and gradient clearing work per
+   * chunk rather than per tensor.
+   */
   static allocate(gpu: Gpu, c: ModelConfig, label: string): ParamStore {
     const specs = parameterSpecs(c);
     const store = new ParamStore(gpu, specs);
-    const stackSizes = new Map<string, number>();
+    // One unit per distinct tensor: a plain parameter, or a layer's stacked experts of one projection.
+    const units = new Map<string, Unit>();
     for (const s of specs) {
       const e = expertStackKey(s.name);
-      if (e) stackSizes.set(e.key, (stackSizes.get(e.key) ?? 0) + numel(s.shape));
+      const key = e ? e.key : s.name;
+      const u = units.get(key);
+      if (u) u.elements += numel(s.shape);
+      else units.set(key, { key, elements: numel(s.shape), decay: s.decay, label: `${label}:${key}` });
+    }
+    const align = Math.max(1, (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4);
+    const limit = Math.floor(Math.min(gpu.limits.maxStorageBufferBindingSize ?? Infinity, gpu.limits.maxBufferSize ?? Infinity, 2 ** 31) / 4);
+    const ordered = [...units.values()].sort((a, b) => Number(b.decay) - Number(a.decay)); // stable: spec order within each
+    // Place the units: decayed ones first, then the rest, a new chunk when the next would pass the limit.
+    const placed = new Map<string, { chunk: number; offset: number }>();
+    const sizes: number[] = [], decayEnds: number[] = [];
+    for (const u of ordered) {
+      let k = sizes.length - 1;
+      const at = k >= 0 ? Math.ceil(sizes[k]! / align) * align : 0;
+      if (k < 0 || (at + u.elements > limit && sizes[k]! > 0)) {
+        sizes.push(0);
+        decayEnds.push(0);
+        k++;
+      }
+      const offset = Math.ceil(sizes[k]! / align) * align;
+      placed.set(u.key, { chunk: k, offset });
+      sizes[k] = offset + u.elements;
+      if (u.decay) decayEnds[k] = sizes[k]!;
+    }
+    sizes.forEach((n, k) => {
+      const t = zeros(gpu, [n], "f32", `${label}:chunk${k}`);
+      store.chunks.push({ tensor: t, decayEnd: decayEnds[k]! });
+    });
+    const views = new Map<string, Tensor>();
+    for (const u of units.values()) {
+      const p = placed.get(u.key)!;
+      const v = tensorView(store.chunks[p.chunk]!.tensor, p.offset, [u.elements], u.label);
+      views.set(u.key, v);
+      store.tensors.push(v);
     }
     for (const s of specs) {
       const size = numel(s.shape);
       const e = expertStackKey(s.name);
       if (e) {
-        let t = store.stacks.get(e.key);
-        if (!t) {
-          t = zeros(gpu, [stackSizes.get(e.key)!], "f32", `${label}:${e.key}`);
-          store.stacks.set(e.key, t);
-          store.tensors.push(t);
-        }
+        const t = views.get(e.key)!;
+        store.stacks.set(e.key, t);
         store.slots.set(s.name, { spec: s, tensor: t, offset: e.expert * size, size });
       } else {
-        const t = zeros(gpu, [size], "f32", `${label}:${s.name}`);
-        store.tensors.push(t);
-        store.slots.set(s.name, { spec: s, tensor: t, offset: 0, size });
+        store.slots.set(s.name, { spec: s, tensor: views.get(s.name)!, offset: 0, size });
       }
     }
     return store;
@@ -93,19 +146,22 @@ export class ParamStore {
   /** Reads every parameter back (a full GPU sync: for checkpoints and tests, never inside a step). */
   async download(): Promise<Map<string, Float32Array>> {
     const out = new Map<string, Float32Array>();
-    const whole = new Map<Tensor, Float32Array>();
-    for (const t of this.tensors) whole.set(t, new Float32Array(await readBytes(this.gpu, t.buffer, t.byteLength)));
-    for (const [name, s] of this.slots) out.set(name, whole.get(s.tensor)!.slice(s.offset, s.offset + s.size));
+    const whole = new Map<GPUBuffer, Float32Array>();
+    for (const { tensor: t } of this.chunks) whole.set(t.buffer, new Float32Array(await readBytes(this.gpu, t.buffer, t.byteLength, t.byteOffset)));
+    for (const [name, s] of this.slots) {
+      const at = s.tensor.byteOffset / 4 + s.offset;
+      out.set(name, whole.get(s.tensor.buffer)!.slice(at, at + s.size));
+    }
     return out;
   }
 
-  /** Records clearing every tensor (gradients at the start of a step). */
+  /** Records clearing every parameter (gradients at the start of a step): one clear per chunk. */
   encodeZero(cmds: Commands): void {
-    cmds.clear(...this.tensors);
+    cmds.clear(...this.chunks.map((c) => c.tensor));
   }
 
   release(): void {
-    for (const t of this.tensors) t.release();
+    for (const c of this.chunks) c.tensor.release();
   }
 }
 

@@ -5,7 +5,7 @@
  * Outputs must not share a buffer with any other operand (WebGPU forbids aliasing writable bindings).
  */
 import type { Gpu } from "../gpu/device.ts";
-import { bindSlots, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { bindSlots, grid1d, sharesMemory, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { elementwiseTuning, resolveView, type Operand, type ResolvedView } from "./elementwise.ts";
 
 /** Slot of each operand in the entry point, in the order of the entry's parameter fields (ld0/off0, ...). */
@@ -23,7 +23,7 @@ async function planActivation(
   const views: ResolvedView[] = operands.map((o, i) => resolveView(`${entry} ${names[i]}`, o, rows, cols));
   for (let o = operands.length - outputs; o < operands.length; o++) {
     for (let i = 0; i < operands.length; i++) {
-      if (i !== o && views[i]!.tensor.buffer === views[o]!.tensor.buffer)
+      if (i !== o && sharesMemory(views[i]!.tensor, views[o]!.tensor))
         throw new Error(`${entry}: output ${names[o]} shares a buffer with ${names[i]}; give it its own tensor`);
     }
   }

@@ -7,7 +7,7 @@
  */
 import type { Gpu } from "../gpu/device.ts";
 import type { Kernel } from "../gpu/kernel.ts";
-import { Tensor, bindGroup, empty, grid1d, uniform, type Dispatch } from "../gpu/tensor.ts";
+import { Tensor, bindGroup, sharesMemory, empty, grid1d, uniform, type Dispatch } from "../gpu/tensor.ts";
 
 export interface ElementwiseTuning {
   /** threads per workgroup of every kernel in elementwise.wgsl (a power of two) */
@@ -93,7 +93,7 @@ export interface AxpbyArgs {
 export async function planAxpby(gpu: Gpu, a: AxpbyArgs): Promise<Dispatch[]> {
   const src = resolveView("axpby src", a.src, a.rows, a.cols);
   const dst = resolveView("axpby dst", a.dst, a.rows, a.cols);
-  if (src.tensor.buffer === dst.tensor.buffer) throw new Error("axpby: src and dst are the same buffer (use planScale in place)");
+  if (sharesMemory(src.tensor, dst.tensor)) throw new Error("axpby: src and dst are the same buffer (use planScale in place)");
   const kernel = await elementwiseKernel(gpu, "axpby");
   const params = uniform(gpu, [
     a.rows, a.cols, src.ld, dst.ld,

@@ -3,7 +3,7 @@
  * loss in the same pass, and the mean loss reduced on the GPU into a 1-element buffer.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { bindSlots, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { bindSlots, grid1d, sharesMemory, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { checkSize, planSum } from "./elementwise.ts";
 import { resolveTokenLayout, type TokenLayout } from "./embedding.ts";
 
@@ -47,7 +47,7 @@ export async function planCrossEntropy(gpu: Gpu, a: CrossEntropyArgs): Promise<D
   const slots: [number, Tensor | GPUBuffer][] = [[0, a.logits], [1, a.targets], [2, a.lse], [3, a.rowLoss]];
   if (a.dlogits !== undefined && a.dlogits !== "in-place") {
     checkSize("cross-entropy dlogits", a.dlogits, N * V);
-    if (a.dlogits.buffer === a.logits.buffer) throw new Error('cross-entropy: dlogits is the logits buffer; pass dlogits: "in-place"');
+    if (sharesMemory(a.dlogits, a.logits)) throw new Error('cross-entropy: dlogits is the logits buffer; pass dlogits: "in-place"');
     slots.push([4, a.dlogits]);
   }
   const WG = lossWorkgroup(gpu);

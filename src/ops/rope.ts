@@ -3,7 +3,7 @@
  * positions restarting per sequence. The cos/sin table is made once per run by ropeTable.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { bindSlots, upload, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { bindSlots, sharesMemory, upload, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { elementwiseTuning } from "./elementwise.ts";
 
 /**
@@ -56,7 +56,7 @@ async function planRope(gpu: Gpu, a: RopeArgs, sign: 1 | -1): Promise<Dispatch[]
   const end = (ld: number, off: number) => (rows > 0 ? off + (rows - 1) * ld + H * dHead : 0);
   if (ldX < H * dHead || end(ldX, offX) > a.x.size) throw new Error(`rope: x (ld ${ldX}, offset ${offX}) does not hold ${rows} rows of ${H}x${dHead}`);
   if (a.y && (ldY < H * dHead || end(ldY, offY) > a.y.size)) throw new Error(`rope: y (ld ${ldY}, offset ${offY}) does not hold ${rows} rows of ${H}x${dHead}`);
-  if (a.y && a.y.buffer === a.x.buffer) throw new Error("rope: y is x's buffer; omit y to rotate in place");
+  if (a.y && sharesMemory(a.y, a.x)) throw new Error("rope: y is x's buffer; omit y to rotate in place");
 
   const WG = elementwiseTuning(gpu).WG;
   const inPlace = !a.y;

@@ -9,22 +9,21 @@ import type { ModelConfig } from "../model/config.ts";
 import { ParamStore } from "../model/weights.ts";
 
 /**
- * The parameters as AdamW segments, tensor by tensor and in offset order within a tensor, so the
- * experts stacked in one tensor (slots interleave gate/up/down in spec order) coalesce into one segment:
- * one norm input and one update launch per parameter tensor, not per expert and projection.
+ * The parameters as AdamW segments: per chunk of the stores (which line up chunk for chunk), its
+ * decayed region and its undecayed one. A handful of launches whatever the number of tensors or experts.
  */
 export function adamwSegments(params: ParamStore, grads: ParamStore, m: ParamStore, v: ParamStore): AdamWSegment[] {
-  const byTensor = new Map<Tensor, string[]>(params.tensors.map((t) => [t, []]));
-  for (const [name, slot] of params.slots) byTensor.get(slot.tensor)!.push(name);
   const segments: AdamWSegment[] = [];
-  for (const names of byTensor.values()) {
-    names.sort((a, b) => params.slots.get(a)!.offset - params.slots.get(b)!.offset);
-    for (const name of names) {
-      const slot = params.slots.get(name)!;
-      const at = (store: ParamStore) => store.slots.get(name)!.tensor;
-      segments.push({ param: slot.tensor, grad: at(grads), m: at(m), v: at(v), offset: slot.offset, n: slot.size, decay: slot.spec.decay });
-    }
-  }
+  params.chunks.forEach((chunk, k) => {
+    const at = (store: ParamStore) => {
+      const t = store.chunks[k]?.tensor;
+      if (!t || t.size !== chunk.tensor.size || store.chunks[k]!.decayEnd !== chunk.decayEnd) throw new Error(`adamw: store chunk ${k} does not line up with the parameters'`);
+      return t;
+    };
+    const seg = { param: chunk.tensor, grad: at(grads), m: at(m), v: at(v) };
+    if (chunk.decayEnd > 0) segments.push({ ...seg, offset: 0, n: chunk.decayEnd, decay: true });
+    if (chunk.decayEnd < chunk.tensor.size) segments.push({ ...seg, offset: chunk.decayEnd, n: chunk.tensor.size - chunk.decayEnd, decay: false });
+  });
   return segments;
 }
 
@@ -70,7 +69,7 @@ export class GpuAdamW {
   }
 
   async readGradNorm(): Promise<number> {
-    return new Float32Array(await readBytes(this.gpu, this.gradNorm.buffer, 4))[0]!;
+    return new Float32Array(await readBytes(this.gpu, this.gradNorm.buffer, 4, this.gradNorm.byteOffset))[0]!;
   }
 
   release(): void {
