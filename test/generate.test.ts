@@ -210,6 +210,24 @@ describe("generation", () => {
     }
   });
 
+  test("EOT ends a sample and is neither a token nor text of it", async () => {
+    const greedy = await run({ temperature: 0, maxTokens: 6 });
+    expect(greedy.finish_reason).toBe("length");
+    expect(greedy.tokens).toHaveLength(6);
+    // The same run with a tokenizer whose EOT is the 4th greedy token stops right before it.
+    const eot = greedy.tokens[3]!;
+    const cut = greedy.tokens.indexOf(eot);
+    for (const cache of [true, false]) {
+      const gpu = await getGpu();
+      const W = uploadParams(gpu, c, params);
+      const r = await generateTokens(gpu, c, W, Int32Array.from(prompt), { ...tok, eot }, { temperature: 0, topK: 0, topP: 1, seed: 0, cache, maxTokens: 6 });
+      W.release();
+      expect(r.finish_reason).toBe("eot");
+      expect(r.tokens).toEqual(greedy.tokens.slice(0, cut));
+      expect(r.text).toBe(tok.decode(greedy.tokens.slice(0, cut)));
+    }
+  });
+
   test("same seed, same text; another seed, other text; text streams in whole pieces", async () => {
     const pieces: string[] = [];
     const a = await run({ seed: 1, onText: (s) => pieces.push(s) });
