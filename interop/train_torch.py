@@ -69,8 +69,10 @@ def parse_args(argv):
     for key, flag in FLAGS.items():
         kind = str if key == "schedule" else int if isinstance(DEFAULTS[key], int) else float
         extra = {"choices": ["cosine", "linear", "constant"]} if key == "schedule" else {}
-        p.add_argument(flag, dest=key, type=kind, default=None, help=f"default {DEFAULTS[key]}", **extra)
-    p.add_argument("--stop-at", type=int, default=None,
+        metavar = None if key == "schedule" else "N" if kind is int else "X"
+        p.add_argument(flag, dest=key, type=kind, default=None, metavar=metavar,
+                       help=f"as mhmoe train's (default {DEFAULTS[key]}; --resume: the run's)", **extra)
+    p.add_argument("--stop-at", type=int, default=None, metavar="N",
                    help="end this process after that step with a checkpoint (as Ctrl-C in mhmoe train); the "
                         "schedule still runs over --steps")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: FullyShardedDataParallel instead of DDP")
