@@ -345,6 +345,7 @@ describe("mhmoe generate", () => {
       [["--checkpoint", small, "--prompt", "a", "--top-k", "-2"], /--top-k must be an integer >= 0/],
       [["--checkpoint", small, "--prompt", "a", "--seed", "x"], /--seed: expected an integer/],
       [["--checkpoint", small, "--prompt", "é"], /prompt token 0 has id 195, outside the vocabulary .*vocab_size 150/],
+      [["--checkpoint", small, "--prompt", ""], /an empty prompt starts with <\|endoftext\|>, id 256, outside the vocabulary/],
       [["--checkpoint", small, "--prompt", "abcd", "--max-tokens", "14"], /a prompt of 4 tokens leaves room for 13 new tokens \(max_position_embeddings 16\)/],
       [["--checkpoint", small, "--prompt", "a".repeat(17)], /the prompt is 17 tokens, more than max_position_embeddings 16/],
       [["--checkpoint", small, "--prompt", "a", "--tokenizer", "gpt3"], /unknown tokenizer "gpt3"/],

@@ -267,7 +267,8 @@ export async function generateFromCheckpoint(
   if (ids.length === 0) ids = Int32Array.of(tokenizer.eot);
   const bad = ids.findIndex((id) => id >= config.vocab_size);
   if (bad >= 0) {
-    throw new UserError(`prompt token ${bad} has id ${ids[bad]}, outside the vocabulary of ${path.join(dir, CONFIG_FILE)} (vocab_size ${config.vocab_size})`);
+    const what = prompt === "" ? `an empty prompt starts with <|endoftext|>, id ${ids[bad]},` : `prompt token ${bad} has id ${ids[bad]},`;
+    throw new UserError(`${what} outside the vocabulary of ${path.join(dir, CONFIG_FILE)} (vocab_size ${config.vocab_size})`);
   }
   const o: GenerateOptions = {
     temperature: given.temperature ?? 1, topK: given.topK ?? 0, topP: given.topP ?? 1, seed: given.seed ?? 0,
