@@ -18,6 +18,20 @@ if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
 fi
 export MHMOE_PYTHON="$PY"
 
+# The dashboard's browser test drives Debian's chromium through playwright-core (no browser download).
+CHROMIUM=${MHMOE_CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$CHROMIUM" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test: installing chromium for the dashboard's browser test" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "test: error: the dashboard test needs chromium at $CHROMIUM (Debian: apt-get install chromium; or set MHMOE_CHROMIUM)" >&2
+    exit 1
+  fi
+fi
+export MHMOE_CHROMIUM="$CHROMIUM"
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
