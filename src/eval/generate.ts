@@ -68,6 +68,29 @@ export function checkSampleOptions(o: SampleOptions): void {
   if (!(o.topP > 0 && o.topP <= 1)) throw new UserError(`--top-p must be in (0, 1], got ${o.topP}`);
 }
 
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+const ID_BITS = 2 ** 21;
+
+/** Ids 0..n-1 most likely first (the lower id first among equal logits), by one typed-array sort. */
+function ranked(logits: ArrayLike<number>, n: number): Int32Array {
+  const out = new Int32Array(n);
+  if (n > ID_BITS) {
+    for (let i = 0; i < n; i++) out[i] = i;
+    return out.sort((a, b) => logits[b]! - logits[a]! || a - b);
+  }
+  // Key: the f32's bits flipped to sort like the float, times 2^21, plus the id reversed: < 2^53, exact.
+  const keys = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    f32[0] = logits[i]!;
+    const b = u32[0]!;
+    keys[i] = (b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0) * ID_BITS + (ID_BITS - 1 - i);
+  }
+  keys.sort();
+  for (let j = 0; j < n; j++) out[j] = ID_BITS - 1 - (keys[n - 1 - j]! % ID_BITS);
+  return out;
+}
+
 /**
  * The next id from logits[0..n) (n: the ids the tokenizer can decode): argmax at temperature 0, else a
  * draw from softmax(logits / temperature) restricted by top-k then top-p, from one rng.nextFloat().
@@ -78,29 +101,28 @@ export function sampleNext(logits: ArrayLike<number>, n: number, o: SampleOption
     for (let i = 1; i < n; i++) if (logits[i]! > logits[best]!) best = i;
     return best;
   }
-  let ids: number[] = Array.from({ length: n }, (_, i) => i);
   const restrict = (o.topK > 0 && o.topK < n) || o.topP < 1;
-  if (restrict) {
-    ids.sort((a, b) => logits[b]! - logits[a]! || a - b);
-    if (o.topK > 0 && o.topK < n) ids = ids.slice(0, o.topK);
-  }
+  // The candidates' logits, most likely first when restricted (ids[j] is candidate j's id).
+  const ids = restrict ? ranked(logits, n) : null;
+  let m = restrict && o.topK > 0 && o.topK < n ? o.topK : n;
+  const w = new Float64Array(m);
   let mx = -Infinity;
-  for (const i of ids) mx = Math.max(mx, logits[i]!);
-  const w = ids.map((i) => Math.exp((logits[i]! - mx) / o.temperature));
-  let total = w.reduce((s, x) => s + x, 0);
+  for (let j = 0; j < m; j++) {
+    w[j] = logits[ids ? ids[j]! : j]!;
+    if (w[j]! > mx) mx = w[j]!;
+  }
+  let total = 0;
+  for (let j = 0; j < m; j++) total += w[j] = Math.exp((w[j]! - mx) / o.temperature);
   if (o.topP < 1) {
     let cum = 0, keep = 0;
-    while (keep < w.length && cum < o.topP * total) cum += w[keep++]!;
-    ids = ids.slice(0, Math.max(1, keep));
-    w.length = ids.length;
-    total = w.reduce((s, x) => s + x, 0);
+    while (keep < m && cum < o.topP * total) cum += w[keep++]!;
+    m = Math.max(1, keep);
+    total = 0;
+    for (let j = 0; j < m; j++) total += w[j]!;
   }
-  let u = rng.nextFloat() * total;
-  for (let j = 0; j < ids.length; j++) {
-    u -= w[j]!;
-    if (u < 0) return ids[j]!;
-  }
-  return ids[ids.length - 1]!;
+  let u = rng.nextFloat() * total, j = 0;
+  while (j < m - 1 && (u -= w[j]!) >= 0) j++;
+  return ids ? ids[j]! : j;
 }
 
 /**
