@@ -145,6 +145,12 @@ describe("sampling", () => {
     expect(sampleNext(logits, 6, { ...opts, temperature: 0 }, new Rng(0))).toBe(1);
     expect(sampleNext(logits, 1, { ...opts, temperature: 0 }, new Rng(0))).toBe(0);
     for (let s = 0; s < 50; s++) expect(sampleNext(logits, 3, opts, new Rng(s))).toBeLessThan(3);
+    // top-1 is argmax whatever the temperature: negative logits, ties (lower id), -0 and 0
+    const top1 = (x: number[]) => sampleNext(Float32Array.from(x), x.length, { ...opts, topK: 1 }, new Rng(1));
+    expect(top1([-3, -1, -2])).toBe(1);
+    expect(top1([2, 5, 5, 1])).toBe(1);
+    expect(top1([-5, -0.5, -0.25, -7])).toBe(2);
+    expect(top1([-1e30, 1e-30, -1e-30])).toBe(1);
   });
 
   test("frequencies follow softmax(logits / T); top-k and top-p cut the tail", () => {
