@@ -79,8 +79,17 @@ function checkOptions(c: ModelConfig, opts: EvalOptions, configFile: string): { 
  */
 export class WindowScorer {
   private plans = new Map<string, Transformer>();
+  private readonly shared: Transformer | null;
 
-  constructor(readonly gpu: Gpu, readonly config: ModelConfig, readonly weights: ParamStore) {}
+  /**
+   * `shared`: a model already planned on these weights (a training run's, whose forward is the eval
+   * forward: the same kernels on the same shapes) scores the batches of its shape; only other shapes get
+   * plans, and the scorer never releases it. At real sizes that saves a second set of activations.
+   */
+  constructor(readonly gpu: Gpu, readonly config: ModelConfig, readonly weights: ParamStore, shared?: Transformer) {
+    this.shared = shared ?? null;
+    if (shared) this.plans.set(`${shared.opts.B}x${shared.opts.T}`, shared);
+  }
 
   /**
    * Mean loss over the first `maxTargets` targets of `tokens` (all by default) in windows of T, B per
@@ -110,7 +119,7 @@ export class WindowScorer {
       // Documents end in windows of many lengths (up to T-1 shapes): keep only the full-length plans,
       // so many short documents cost re-planning, not GPU memory for every shape at once.
       for (const [key, model] of this.plans) {
-        if (model.opts.T !== T) {
+        if (model.opts.T !== T && model !== this.shared) {
           model.release();
           this.plans.delete(key);
         }
@@ -130,7 +139,7 @@ export class WindowScorer {
   }
 
   release(): void {
-    for (const m of this.plans.values()) m.release();
+    for (const m of this.plans.values()) if (m !== this.shared) m.release();
     this.plans.clear();
   }
 }

@@ -131,7 +131,7 @@ class TrainingRun {
         opt.setApplied(from.state.step - from.state.skippedSteps, o, from.state.adam);
       }
       const runner = new StepRunner(gpu, model, G, opt, o.gradAccum, o.logEvery);
-      const ev = evalTokens ? { scorer: new WindowScorer(gpu, c, W), text: evalTokens } : null;
+      const ev = evalTokens ? { scorer: new WindowScorer(gpu, c, W, model), text: evalTokens } : null;
       return new TrainingRun(gpu, o, hooks, dir, data, loader, W, G, model, opt, runner, ev, from);
     });
   }
