@@ -166,7 +166,11 @@ describe("mhmoe dashboard", () => {
     expect(ok.status).toBe(200);
     expect(JSON.parse(ok.body).d_model).toBe(64);
     expect((await rawGet(port, "/files/0/metrics.jsonl")).status).toBe(200);
-    expect((await rawGet(port, "/api/state")).status).toBe(200);
+    const state = await rawGet(port, "/api/state");
+    expect(state.status).toBe(200);
+    // the page's poll with the version it shows: nothing to send while no file changed
+    const version = JSON.parse(state.body).version as string;
+    expect((await rawGet(port, `/api/state?v=${version}`)).status).toBe(204);
 
     const refused = [
       "/files/0/../../outside/secret.json",

@@ -346,7 +346,8 @@ function runPanel(r) {
   if (r.waiting) box.append(el("p", { className: "waiting" }, "waiting for the first row of metrics.jsonl (training has not logged a step yet)"));
   else {
     const parts = [r.rows + " rows", "step " + (r.lastStep === null ? "-" : fmtNum(r.lastStep))];
-    if (r.last) for (const k of ["loss", "lr", "tokens_per_s"]) if (typeof r.last[k] === "number") parts.push(k + " " + fmtNum(r.last[k]));
+    const shown = [["loss", "loss"], ["lr", "lr"], ["tokens_per_s", "tokens/s"]];
+    if (r.last) for (const [k, label] of shown) if (typeof r.last[k] === "number") parts.push(label + " " + fmtNum(r.last[k]));
     box.append(el("p", { className: "stat" }, parts.join(" \\u00b7 "), " \\u00b7 ",
       el("a", { href: "/files/" + r.index + "/metrics.jsonl" }, "metrics.jsonl")));
   }
@@ -420,7 +421,8 @@ const PAGE_HTML = `<!doctype html>
   #status { color: #666; } #status[data-ok="0"] { color: #b00; }
   main { display: flex; gap: 16px; padding: 16px; align-items: flex-start; }
   #charts { flex: 1; display: flex; flex-wrap: wrap; gap: 12px; min-width: 0; }
-  figure.chart { margin: 0; background: #fff; border: 1px solid #ddd; padding: 8px; max-width: 100%; overflow-x: auto; }
+  figure.chart { margin: 0; background: #fff; border: 1px solid #ddd; padding: 8px; flex: 1 1 480px; max-width: 720px; }
+  figure.chart svg { display: block; max-width: 100%; height: auto; }
   aside { width: 360px; flex: none; }
   .run { background: #fff; border: 1px solid #ddd; padding: 8px 12px; margin-bottom: 12px; }
   .run h2 { font-size: 16px; margin: 0; } .run h3 { font-size: 13px; margin: 10px 0 4px; }
