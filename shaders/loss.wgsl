@@ -44,11 +44,13 @@ fn targetOf(row: u32) -> u32 {
   return u32(clamp(t, 0, i32(p.V) - 1));
 }
 
-// Computes the row's lse, writes lse and the row loss, and returns lse. The target logit is read before
-// the first barrier, so an in-place gradient written afterwards cannot clobber it.
+// Computes the row's lse, writes lse and the row loss, and returns lse. Only thread 0 reads the target
+// logit; ce_fused_inplace orders that read before the owning thread's overwrite with a storage barrier
+// (workgroupBarrier orders workgroup memory only).
 fn rowLse(row: u32, lid: u32, tgt: u32) -> f32 {
   let base = row * p.V;
-  let targetLogit = logits[base + tgt];
+  var targetLogit = 0.0;
+  if (lid == 0u) { targetLogit = logits[base + tgt]; }
   var m = -3.4028234e38;
   for (var v = lid; v < p.V; v += WG) { m = max(m, logits[base + v]); }
   m = workgroupReduce(lid, m, true);
@@ -92,7 +94,9 @@ fn ce_fused_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
   let tgt = targetOf(row);
   let lse = rowLse(row, lid, tgt);
   let base = row * p.V;
-  // Each thread overwrites only the elements it read itself, after the reductions' barriers.
+  // Thread 0's read of the target logit (in rowLse) happens before any thread overwrites the row.
+  storageBarrier();
+  // Each thread overwrites only the elements it read itself.
   for (var v = lid; v < p.V; v += WG) {
     let g = exp(logits[base + v] - lse) * p.scale;
     logits[base + v] = select(g, g - p.scale, v == tgt);
