@@ -67,11 +67,16 @@ beforeAll(async () => {
   mkdirSync(beta);
   writeFileSync(join(alpha, "metrics.jsonl"), row(5) + row(10) + row(15));
   checkpoint(alpha, 10, { vocab_size: 256, d_model: 64, n_layers: 2, num_experts: 4 });
-  // a file outside every run, and links inside alpha that lead to it
+  // files outside every run, and links inside alpha, under names the server serves, that lead to them
   mkdirSync(join(tmp, "outside"));
   writeFileSync(join(tmp, "outside", "secret.json"), '{"secret": "outside the runs"}\n');
-  symlinkSync(join(tmp, "outside", "secret.json"), join(alpha, "leak.json"));
-  symlinkSync(join(tmp, "outside"), join(alpha, "linkdir"));
+  writeFileSync(join(tmp, "outside", "config.json"), '{"secret": "outside the runs"}\n');
+  mkdirSync(join(alpha, "checkpoint-000001"));
+  writeFileSync(join(alpha, "checkpoint-000001", "trainer_state.json"), '{"step": 1}\n');
+  symlinkSync(join(tmp, "outside", "secret.json"), join(alpha, "checkpoint-000001", "config.json"));
+  symlinkSync(join(tmp, "outside"), join(alpha, "checkpoint-000002"));
+  mkdirSync(join(alpha, "data"));
+  writeFileSync(join(alpha, "data", "source.json"), '{"secret": "outside the runs"}\n');
 
   server = Bun.spawn([MHMOE, "dashboard", alpha, beta, "--port", "0"], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
   stderr = new Response(server.stderr as ReadableStream).text();
@@ -166,6 +171,8 @@ describe("mhmoe dashboard", () => {
     expect(ok.status).toBe(200);
     expect(JSON.parse(ok.body).d_model).toBe(64);
     expect((await rawGet(port, "/files/0/metrics.jsonl")).status).toBe(200);
+    expect((await rawGet(port, "/files/0/latest")).status).toBe(200);
+    expect((await rawGet(port, "/files/0/checkpoint-000010/trainer_state.json")).status).toBe(200);
     const state = await rawGet(port, "/api/state");
     expect(state.status).toBe(200);
     // the page's poll with the version it shows: nothing to send while no file changed
@@ -181,8 +188,10 @@ describe("mhmoe dashboard", () => {
       "/files/0/%2e%2e%2f%2e%2e%2foutside%2fsecret.json",
       `/files/0/${encodeURIComponent(join(tmp, "outside", "secret.json"))}`,
       `/files/0/${join(tmp, "outside", "secret.json")}`,
-      "/files/0/leak.json", // a symlink in the run that resolves outside it
-      "/files/0/linkdir/secret.json", // a linked directory
+      "/files/0/checkpoint-000001/config.json", // a symlink in the run that resolves outside it
+      "/files/0/checkpoint-000002/config.json", // a linked directory
+      "/files/0/checkpoint-000002/secret.json",
+      "/files/0/data/source.json", // only the log, the pointer and checkpoint config/state are served
       "/files/1/../alpha/metrics.jsonl",
       "/files/1/..%2falpha%2fmetrics.jsonl",
       "/files/2/metrics.jsonl", // no third run

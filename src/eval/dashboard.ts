@@ -6,8 +6,8 @@
  * The page polls /api/state with the version it shows; the server answers 204 while nothing changed
  * (a few stat calls) and re-reads metrics.jsonl and re-renders only when a run's files did.
  * The server reads only inside the run directories it was given: a run is named by its index in that
- * list, never by a client path, and /files/ serves a run's .json/.jsonl files (config, trainer state,
- * metrics) only when the resolved path (symlinks followed) is still inside that run's directory.
+ * list, never by a client path, and /files/ serves a run's metrics.jsonl, `latest` and checkpoint
+ * config/trainer state only when the resolved path (symlinks followed) is still inside that run's directory.
  */
 import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, join, sep } from "node:path";
@@ -64,8 +64,8 @@ export interface DashboardState {
 }
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
-/** What /files/ serves: the small text files of a run, never weights, optimizer moments or data. */
-const SERVABLE = /^(latest|.+\.jsonl?)$/;
+/** What /files/ serves: a run's log and pointer, its checkpoints' config and trainer state; never weights, moments or data. */
+const SERVABLE = /^(metrics\.jsonl|latest|checkpoint-\d+\/(config|trainer_state)\.json)$/;
 
 /**
  * The run directories the user named: each must exist and be a directory (one clear line if not). `dir`
@@ -133,7 +133,12 @@ function newestConfig(dir: string, ckpts: CheckpointView[]): { from: string | nu
   }
   from ??= ckpts.at(-1)?.name ?? null;
   if (from === null) return { from, config: null };
-  const config = JSON.parse(readFileSync(join(dir, from, CONFIG_FILE), "utf8")) as unknown;
+  let config: unknown;
+  try {
+    config = JSON.parse(readFileSync(join(dir, from, CONFIG_FILE), "utf8"));
+  } catch (e) {
+    throw new Error(`${from}/${CONFIG_FILE}: ${errorMessage(e)}`);
+  }
   if (config === null || typeof config !== "object" || Array.isArray(config)) throw new Error(`${from}/${CONFIG_FILE} is not a JSON object`);
   return { from, config: config as Record<string, unknown> };
 }
@@ -198,7 +203,7 @@ function runFile(roots: string[], index: string, segments: string[]): Response {
     return refuse(400);
   }
   if (parts.length === 0 || parts.some((p) => p === "" || p === "." || p === ".." || /[/\\\0]/.test(p))) return refuse(403);
-  if (!SERVABLE.test(parts.at(-1)!)) return refuse(404);
+  if (!SERVABLE.test(parts.join("/"))) return refuse(404);
   const root = roots[Number(index)]!;
   let real: string;
   try {
