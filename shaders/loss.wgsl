@@ -5,7 +5,8 @@
 // themselves (the logits are dead after the loss, and at N x V they are the biggest activation).
 // Every reduction has a fixed order, so results are bit-identical run to run.
 // Targets are read through a token layout: target n sits at tOff + (n / tT) * tLd + n % tT, so the
-// shifted ids of a (B, T+1) batch can be used where they are. An out-of-range target is clamped (no
+// shifted ids of a (B, T+1) batch can be used where they are; n = rowBase + row, so a launch over a chunk
+// of rows (the LM head in row chunks) reads its rows' targets. An out-of-range target is clamped (no
 // out-of-bounds read); the data layer validates ids.
 
 override WG: u32 = 256u;
@@ -14,7 +15,7 @@ var<workgroup> red: array<f32, WG>;
 
 struct Params {
   N: u32, V: u32, tT: u32, tLd: u32,
-  tOff: u32, scale: f32, _p0: u32, _p1: u32,
+  tOff: u32, scale: f32, rowBase: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> logits: array<f32>;
@@ -40,7 +41,8 @@ fn workgroupReduce(lid: u32, v: f32, isMax: bool) -> f32 {
 }
 
 fn targetOf(row: u32) -> u32 {
-  let t = targets[p.tOff + (row / p.tT) * p.tLd + row % p.tT];
+  let n = p.rowBase + row;
+  let t = targets[p.tOff + (n / p.tT) * p.tLd + n % p.tT];
   return u32(clamp(t, 0, i32(p.V) - 1));
 }
 

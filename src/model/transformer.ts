@@ -4,7 +4,9 @@
  * step only writes the token batch and encodes the recorded dispatches into one compute pass.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { Commands, readBytes, writeAt, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { Commands, readBytes, tensorView, writeAt, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { planSum } from "../ops/elementwise.ts";
+import { UserError } from "../util/errors.ts";
 import { planEmbeddingBackward, planEmbeddingForward, type TokenLayout } from "../ops/embedding.ts";
 import { planRmsNormBackward, planRmsNormForward } from "../ops/norm.ts";
 import { planRopeBackward, planRopeForward, ropeTable } from "../ops/rope.ts";
@@ -26,12 +28,35 @@ export interface TransformerPlanOptions {
   keepLogits?: boolean;
   /** multiplies every gradient (1 / gradient-accumulation steps) */
   gradScale?: number;
+  /**
+   * Most bytes of logits at once (default: the adapter's binding limit, at most 256 MiB): a batch whose
+   * [N, V] logits are larger runs the LM head and the loss in chunks of rows.
+   */
+  logitsBytes?: number;
+}
+
+/** LM-head chunks start on a multiple of 64 rows, so every row range of xf, lse and rowLoss can be bound. */
+const LOGIT_ROW_ALIGN = 64;
+const DEFAULT_LOGITS_BYTES = 256 * 2 ** 20;
+
+/** Rows of logits per chunk: all N when [N, V] fits the budget, else the most aligned rows that do. */
+export function logitChunkRows(gpu: Gpu, N: number, V: number, budgetBytes?: number): number {
+  const budget = Math.min(budgetBytes ?? DEFAULT_LOGITS_BYTES, gpu.limits.maxStorageBufferBindingSize ?? Infinity);
+  if (N * V * 4 <= budget) return N;
+  const rows = Math.floor(budget / (V * 4) / LOGIT_ROW_ALIGN) * LOGIT_ROW_ALIGN;
+  if (rows < LOGIT_ROW_ALIGN) {
+    throw new UserError(`the LM head needs ${LOGIT_ROW_ALIGN} rows of ${V} logits (${(LOGIT_ROW_ALIGN * V * 4 / 2 ** 20).toFixed(1)} MiB) at once, more than this adapter binds (${(budget / 2 ** 20).toFixed(1)} MiB)`);
+  }
+  return rows;
 }
 
 export class Transformer {
   /** [B, T+1] i32 token windows: inputs ids[:, :T], targets ids[:, 1:] */
   ids!: Tensor;
+  /** [N, V] logits (tests read them with keepLogits); when the head runs in chunks, the last chunk's rows */
   logits!: Tensor;
+  /** the LM head and loss run in row chunks (logits holds one chunk) */
+  logitsChunked = false;
   /** [1] mean cross-entropy of the batch */
   ceLoss!: Tensor;
   /** per MoE layer: aux/z loss scalars and routing counts */
@@ -154,26 +179,56 @@ export class Transformer {
     const xf = A.f32([N, d], "xfinal"), rstdF = A.f32([N], "rstd_final");
     fwd.push(...(await planRmsNormForward(gpu, { x: xs[L]!, w: W.get("model.norm.weight"), y: xf, rstd: rstdF, N, d, eps })));
     const headName = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-    this.logits = A.f32([N, V], "logits");
-    fwd.push(await linear(gpu, xf, W.get(headName), this.logits, N, d, V));
     const ceLse = A.f32([N], "ce.lse"), rowLoss = A.f32([N], "ce.rows");
     this.ceLoss = A.f32([1], "ce.mean");
     const gradScale = this.opts.gradScale ?? 1;
-    if (!G) {
-      fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss })));
-      return;
-    }
-    const dLogits = this.opts.keepLogits ? A.f32([N, V], "dlogits") : this.logits;
-    fwd.push(...(await planCrossEntropy(gpu, {
-      logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss,
-      dlogits: this.opts.keepLogits ? dLogits : "in-place", gradScale: gradScale / N,
-    })));
-
     const bwd = this.backward;
-    const dxf = S.f32([N, d], "dxf");
-    bwd.push(await linearDw(gpu, dLogits, xf, G.get(headName), N, d, V));
-    bwd.push(await linearDx(gpu, dLogits, W.get(headName), dxf, N, d, V));
-    bwd.push(...(await planRmsNormBackward(gpu, { dy: dxf, x: xs[L]!, w: W.get("model.norm.weight"), rstd: rstdF, dx: dRes!, dw: G.get("model.norm.weight"), N, d })));
+    const dxf = G ? S.f32([N, d], "dxf") : null;
+    const chunkRows = logitChunkRows(gpu, N, V, this.opts.logitsBytes);
+    if (chunkRows >= N) {
+      // The whole [N, V] logits at once: the head's backward reads the gradient the fused loss wrote.
+      this.logits = A.f32([N, V], "logits");
+      fwd.push(await linear(gpu, xf, W.get(headName), this.logits, N, d, V));
+      if (!G) {
+        fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss })));
+        return;
+      }
+      const dLogits = this.opts.keepLogits ? A.f32([N, V], "dlogits") : this.logits;
+      fwd.push(...(await planCrossEntropy(gpu, {
+        logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss,
+        dlogits: this.opts.keepLogits ? dLogits : "in-place", gradScale: gradScale / N,
+      })));
+      bwd.push(await linearDw(gpu, dLogits, xf, G.get(headName), N, d, V));
+      bwd.push(await linearDx(gpu, dLogits, W.get(headName), dxf!, N, d, V));
+    } else {
+      // The head in chunks of rows, so no [N, V] tensor exists (at 8192 tokens x 50304 ids it would be
+      // 1.6 GB, past most adapters' binding limit): forward computes each chunk's logits and row losses;
+      // backward recomputes each chunk's logits, overwrites them with their gradient and takes the
+      // weight and input gradients before the next chunk reuses the buffer.
+      if (this.opts.keepLogits) throw new Error(`keepLogits needs the whole [${N}, ${V}] logits, more than one chunk (${chunkRows} rows)`);
+      this.logits = A.f32([chunkRows, V], "logits.chunk");
+      this.logitsChunked = true;
+      const chunks: { r0: number; n: number }[] = [];
+      for (let r0 = 0; r0 < N; r0 += chunkRows) chunks.push({ r0, n: Math.min(chunkRows, N - r0) });
+      const rows = (t: Tensor, r0: number, n: number, width: number) => tensorView(t, r0 * width, width === 1 ? [n] : [n, width], `${t.label}[${r0}:${r0 + n}]`);
+      for (const { r0, n } of chunks) {
+        fwd.push(await linear(gpu, rows(xf, r0, n, d), W.get(headName), this.logits, n, d, V));
+        fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1), rowBase: r0 })));
+      }
+      fwd.push(await planSum(gpu, { x: rowLoss, out: this.ceLoss, n: N, scale: 1 / N }));
+      if (!G) return;
+      for (const { r0, n } of chunks) {
+        bwd.push(await linear(gpu, rows(xf, r0, n, d), W.get(headName), this.logits, n, d, V));
+        bwd.push(...(await planCrossEntropy(gpu, {
+          logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1),
+          rowBase: r0, dlogits: "in-place", gradScale: gradScale / N,
+        })));
+        bwd.push(await linearDw(gpu, this.logits, rows(xf, r0, n, d), G.get(headName), n, d, V));
+        bwd.push(await linearDx(gpu, this.logits, W.get(headName), rows(dxf!, r0, n, d), n, d, V));
+      }
+    }
+
+    bwd.push(...(await planRmsNormBackward(gpu, { dy: dxf!, x: xs[L]!, w: W.get("model.norm.weight"), rstd: rstdF, dx: dRes!, dw: G.get("model.norm.weight"), N, d })));
     const dO = S.f32([N, d], "do"), dq = S.f32([N, d], "dq"), dk = S.f32([N, d], "dk"), dv = S.f32([N, d], "dv");
     const da = S.f32([N, d], "da");
     const delta = S.f32(attentionSavedShapes({ B, T, H, dHead }).delta, "attn.delta");

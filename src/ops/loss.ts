@@ -24,8 +24,10 @@ export interface CrossEntropyArgs {
   lse: Tensor;
   /** [N] lse - logit[target] per row (written) */
   rowLoss: Tensor;
-  /** [1] mean of rowLoss (written) */
-  meanLoss: Tensor;
+  /** [1] mean of rowLoss (written); omitted: no mean (a chunk of rows, summed by the caller) */
+  meanLoss?: Tensor;
+  /** the first row's index in the target layout (a chunk of a larger batch); default 0 */
+  rowBase?: number;
   /**
    * Where dlogits = (softmax - onehot) * gradScale goes: a [N, V] tensor, "in-place" to overwrite the
    * logits, or omitted for the forward only (evaluation).
@@ -42,7 +44,8 @@ export async function planCrossEntropy(gpu: Gpu, a: CrossEntropyArgs): Promise<D
   checkSize("cross-entropy logits", a.logits, N * V);
   checkSize("cross-entropy lse", a.lse, N);
   checkSize("cross-entropy rowLoss", a.rowLoss, N);
-  const layout = resolveTokenLayout("cross-entropy targets", a.targets, N, a.targetLayout);
+  const rowBase = a.rowBase ?? 0;
+  const layout = resolveTokenLayout("cross-entropy targets", a.targets, rowBase + N, a.targetLayout);
   const entry = a.dlogits === undefined ? "ce_forward" : a.dlogits === "in-place" ? "ce_fused_inplace" : "ce_fused";
   const slots: [number, Tensor | GPUBuffer][] = [[0, a.logits], [1, a.targets], [2, a.lse], [3, a.rowLoss]];
   if (a.dlogits !== undefined && a.dlogits !== "in-place") {
@@ -54,11 +57,9 @@ export async function planCrossEntropy(gpu: Gpu, a: CrossEntropyArgs): Promise<D
   const kernel = await gpu.kernel({ shader: "loss", entry, constants: { WG } });
   const params = uniform(gpu, [
     N, V, layout.seqLen, layout.rowStride,
-    layout.offset, { f32: a.gradScale ?? 1 / N }, 0, 0,
+    layout.offset, { f32: a.gradScale ?? 1 / N }, rowBase, 0,
   ], "cross_entropy.params");
   slots.push([5, params]);
-  return [
-    { kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups: grid1d(N, 1) },
-    await planSum(gpu, { x: a.rowLoss, out: a.meanLoss, n: N, scale: 1 / N }),
-  ];
+  const rows: Dispatch = { kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups: grid1d(N, 1) };
+  return a.meanLoss ? [rows, await planSum(gpu, { x: a.rowLoss, out: a.meanLoss, n: N, scale: 1 / N })] : [rows];
 }
