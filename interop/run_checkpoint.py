@@ -161,6 +161,7 @@ class RunDir:
 
     def __init__(self, out: str, resume_step: Optional[int]):
         self.out = out
+        self.created = not os.path.exists(out)
         os.makedirs(out, exist_ok=True)
         self.lock = os.path.join(out, LOCK_FILE)
         self.metrics = os.path.join(out, METRICS_FILE)
@@ -197,8 +198,14 @@ class RunDir:
             else:
                 self.truncate_metrics(resume_step)
         except BaseException:
-            self.close()
+            self.abandon()
             raise
+
+    def abandon(self) -> None:
+        """The run never started: the lock goes, and so does the directory if this run created it."""
+        self.close()
+        if self.created:
+            shutil.rmtree(self.out, ignore_errors=True)
 
     def _remove_dead_leftovers(self) -> None:
         for n in os.listdir(self.out):

@@ -153,8 +153,9 @@ def launch(nproc: int, *args, timeout: int = 300):
 
 
 def train(*args):
+    # One thread, as torchrun gives each rank: the same kernels on both sides of a comparison.
     return subprocess.run([PYTHON, os.path.join(INTEROP_DIR, "train_torch.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 def metrics(run: str) -> list:

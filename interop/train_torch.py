@@ -163,7 +163,7 @@ class Trainer:
         if use_fsdp:
             if dist.world == 1:
                 raise UsageError("--fsdp needs several processes (torchrun --nproc_per_node N)")
-            if dist.device.type != "cuda" and torch.__version__ < "2":
+            if dist.device.type != "cuda" and int(torch.__version__.split(".")[0]) < 2:
                 raise UsageError(f"--fsdp: PyTorch {torch.__version__}'s FSDP does not run on CPU (\"FSDP does not "
                                  "support CPU only execution\"; gloo here lacks its collectives): use DDP on CPU, "
                                  "--fsdp with --device cuda")
@@ -207,18 +207,19 @@ class Trainer:
                 p.grad = torch.zeros_like(p)
         max_norm = self.o["clip"] if self.o["clip"] > 0 else math.inf
         if self.fsdp:
-            norm = self.trained.clip_grad_norm_(max_norm)
+            norm = float(self.trained.clip_grad_norm_(max_norm))
+        else:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params(), max_norm))
+        if not math.isfinite(norm):
+            return norm  # the caller stops the run; nothing is applied
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.fsdp:  # AdamW's decoupled decay, p *= 1 - lr*wd, on the masked elements (weight_decay=0 below)
             shrink = 1 - lr * self.o["weightDecay"]
             with torch.no_grad():
                 for p, m in zip(self.params(), self.masks):
                     p.mul_(torch.where(m > 0, torch.full_like(p, shrink), torch.ones_like(p)))
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(self.params(), max_norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        norm = float(norm)
-        if math.isfinite(norm):
-            self.optimizer.step()
+        self.optimizer.step()
         return norm
 
     # -- optimizer state <-> mhmoe's moments (per parameter name, full tensors) --
@@ -230,8 +231,8 @@ class Trainer:
                                   "exp_avg_sq": moments["v"][n]} for n in names},
                     "param_groups": [{**{k: v for k, v in self.optimizer.param_groups[0].items() if k != "params"},
                                       "params": names}]}
+            # keyed by parameter names, as FSDP.full_optim_state_dict writes it and shard_full_optim_state_dict reads it
             FSDP = self.fsdp.FullyShardedDataParallel
-            full = FSDP.rekey_optim_state_dict(full, self.fsdp.OptimStateKeyType.PARAM_ID, self.trained)
             self.optimizer.load_state_dict(FSDP.shard_full_optim_state_dict(full, self.trained))
             return
         params = dict(self.model.named_parameters())
@@ -251,10 +252,10 @@ class Trainer:
             osd = FSDP.full_optim_state_dict(self.trained, self.optimizer, rank0_only=True)
             if self.dist.rank != 0:
                 return None, None
-            osd = FSDP.rekey_optim_state_dict(osd, self.fsdp.OptimStateKeyType.PARAM_NAME, self.trained)
+            clean = lambda k: k.replace("_fsdp_wrapped_module.", "")  # noqa: E731
             plain = MHMoEForCausalLM(self.model.config)
-            plain.load_state_dict({k.replace("_fsdp_wrapped_module.", ""): v for k, v in weights.items()})
-            state = osd["state"]
+            plain.load_state_dict({clean(k): v for k, v in weights.items()})
+            state = {clean(k): v for k, v in osd["state"].items()}  # keyed by parameter names
         else:
             if self.dist.rank != 0:
                 return None, None
@@ -363,15 +364,26 @@ def train_shards(args, dist: Dist) -> None:
               else Loader(shard_set, B, T, seed=o["seed"], verify=verify))
     step = resume[1]["step"] if resume else 0
     skipped = resume[1].get("skippedSteps", 0) if resume else 0
-    run_dir = rc.RunDir(out, step if resume else None) if out and dist.rank == 0 else None
-    if dist.world > 1:
-        torch.distributed.barrier()  # rank 0 owns the run directory before anyone trains
+    stop_at = min(o["steps"], args.stop_at) if args.stop_at is not None else o["steps"]
+    if stop_at <= step:
+        raise UsageError(f"the run is already at step {step}" + (f" (--stop-at {args.stop_at})" if args.stop_at
+                         is not None else f" of --steps {o['steps']}: give a larger --steps to go on"))
+    model = model.to(dist.device)
+    model.train()
+    trainer = Trainer(model, o, dist, args.fsdp)
+    if resume:
+        trainer.load_moments(resume[2], step - skipped)
+    run_dir, failure = None, None
+    if out and dist.rank == 0:
+        try:
+            run_dir = rc.RunDir(out, step if resume else None)
+        except (CheckpointError, OSError) as err:
+            failure = err
+    # rank 0 owns the run directory before anyone trains, or every rank stops
+    if dist.sum([1.0 if failure else 0.0])[0] > 0:
+        raise failure if failure else UsageError(f"rank 0 could not open the run directory {out}")
+    started = False
     try:
-        model = model.to(dist.device)
-        model.train()
-        trainer = Trainer(model, o, dist, args.fsdp)
-        if resume:
-            trainer.load_moments(resume[2], step - skipped)
         saved_run = (resume[1].get("run") or {}) if resume else {}
         # Evaluations and --skip-nonfinite are mhmoe's: kept in the record for when mhmoe resumes the run.
         run = {"evalEvery": 0, "evalBatches": 8, "skipNonfinite": False, **saved_run,
@@ -381,11 +393,8 @@ def train_shards(args, dist: Dist) -> None:
                   file=sys.stderr)
         window_start, window_tokens = time.perf_counter(), 0
         last_saved = None
-        stop_at = min(o["steps"], args.stop_at) if args.stop_at is not None else o["steps"]
-        if stop_at <= step:
-            raise UsageError(f"the run is already at step {step}" + (f" (--stop-at {args.stop_at})" if args.stop_at
-                             is not None else f" of --steps {o['steps']}: give a larger --steps to go on"))
         while step < stop_at:
+            started = True
             step += 1
             lr = learning_rate(o["lr"], o["minLr"], o["warmup"], o["schedule"], o["steps"], step)
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -440,7 +449,7 @@ def train_shards(args, dist: Dist) -> None:
                 save_export(plain, args, shard_set.tokenizer, step)
     finally:
         if run_dir:
-            run_dir.close()
+            run_dir.close() if started else run_dir.abandon()
 
 
 # ---- the text mode (one .txt file, byte tokenizer) --------------------------------------------------
