@@ -58,6 +58,24 @@ class UsageError(Exception):
     pass
 
 
+def flops_per_token(c: MHMoEConfig, seq_len: int) -> float:
+    """Forward FLOPs per token (src/model/config.ts flopsPerToken): every matmul, router and lm_head
+    included, causal attention at its average (T+1)/2 keys; metrics rows report 3x this per token/s."""
+    d = c.hidden_size
+    ffn = 3 if c.hidden_act == "silu" else 2
+    total = 2 * c.vocab_size * d
+    for layer in range(c.num_hidden_layers):
+        total += 2 * 4 * d * d + 2 * d * (seq_len + 1)
+        if not c.is_moe_layer(layer):
+            total += 2 * ffn * d * c.intermediate_size
+            continue
+        head_merge = 2 * d * d if c.mhmoe_head_merge else 0
+        moe = head_merge + ffn * d * c.moe_intermediate_size * c.num_experts_per_tok + 3 * d * c.shared_expert_intermediate_size
+        router = d * c.router_dim + c.mhmoe_heads * c.router_dim * c.num_experts if c.router_type == "xmoe" else d * c.num_experts
+        total += 2 * moe + 2 * router
+    return total
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="train an mhmoe model in PyTorch (mhmoe train's options and formats)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -422,9 +440,10 @@ def train_shards(args, dist: Dist) -> None:
             if step % o["logEvery"] == 0 or last:
                 routing = dist.last_rank_object(routing_report(model))
                 seconds = time.perf_counter() - window_start
+                tokens_per_s = window_tokens / seconds
                 record = {"step": step, "loss": ce, "aux_loss": aux, "z_loss": z, "lr": lr, "grad_norm": norm,
-                          "tokens_per_s": window_tokens / seconds, "tokens_seen": loader.tokens_seen,
-                          "skipped_steps": skipped, "routing": routing}
+                          "tokens_per_s": tokens_per_s, "flops_per_s": tokens_per_s * 3 * flops_per_token(config, T),
+                          "tokens_seen": loader.tokens_seen, "skipped_steps": skipped, "routing": routing}
                 window_start, window_tokens = time.perf_counter(), 0
                 if dist.rank == 0:
                     if run_dir:

@@ -83,8 +83,10 @@ describe("a run moved mhmoe -> PyTorch -> mhmoe", () => {
     if (process.env.MHMOE_REPORT_TOL) console.log(`round trip: worst relative loss difference ${worst.toExponential(2)}`);
     // the PyTorch rows carry mhmoe's fields, routing included
     const torchRow = b[30]!;
-    expect(Object.keys(torchRow)).toEqual(expect.arrayContaining(["step", "loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "skipped_steps", "routing"]));
+    expect(Object.keys(torchRow)).toEqual(expect.arrayContaining(["step", "loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "flops_per_s", "tokens_seen", "skipped_steps", "routing"]));
     expect(torchRow.routing!.layers[0]!.load).toEqual(rows(full)[30]!.routing!.layers[0]!.load);
+    const perToken = (r: Row) => (r as unknown as { flops_per_s: number; tokens_per_s: number }).flops_per_s / (r as unknown as { tokens_per_s: number }).tokens_per_s;
+    expect(perToken(torchRow)).toBeCloseTo(perToken(a[30]!), 6); // the same FLOPs-per-token formula
   });
 
   test("the PyTorch checkpoint is mhmoe's format, and mhmoe's commands read it", async () => {
