@@ -102,13 +102,26 @@ def _metadata(t: _Table, i: int) -> Dict[str, str]:
 
 # ---- one shard -----------------------------------------------------------------------------
 
-@dataclass
 class TokenBatch:
-    """One record batch's rows: row r is values[offsets[r]:offsets[r+1]]."""
-    rows: int
-    offsets: np.ndarray                 # int64 [rows+1]
-    values: np.ndarray                  # int32
-    continuation: Optional[np.ndarray]  # uint8 [rows], 1: continues the row before; None: no column
+    """One record batch's rows: row r is values[offsets[r]:offsets[r+1]] (int64 offsets, int32 values).
+
+    The values are read from the file on first use (and checked against the vocabulary then), so a
+    reader that only walks past rows (another rank's batches) reads their offsets, not their tokens;
+    value_at(i) reads one token alone."""
+
+    def __init__(self, rows: int, offsets: np.ndarray, continuation: Optional[np.ndarray], values=None,
+                 load=None, load_one=None):
+        self.rows, self.offsets, self.continuation = rows, offsets, continuation
+        self._values, self._load, self._load_one = values, load, load_one
+
+    @property
+    def values(self) -> np.ndarray:
+        if self._values is None:
+            self._values = self._load()
+        return self._values
+
+    def value_at(self, i: int) -> int:
+        return int(self._values[i]) if self._values is not None else self._load_one(i)
 
 
 @dataclass
@@ -284,21 +297,21 @@ class ShardReader:
         return np.unpackbits(np.frombuffer(f.read((n + 7) // 8), dtype=np.uint8), bitorder="little")[:n]
 
     def read(self, k: int) -> TokenBatch:
-        """Record batch k (file order) as int32 rows, every id checked against the vocabulary."""
+        """Record batch k (file order): its offsets and continuation flags now, its tokens when used."""
         span = self.spans[k]
         node, buf = self.layout[self.token_field]
         rows, nulls = span.nodes[node]
         with open(self.path, "rb") as f:
             raw = self._buffer(f, span, buf + 1, "<i4", rows + 1).astype(np.int64)
             start, end = int(raw[0]), int(raw[-1])
-            values = self._buffer(f, span, buf + 3, self.token_dtype, end - start, start)
             offsets = raw - start
-            if nulls > 0:
+            values = None
+            if nulls > 0:  # null rows are empty documents: compact the values now
                 valid = self._bits(f, span, buf, rows)
                 if valid is not None and not valid.all():
+                    values = self._buffer(f, span, buf + 3, self.token_dtype, end - start, start)
                     lengths = np.diff(offsets) * valid
-                    keep = np.repeat(valid.astype(bool), np.diff(offsets))
-                    values = values[keep]
+                    values = self._checked(values[np.repeat(valid.astype(bool), np.diff(offsets))], k, None)
                     offsets = np.concatenate([[0], np.cumsum(lengths)])
             flags = None
             if self.flag_field >= 0:
@@ -309,15 +322,28 @@ class ShardReader:
                     valid = self._bits(f, span, fbuf, rows)
                     if valid is not None:
                         flags = flags & valid
-        if values.size and (values.min() < 0 or values.max() >= self.vocab_size):
-            bad = np.nonzero((values < 0) | (values >= self.vocab_size))[0][0]
-            row = int(np.searchsorted(offsets, bad, side="right") - 1)
-            raise ShardError(f"{self.path}: token id {int(values[bad])} (record batch {k}, row {row}) is outside "
-                             f"the vocabulary of {self.vocab_size}")
         if self.joins is not None and flags is not None and rows > 0 and bool(flags[0]) != self.joins[k]:
             raise ShardError(f"{self.path}: record batch {k}: its metadata and its continuation column disagree "
                              "(corrupt shard)")
-        return TokenBatch(rows, offsets, values.astype(np.int32, copy=False), flags)
+
+        def load():
+            with open(self.path, "rb") as f:
+                return self._checked(self._buffer(f, span, buf + 3, self.token_dtype, end - start, start), k, offsets)
+
+        def load_one(i: int) -> int:
+            with open(self.path, "rb") as f:
+                return int(self._checked(self._buffer(f, span, buf + 3, self.token_dtype, 1, start + i), k, None)[0])
+
+        return TokenBatch(rows, offsets, flags, values, load, load_one)
+
+    def _checked(self, values: np.ndarray, k: int, offsets: Optional[np.ndarray]) -> np.ndarray:
+        if values.size and (values.min() < 0 or values.max() >= self.vocab_size):
+            bad = int(np.nonzero((values < 0) | (values >= self.vocab_size))[0][0])
+            where = f"record batch {k}" + (f", row {int(np.searchsorted(offsets, bad, side='right') - 1)}"
+                                           if offsets is not None else "")
+            raise ShardError(f"{self.path}: token id {int(values[bad])} ({where}) is outside the vocabulary of "
+                             f"{self.vocab_size}")
+        return values.astype(np.int32, copy=False)
 
     def _chain(self, count: int) -> None:
         if self.flag_field < 0:

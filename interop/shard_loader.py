@@ -221,10 +221,12 @@ class Loader:
                 continue
             take = min(length - c["offset"], end - at)
             if take > 0:
-                piece = batch.values[start + c["offset"]: start + c["offset"] + take]
+                first = start + c["offset"]
                 if stream is not None:
-                    stream[at:at + take] = piece
-                last = int(piece[-1])
+                    stream[at:at + take] = batch.values[first:first + take]
+                    last = int(stream[at + take - 1])
+                elif at + take == end:  # walking past: only the token the next batch starts with is read
+                    last = batch.value_at(first + take - 1)
             at += take
             c["offset"] += take
             self.shards_without_tokens = 0

@@ -118,6 +118,12 @@ class ShardLoaderTest(unittest.TestCase):
             else:
                 self.assertEqual(checksum(resumed.next()), ref[i]["sum"], f"batch {i} after resume")
             self.assertEqual(resumed.position(), ref[i]["pos"])
+        # walking past batches reads offsets and one token per batch, never a record batch's tokens
+        walker = Loader(s, B, T, seed=seed)
+        for i in range(40):
+            walker.skip()
+            self.assertIsNone(walker.batch._values)
+        self.assertEqual(walker.position(), ref[39]["pos"])
 
     def test_corrupt_and_foreign_files_are_one_line_errors(self):
         copy = os.path.join(self.tmp.name, "copy")
