@@ -405,7 +405,8 @@ def train_shards(args, dist: Dist) -> None:
         saved_run = (resume[1].get("run") or {}) if resume else {}
         # Evaluations and --skip-nonfinite are mhmoe's: kept in the record for when mhmoe resumes the run.
         run = {"evalEvery": 0, "evalBatches": 8, "skipNonfinite": False, **saved_run,
-               **{k: o[k] for k in FLAGS}, "data": data, "tokenizer": shard_set.tokenizer, "out": out}
+               **{k: o[k] for k in FLAGS}, "data": args.data or saved_run.get("data") or data,
+               "tokenizer": shard_set.tokenizer, "out": out}
         if dist.rank == 0 and run.get("evalEvery"):
             print(f"note: the run evaluates every {run['evalEvery']} steps in mhmoe; train_torch.py does not",
                   file=sys.stderr)
