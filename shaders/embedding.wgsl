@@ -1,4 +1,6 @@
 // Token embedding: out[n, :] = table[id(n), :], and its backward, a scatter-add of dout rows into dtable.
+// A table larger than one binding comes in row parts: a launch sees rows v0..v0+vRows of the table and
+// handles only the tokens whose id falls there (one launch per part covers every token once).
 // Token n's id sits at tOff + (n / tT) * tLd + n % tT, so the inputs of a (B, T+1) batch are read where
 // they are. Ids outside [0, V) are clamped (no out-of-bounds access); the data layer validates them.
 //
@@ -12,7 +14,7 @@ override WG: u32 = 256u;
 
 struct Params {
   N: u32, V: u32, d: u32, tT: u32,
-  tLd: u32, tOff: u32, _p0: u32, _p1: u32,
+  tLd: u32, tOff: u32, v0: u32, vRows: u32,
 }
 
 @group(0) @binding(0) var<storage, read> ids: array<i32>;
@@ -33,7 +35,9 @@ fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
   if (e >= p.N * p.d) { return; }
   let n = e / p.d;
   let c = e % p.d;
-  dst[e] = src[tokenId(n) * p.d + c];
+  let id = tokenId(n);
+  if (id < p.v0 || id >= p.v0 + p.vRows) { return; }
+  dst[e] = src[(id - p.v0) * p.d + c];
 }
 
 @group(0) @binding(4) var<storage, read_write> linksOut: array<u32>;
@@ -78,6 +82,8 @@ fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     m = links[m];
     if (m >= p.N) { break; }
   }
-  let row = tokenId(n) * p.d;
+  let id = tokenId(n);
+  if (id < p.v0 || id >= p.v0 + p.vRows) { return; }
+  let row = (id - p.v0) * p.d;
   dst[row + c] = dst[row + c] + acc;
 }

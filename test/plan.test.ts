@@ -17,8 +17,9 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-function plan(...args: string[]): { code: number; out: string; err: string } {
-  const p = Bun.spawnSync([process.execPath, CLI, "plan", ...args], { cwd: ROOT });
+function plan(...args: (string | Record<string, string>)[]): { code: number; out: string; err: string } {
+  const env = typeof args[0] === "object" ? (args.shift() as Record<string, string>) : {};
+  const p = Bun.spawnSync([process.execPath, CLI, "plan", ...(args as string[])], { cwd: ROOT, env: { ...process.env, ...env } });
   return { code: p.exitCode ?? -1, out: p.stdout.toString(), err: p.stderr.toString() };
 }
 
@@ -101,18 +102,29 @@ describe("mhmoe plan", () => {
     expect(m.moments).toBeGreaterThanOrEqual(2 * m.weights);
   });
 
-  test("a config over the adapter's binding limit is reported as not fitting, naming the tensor", async () => {
-    const gpu = await getGpu();
-    const limit = gpu.limits.maxStorageBufferBindingSize;
-    const vocab = Math.ceil((limit / (128 * 4)) * 1.5); // the embedding alone is 1.5x the limit
-    const r = plan("--set", `vocab_size=${vocab}`, "--batch-size", "1", "--seq-len", "8");
+  test("a config over the adapter's binding limit is reported as not fitting, naming the tensor", () => {
+    // a 1 MiB binding cap (MHMOE_MAX_STORAGE_BINDING): a dense FFN matrix of 1.5 MiB cannot be split
+    const env = { MHMOE_MAX_STORAGE_BINDING: String(2 ** 20) };
+    const inner = Math.ceil((2 ** 20 / (128 * 4)) * 1.5);
+    const args = ["--preset", "dense", "--set", `intermediate_size=${inner}`, "--batch-size", "1", "--seq-len", "8"];
+    const r = plan(env, ...args);
     expect(r.code).toBe(0);
-    expect(r.out).toMatch(/^fits: no, tensor model\.embed_tokens\.weight needs [\d.]+ MiB, [\d.]+ MiB more than the adapter's maxStorageBufferBindingSize/m);
-    const j = JSON.parse(plan("--set", `vocab_size=${vocab}`, "--batch-size", "1", "--seq-len", "8", "--json").out);
+    expect(r.out).toMatch(/^fits: no, tensor model\.layers\.\d\.mlp\.(gate|up|down)_proj\.weight needs [\d.]+ MiB, [\d.]+ MiB more than the adapter's maxStorageBufferBindingSize \(1\.0 MiB\)/m);
+    const j = JSON.parse(plan(env, ...args, "--json").out);
     expect(j.memory.fits).toBe(false);
     expect(j.memory.measured).toBe(false);
-    expect(j.memory.largest.name).toBe("model.embed_tokens.weight");
-    expect(j.memory.largest.bytes).toBe(vocab * 128 * 4);
+    expect(j.memory.largest.name).toMatch(/mlp\.(gate|up|down)_proj\.weight$/);
+    expect(j.memory.largest.bytes).toBe(inner * 128 * 4);
+  });
+
+  test("an embedding larger than a binding fits: it is split into row parts, and the logits run in row chunks", () => {
+    const env = { MHMOE_MAX_STORAGE_BINDING: String(2 ** 20) };
+    const vocab = Math.ceil((2 ** 20 / (128 * 4)) * 1.5); // the embedding alone is 1.5x the cap
+    const j = JSON.parse(plan(env, "--set", `vocab_size=${vocab}`, "--batch-size", "1", "--seq-len", "128", "--json").out);
+    expect(j.memory.fits).toBe(true);
+    expect(j.memory.measured).toBe(true);
+    expect(j.memory.largest.bytes).toBeLessThanOrEqual(2 ** 20);
+    expect(j.memory.weights).toBeGreaterThan(vocab * 128 * 4);
   });
 
   test("--json prints one object with parameters, FLOPs and memory", () => {

@@ -36,7 +36,7 @@ export class Gpu {
     readonly features: ReadonlySet<string>,
     readonly limits: Readonly<Record<string, number>>,
   ) {
-    this.pool = new BufferPool(device);
+    this.pool = new BufferPool(device, limits.maxBufferSize ?? Infinity);
     this.kernels = new KernelCache(device);
     device.lost.then((info) => {
       this.lostReason = info.message || info.reason || "device lost";
@@ -110,6 +110,19 @@ export function getGpu(opts: AcquireOptions = {}): Promise<Gpu> {
 const GARBLED_DESCRIPTOR = /is invalid for WGPUFeatureName|Invalid feature required/;
 const DEVICE_ATTEMPTS = 3;
 
+/**
+ * MHMOE_MAX_STORAGE_BINDING=BYTES makes mhmoe plan as if the adapter bound at most BYTES per storage
+ * binding (never more than it really does): how the test suite runs the paths a small adapter takes
+ * (parameters in several chunks, vocabulary matrices in row parts, the LM head in row chunks) at test sizes.
+ */
+function withBindingCap(limits: Record<string, number>): Record<string, number> {
+  const raw = process.env.MHMOE_MAX_STORAGE_BINDING;
+  if (!raw) return limits;
+  const cap = Number(raw);
+  if (!Number.isSafeInteger(cap) || cap < 4096) throw new UserError(`MHMOE_MAX_STORAGE_BINDING must be a byte count of at least 4096, got "${raw}"`);
+  return { ...limits, maxStorageBufferBindingSize: Math.min(limits.maxStorageBufferBindingSize ?? cap, cap) };
+}
+
 export async function acquireGpu(opts: AcquireOptions = {}): Promise<Gpu> {
   for (let attempt = 1; ; attempt++) {
     const { adapter, desc } = await pickAdapter(opts.adapter);
@@ -121,7 +134,7 @@ export async function acquireGpu(opts: AcquireOptions = {}): Promise<Gpu> {
         requiredLimits: requiredLimits as GPUDeviceDescriptor["requiredLimits"],
         label: "mhmoe",
       });
-      return new Gpu(device, desc, new Set([...device.features]), requiredLimits);
+      return new Gpu(device, desc, new Set([...device.features]), withBindingCap(requiredLimits));
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       if (attempt < DEVICE_ATTEMPTS && GARBLED_DESCRIPTOR.test(message)) continue;

@@ -3,6 +3,8 @@
  * run (and of successive test cases) reuse memory instead of churning the allocator. Shapes are fixed per
  * run, so a training step never allocates: everything is acquired once when the run is planned.
  */
+import { UserError } from "../util/errors.ts";
+
 export const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x4 /* COPY_SRC */ | 0x8; /* COPY_DST */
 
 function sizeClass(bytes: number): number {
@@ -20,10 +22,16 @@ export class BufferPool {
   bytesLive = 0;
   bytesPeak = 0;
 
-  constructor(private device: GPUDevice) {}
+  /** `maxBufferSize`: the adapter's largest buffer; a size class past it falls back to the exact size. */
+  constructor(private device: GPUDevice, private maxBufferSize = Infinity) {}
 
   acquire(bytes: number, usage = STORAGE_USAGE, label?: string): GPUBuffer {
-    const size = sizeClass(bytes);
+    if (bytes > this.maxBufferSize) {
+      const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+      throw new UserError(`${label ? `tensor ${label}` : "a buffer"} needs ${mib(bytes)}, more than this adapter's largest buffer (maxBufferSize ${mib(this.maxBufferSize)})`);
+    }
+    const rounded = sizeClass(bytes);
+    const size = rounded > this.maxBufferSize ? Math.ceil(bytes / 4) * 4 : rounded;
     const key = `${size}:${usage}`;
     const list = this.free.get(key);
     let buf = list?.pop();

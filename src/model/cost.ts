@@ -29,6 +29,8 @@ export function costSummary(c: ModelConfig, seqLen: number): CostSummary {
   return { params: countParams(c), active_params: countActiveParams(c), seq_len: seqLen, flops_forward: forward, flops_train: 3 * forward, breakdown };
 }
 
+const VOCAB_MATRICES = new Set(["model.embed_tokens.weight", "lm_head.weight"]);
+
 export interface TensorSize {
   name: string;
   bytes: number;
@@ -73,14 +75,16 @@ function overLimit(t: TensorSize, limit: number): string {
 
 /**
  * Plans a training run of shape [B, T] with A micro-batches per step on `gpu`, reads how many bytes each
- * part took from the pool, and releases it all. A parameter tensor or the logits over the binding limit
+ * part took from the pool, and releases it all. A parameter tensor over the binding limit (other than the vocabulary matrices, which split)
  * is reported without allocating anything.
  */
 export async function planMemory(gpu: Gpu, c: ModelConfig, B: number, T: number, A: number, logEvery = 10): Promise<MemoryPlan> {
   const limit = gpu.limits.maxStorageBufferBindingSize ?? Infinity;
-  const known = [...parameterTensors(c), { name: "logits", bytes: B * T * c.vocab_size * 4 }].sort((a, b) => b.bytes - a.bytes);
+  // Vocabulary matrices larger than a binding are split into row parts and the logits are computed in
+  // row chunks, so neither limits a run; any other parameter tensor must fit one binding.
+  const known = parameterTensors(c).filter((t) => !VOCAB_MATRICES.has(t.name));
   const empty = { weights: 0, grads: 0, moments: 0, activations: 0, step_buffers: 0, total: 0, binding_limit: limit };
-  if (known[0].bytes > limit) {
+  if (known.length > 0 && known[0].bytes > limit) {
     const over = known.filter((t) => t.bytes > limit);
     const also = over.length > 1 ? `; also over it: ${over.slice(1).map((t) => `${t.name} (${mib(t.bytes)})`).join(", ")}` : "";
     return { ...empty, largest: known[0], fits: false, problem: overLimit(known[0], limit) + also, measured: false };
@@ -118,7 +122,7 @@ export async function planMemory(gpu: Gpu, c: ModelConfig, B: number, T: number,
       measure();
     });
   } catch (e) {
-    if (e instanceof UserError && /maxStorageBufferBindingSize/.test(e.message)) {
+    if (e instanceof UserError && /maxStorageBufferBindingSize|maxBufferSize/.test(e.message)) {
       return { ...empty, largest, fits: false, problem: e.message, measured: false };
     }
     throw e;

@@ -6,6 +6,7 @@
 import type { Gpu } from "../gpu/device.ts";
 import { Commands, readBytes, tensorView, writeAt, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { planSum } from "../ops/elementwise.ts";
+import { matmul } from "../ops/matmul.ts";
 import { UserError } from "../util/errors.ts";
 import { planEmbeddingBackward, planEmbeddingForward, type TokenLayout } from "../ops/embedding.ts";
 import { planRmsNormBackward, planRmsNormForward } from "../ops/norm.ts";
@@ -136,7 +137,7 @@ export class Transformer {
 
     // Residual stream: xs[l] is the input of layer l, xs[L] the input of the final norm.
     const xs = Array.from({ length: L + 1 }, (_, l) => A.f32([N, d], `x${l}`));
-    fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, idsLayout: inputs, table: W.get("model.embed_tokens.weight"), out: xs[0]!, N, V, d })));
+    fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, idsLayout: inputs, table: W.rowParts("model.embed_tokens.weight"), out: xs[0]!, N, V, d })));
 
     interface LayerSaved { a: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; o: Tensor; lse: Tensor; xMid: Tensor; m: Tensor; rstd2: Tensor; ffn: FfnBlock }
     const saved: LayerSaved[] = [];
@@ -185,10 +186,19 @@ export class Transformer {
     const bwd = this.backward;
     const dxf = G ? S.f32([N, d], "dxf") : null;
     const chunkRows = logitChunkRows(gpu, N, V, this.opts.logitsBytes);
+    // The head's weight [V, d] may come in row parts (larger than one binding): each part fills its
+    // columns of the logits, takes its rows of the weight gradient, and adds its share of dx.
+    const headW = W.rowParts(headName), headG = G ? G.rowParts(headName) : [];
+    const headForward = (x: Tensor, logits: Tensor, n: number) =>
+      Promise.all(headW.map((p) => matmul(gpu, { layout: "nt", M: n, N: p.rows, K: d, a: x, b: p.tensor, c: logits, ldc: V, offC: p.row0 })));
+    const headBackward = async (dl: Tensor, x: Tensor, dx: Tensor, n: number) => [
+      ...(await Promise.all(headG.map((p) => matmul(gpu, { layout: "tn", M: p.rows, N: d, K: n, a: dl, lda: V, offA: p.row0, b: x, c: p.tensor, beta: 1 })))),
+      ...(await Promise.all(headW.map((p, i) => matmul(gpu, { layout: "nn", M: n, N: d, K: p.rows, a: dl, lda: V, offA: p.row0, b: p.tensor, c: dx, beta: i === 0 ? 0 : 1 })))),
+    ];
     if (chunkRows >= N) {
       // The whole [N, V] logits at once: the head's backward reads the gradient the fused loss wrote.
       this.logits = A.f32([N, V], "logits");
-      fwd.push(await linear(gpu, xf, W.get(headName), this.logits, N, d, V));
+      fwd.push(...(await headForward(xf, this.logits, N)));
       if (!G) {
         fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss })));
         return;
@@ -198,8 +208,7 @@ export class Transformer {
         logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss,
         dlogits: this.opts.keepLogits ? dLogits : "in-place", gradScale: gradScale / N,
       })));
-      bwd.push(await linearDw(gpu, dLogits, xf, G.get(headName), N, d, V));
-      bwd.push(await linearDx(gpu, dLogits, W.get(headName), dxf!, N, d, V));
+      bwd.push(...(await headBackward(dLogits, xf, dxf!, N)));
     } else {
       // The head in chunks of rows, so no [N, V] tensor exists (at 8192 tokens x 50304 ids it would be
       // 1.6 GB, past most adapters' binding limit): forward computes each chunk's logits and row losses;
@@ -212,19 +221,18 @@ export class Transformer {
       for (let r0 = 0; r0 < N; r0 += chunkRows) chunks.push({ r0, n: Math.min(chunkRows, N - r0) });
       const rows = (t: Tensor, r0: number, n: number, width: number) => tensorView(t, r0 * width, width === 1 ? [n] : [n, width], `${t.label}[${r0}:${r0 + n}]`);
       for (const { r0, n } of chunks) {
-        fwd.push(await linear(gpu, rows(xf, r0, n, d), W.get(headName), this.logits, n, d, V));
+        fwd.push(...(await headForward(rows(xf, r0, n, d), this.logits, n)));
         fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1), rowBase: r0 })));
       }
       fwd.push(await planSum(gpu, { x: rowLoss, out: this.ceLoss, n: N, scale: 1 / N }));
       if (!G) return;
       for (const { r0, n } of chunks) {
-        bwd.push(await linear(gpu, rows(xf, r0, n, d), W.get(headName), this.logits, n, d, V));
+        bwd.push(...(await headForward(rows(xf, r0, n, d), this.logits, n)));
         bwd.push(...(await planCrossEntropy(gpu, {
           logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1),
           rowBase: r0, dlogits: "in-place", gradScale: gradScale / N,
         })));
-        bwd.push(await linearDw(gpu, this.logits, rows(xf, r0, n, d), G.get(headName), n, d, V));
-        bwd.push(await linearDx(gpu, this.logits, W.get(headName), rows(dxf!, r0, n, d), n, d, V));
+        bwd.push(...(await headBackward(this.logits, rows(xf, r0, n, d), rows(dxf!, r0, n, d), n)));
       }
     }
 
@@ -249,6 +257,6 @@ export class Transformer {
       bwd.push(await linearDw(gpu, dv, s.a, G.get(`${p}.self_attn.v_proj.weight`), N, d, d));
       bwd.push(...(await planRmsNormBackward(gpu, { dy: da, x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), rstd: s.rstd1, dx: dRes!, dw: G.get(`${p}.input_layernorm.weight`), N, d, accumulateDx: true })));
     }
-    bwd.push(...(await planEmbeddingBackward(gpu, { ids: this.ids, idsLayout: inputs, dout: dRes!, dtable: G.get("model.embed_tokens.weight"), N, V, d })));
+    bwd.push(...(await planEmbeddingBackward(gpu, { ids: this.ids, idsLayout: inputs, dout: dRes!, dtable: G.rowParts("model.embed_tokens.weight"), N, V, d })));
   }
 }

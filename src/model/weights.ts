@@ -6,15 +6,29 @@
 import type { Gpu } from "../gpu/device.ts";
 import { readBytes, tensorView, writeAt, zeros, type Commands, type Tensor } from "../gpu/tensor.ts";
 import type { ModelConfig } from "./config.ts";
+import { UserError } from "../util/errors.ts";
 import { numel, parameterSpecs, type ParamSpec } from "./params.ts";
 
 /** Where one named parameter lives: a tensor and an element offset (non-zero only for stacked experts). */
 export interface ParamSlot {
   spec: ParamSpec;
+  /** the tensor holding the parameter (for one split into row parts: its first part) */
   tensor: Tensor;
   offset: number;
   size: number;
+  /** a vocabulary-sized matrix larger than one binding: its row ranges, each its own tensor */
+  parts?: RowPart[];
 }
+
+/** Rows row0..row0+rows of a [rows, cols] parameter, as one bindable tensor. */
+export interface RowPart {
+  tensor: Tensor;
+  row0: number;
+  rows: number;
+}
+
+/** The parameters that may be split into row parts when larger than one binding (their rows are the vocabulary). */
+const SPLITTABLE = new Set(["model.embed_tokens.weight", "lm_head.weight"]);
 
 export interface StackRef {
   tensor: Tensor;
@@ -47,6 +61,8 @@ interface Unit {
   label: string;
 }
 
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+
 export class ParamStore {
   readonly slots = new Map<string, ParamSlot>();
   /** The distinct parameter tensors (views into the chunks), in spec order (each stacked tensor once). */
@@ -67,16 +83,37 @@ export class ParamStore {
     const specs = parameterSpecs(c);
     const store = new ParamStore(gpu, specs);
     // One unit per distinct tensor: a plain parameter, or a layer's stacked experts of one projection.
+    const align = Math.max(1, (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4);
+    const limit = Math.floor(Math.min(gpu.limits.maxStorageBufferBindingSize ?? Infinity, gpu.limits.maxBufferSize ?? Infinity, 2 ** 31) / 4);
     const units = new Map<string, Unit>();
+    /** split parameters: their parts' unit keys and row ranges */
+    const split = new Map<string, { key: string; row0: number; rows: number }[]>();
     for (const s of specs) {
       const e = expertStackKey(s.name);
       const key = e ? e.key : s.name;
       const u = units.get(key);
       if (u) u.elements += numel(s.shape);
-      else units.set(key, { key, elements: numel(s.shape), decay: s.decay, label: `${label}:${key}` });
+      else if (numel(s.shape) > limit && SPLITTABLE.has(s.name)) {
+        // [V, d] larger than one binding: row parts that each fit (the LM head and embedding work per part)
+        const [rows, cols] = s.shape as [number, number];
+        const per = Math.floor(limit / cols);
+        const parts: { key: string; row0: number; rows: number }[] = [];
+        for (let row0 = 0; row0 < rows; row0 += per) {
+          const part = { key: `${key}#${row0}`, row0, rows: Math.min(per, rows - row0) };
+          parts.push(part);
+          units.set(part.key, { key: part.key, elements: part.rows * cols, decay: s.decay, label: `${label}:${key}[${row0}:${row0 + part.rows}]` });
+        }
+        split.set(s.name, parts);
+      } else units.set(key, { key, elements: numel(s.shape), decay: s.decay, label: `${label}:${key}` });
     }
-    const align = Math.max(1, (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4);
-    const limit = Math.floor(Math.min(gpu.limits.maxStorageBufferBindingSize ?? Infinity, gpu.limits.maxBufferSize ?? Infinity, 2 ** 31) / 4);
+    for (const u of units.values()) {
+      if (u.elements > limit) {
+        throw new UserError(
+          `parameter ${u.key} needs ${mib(u.elements * 4)}, more than this adapter binds in one tensor (maxStorageBufferBindingSize ` +
+            `${mib((gpu.limits.maxStorageBufferBindingSize ?? Infinity))}); a smaller model or an adapter with a larger limit is needed`,
+        );
+      }
+    }
     const ordered = [...units.values()].sort((a, b) => Number(b.decay) - Number(a.decay)); // stable: spec order within each
     // Place the units: decayed ones first, then the rest, a new chunk when the next would pass the limit.
     const placed = new Map<string, { chunk: number; offset: number }>();
@@ -108,7 +145,11 @@ export class ParamStore {
     for (const s of specs) {
       const size = numel(s.shape);
       const e = expertStackKey(s.name);
-      if (e) {
+      const parts = split.get(s.name);
+      if (parts) {
+        const rowParts = parts.map((p) => ({ tensor: views.get(p.key)!, row0: p.row0, rows: p.rows }));
+        store.slots.set(s.name, { spec: s, tensor: rowParts[0]!.tensor, offset: 0, size, parts: rowParts });
+      } else if (e) {
         const t = views.get(e.key)!;
         store.stacks.set(e.key, t);
         store.slots.set(s.name, { spec: s, tensor: t, offset: e.expert * size, size });
@@ -122,8 +163,16 @@ export class ParamStore {
   get(name: string): Tensor {
     const s = this.slots.get(name);
     if (!s) throw new Error(`no parameter named ${name}`);
+    if (s.parts) throw new Error(`${name} is split into ${s.parts.length} row parts (larger than one binding); use rowParts()`);
     if (s.offset !== 0 || s.size !== s.tensor.size) throw new Error(`${name} is part of a stacked tensor; use stack()`);
     return s.tensor;
+  }
+
+  /** A [rows, cols] parameter as row parts: one part (the whole tensor) unless it was split. */
+  rowParts(name: string): RowPart[] {
+    const s = this.slots.get(name);
+    if (!s) throw new Error(`no parameter named ${name}`);
+    return s.parts ?? [{ tensor: this.get(name), row0: 0, rows: s.spec.shape[0]! }];
   }
 
   /** The stacked tensor of a layer's expert projection, e.g. stack("model.layers.1.mlp.experts", "up_proj"). */
@@ -139,7 +188,10 @@ export class ParamStore {
       const v = values.get(name);
       if (!v) throw new Error(`upload: no value for parameter ${name}`);
       if (v.length !== slot.size) throw new Error(`upload: ${name} has ${v.length} values, expected ${slot.size}`);
-      writeAt(slot.tensor, v, slot.offset);
+      if (slot.parts) {
+        const cols = slot.spec.shape[1]!;
+        for (const p of slot.parts) writeAt(p.tensor, v.subarray(p.row0 * cols, (p.row0 + p.rows) * cols));
+      } else writeAt(slot.tensor, v, slot.offset);
     }
   }
 
@@ -148,9 +200,13 @@ export class ParamStore {
     const out = new Map<string, Float32Array>();
     const whole = new Map<GPUBuffer, Float32Array>();
     for (const { tensor: t } of this.chunks) whole.set(t.buffer, new Float32Array(await readBytes(this.gpu, t.buffer, t.byteLength, t.byteOffset)));
+    const slice = (t: Tensor, offset: number, n: number) => whole.get(t.buffer)!.subarray(t.byteOffset / 4 + offset, t.byteOffset / 4 + offset + n);
     for (const [name, s] of this.slots) {
-      const at = s.tensor.byteOffset / 4 + s.offset;
-      out.set(name, whole.get(s.tensor.buffer)!.slice(at, at + s.size));
+      if (s.parts) {
+        const cols = s.spec.shape[1]!, v = new Float32Array(s.size);
+        for (const p of s.parts) v.set(slice(p.tensor, 0, p.rows * cols), p.row0 * cols);
+        out.set(name, v);
+      } else out.set(name, slice(s.tensor, s.offset, s.size).slice());
     }
     return out;
   }

@@ -29,11 +29,30 @@ export function resolveTokenLayout(what: string, ids: Tensor, N: number, layout?
   return l;
 }
 
+/** Rows row0..row0+rows of a [V, d] table (a table larger than one binding comes in parts). */
+export interface TablePart {
+  tensor: Tensor;
+  row0: number;
+  rows: number;
+}
+
+function tableParts(what: string, table: Tensor | readonly TablePart[], V: number, d: number): readonly TablePart[] {
+  const parts = table instanceof Array ? table : [{ tensor: table as Tensor, row0: 0, rows: V }];
+  let next = 0;
+  for (const p of parts) {
+    if (p.row0 !== next) throw new Error(`${what}: parts must cover rows 0..${V} in order, got row ${p.row0} after ${next}`);
+    checkSize(what, p.tensor, p.rows * d);
+    next += p.rows;
+  }
+  if (next !== V) throw new Error(`${what}: parts cover ${next} rows of ${V}`);
+  return parts;
+}
+
 export interface EmbeddingForwardArgs {
   ids: Tensor;
   idsLayout?: TokenLayout;
-  /** [V, d] */
-  table: Tensor;
+  /** [V, d], or its row parts */
+  table: Tensor | readonly TablePart[];
   /** [N, d] (written) */
   out: Tensor;
   N: number;
@@ -44,12 +63,14 @@ export interface EmbeddingForwardArgs {
 /** out[n, :] = table[clamp(id(n), 0, V-1), :]. */
 export async function planEmbeddingForward(gpu: Gpu, a: EmbeddingForwardArgs): Promise<Dispatch[]> {
   const l = resolveTokenLayout("embedding ids", a.ids, a.N, a.idsLayout);
-  checkSize("embedding table", a.table, a.V * a.d);
+  const parts = tableParts("embedding table", a.table, a.V, a.d);
   checkSize("embedding out", a.out, a.N * a.d);
   const WG = elementwiseTuning(gpu).WG;
   const kernel = await gpu.kernel({ shader: "embedding", entry: "embedding_forward", constants: { WG } });
-  const params = uniform(gpu, [a.N, a.V, a.d, l.seqLen, l.rowStride, l.offset], "embedding.params");
-  return [{ kernel, bindGroup: bindSlots(gpu, kernel, [[0, a.ids], [1, a.table], [2, a.out], [3, params]]), workgroups: grid1d(a.N * a.d, WG) }];
+  return parts.map((p) => {
+    const params = uniform(gpu, [a.N, a.V, a.d, l.seqLen, l.rowStride, l.offset, p.row0, p.rows], "embedding.params");
+    return { kernel, bindGroup: bindSlots(gpu, kernel, [[0, a.ids], [1, p.tensor], [2, a.out], [3, params]]), workgroups: grid1d(a.N * a.d, WG) };
+  });
 }
 
 export interface EmbeddingBackwardArgs {
@@ -57,8 +78,8 @@ export interface EmbeddingBackwardArgs {
   idsLayout?: TokenLayout;
   /** [N, d] gradient of the lookup's output */
   dout: Tensor;
-  /** [V, d] table gradient: always ADDED to (tied weights and accumulation share it; zero it per step) */
-  dtable: Tensor;
+  /** [V, d] table gradient, or its row parts: always ADDED to (tied weights and accumulation share it; zero it per step) */
+  dtable: Tensor | readonly TablePart[];
   N: number;
   V: number;
   d: number;
@@ -72,19 +93,19 @@ export interface EmbeddingBackwardArgs {
 export async function planEmbeddingBackward(gpu: Gpu, a: EmbeddingBackwardArgs): Promise<Dispatch[]> {
   const l = resolveTokenLayout("embedding ids", a.ids, a.N, a.idsLayout);
   checkSize("embedding dout", a.dout, a.N * a.d);
-  checkSize("embedding dtable", a.dtable, a.V * a.d);
+  const parts = tableParts("embedding dtable", a.dtable, a.V, a.d);
   const WG = elementwiseTuning(gpu).WG;
   const links = empty(gpu, [2, Math.max(1, a.N)], "u32", "embedding.links");
-  const params = uniform(gpu, [a.N, a.V, a.d, l.seqLen, l.rowStride, l.offset], "embedding.params");
+  const params = uniform(gpu, [a.N, a.V, a.d, l.seqLen, l.rowStride, l.offset, 0, a.V], "embedding.params");
   const linkKernel = await gpu.kernel({ shader: "embedding", entry: "embedding_links", constants: { WG } });
   const sumKernel = await gpu.kernel({ shader: "embedding", entry: "embedding_backward", constants: { WG } });
   const colBlocks = Math.ceil(a.d / WG);
   return [
     { kernel: linkKernel, bindGroup: bindSlots(gpu, linkKernel, [[0, a.ids], [3, params], [4, links]]), workgroups: grid1d(a.N, WG) },
-    {
+    ...parts.map((p) => ({
       kernel: sumKernel,
-      bindGroup: bindSlots(gpu, sumKernel, [[0, a.ids], [1, a.dout], [2, a.dtable], [3, params], [4, links]]),
+      bindGroup: bindSlots(gpu, sumKernel, [[0, a.ids], [1, a.dout], [2, p.tensor], [3, uniform(gpu, [a.N, a.V, a.d, l.seqLen, l.rowStride, l.offset, p.row0, p.rows], "embedding.params")], [4, links]]),
       workgroups: grid1d(a.N * colBlocks, 1),
-    },
+    })),
   ];
 }
