@@ -118,11 +118,8 @@ class Trainer:
             return norm  # the caller stops the run; nothing is applied
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.fsdp:  # AdamW's decoupled decay, p *= 1 - lr*wd, on the masked elements (weight_decay=0 below)
-            shrink = 1 - lr * self.o["weightDecay"]
-            with torch.no_grad():
-                for p, m in zip(self.params(), self.masks):
-                    p.mul_(torch.where(m > 0, torch.full_like(p, shrink), torch.ones_like(p)))
+        if self.fsdp:
+            masked_decay(self.params(), self.masks, lr, self.o["weightDecay"])
         self.optimizer.step()
         return norm
 
@@ -173,6 +170,15 @@ class Trainer:
             moments["m"][n] = s.get("exp_avg", torch.zeros_like(p)).detach().cpu().reshape(p.shape)
             moments["v"][n] = s.get("exp_avg_sq", torch.zeros_like(p)).detach().cpu().reshape(p.shape)
         return plain.to("cpu"), moments
+
+
+def masked_decay(params, masks, lr: float, weight_decay: float) -> None:
+    """AdamW's decoupled decay, p *= 1 - lr*wd, where the mask is 1; the optimizer then runs with
+    weight_decay=0 (torch's AdamW applies exactly this multiplication before its update)."""
+    shrink = 1 - lr * weight_decay
+    with torch.no_grad():
+        for p, m in zip(params, masks):
+            p.mul_(torch.where(m > 0, torch.full_like(p, shrink), torch.ones_like(p)))
 
 
 class _null:

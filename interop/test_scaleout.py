@@ -251,5 +251,39 @@ class DataParallelTest(unittest.TestCase):
         self.assertIn("already at step 6", res.stderr)
 
 
+class TorchCompatTest(unittest.TestCase):
+    def test_fsdp_imports_and_the_launcher_parses_its_defaults(self):
+        code = ("import sys; sys.path.insert(0, %r); import torch_compat; torch_compat.allow_fsdp_import(); "
+                "torch_compat.fix_launcher(); from torch.distributed.fsdp import FullyShardedDataParallel; "
+                "from torch.distributed.elastic.multiprocessing.api import Std; "
+                "assert Std.from_str('0') == Std.NONE and Std.from_str('3') == Std.ALL; "
+                "assert Std.from_str('0:1,1:3') == {0: Std.OUT, 1: Std.ALL}; print('ok')") % INTEROP_DIR
+        res = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+        self.assertEqual(res.stdout.strip(), "ok", res.stderr[-2000:])
+
+    def test_masked_decay_is_adamws_decay_on_matrices(self):
+        # What --fsdp does on flat shards (decay by a 0/1 mask, AdamW with weight_decay 0), on whole
+        # parameters here, against the two parameter groups of one process and DDP: the same numbers.
+        from data_parallel import masked_decay
+        from parity import make_adamw
+        from testutil import tiny_model
+        import argparse
+        a, b = tiny_model(tiny_config("mhmoe-v1")), tiny_model(tiny_config("mhmoe-v1"))
+        hp = argparse.Namespace(weight_decay=0.1, lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8)
+        opt_a = make_adamw(a, hp)
+        opt_b = torch.optim.AdamW(b.parameters(), lr=hp.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, foreach=False)
+        masks = [torch.full_like(p, 1.0 if p.ndim >= 2 else 0.0) for p in b.parameters()]
+        g = torch.Generator().manual_seed(3)
+        for _ in range(3):
+            for pa, pb in zip(a.parameters(), b.parameters()):
+                pa.grad = torch.randn(pa.shape, generator=g)
+                pb.grad = pa.grad.clone()
+            opt_a.step()
+            masked_decay(list(b.parameters()), masks, hp.lr, hp.weight_decay)
+            opt_b.step()
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            self.assertTrue(torch.equal(pa, pb), name)
+
+
 if __name__ == "__main__":
     unittest.main()
