@@ -283,23 +283,25 @@ describe("generation", () => {
 });
 
 describe("mhmoe generate", () => {
+  // Each command takes seconds; a stuck one is killed and fails its test with its output, not the suite's timeout.
+  const LIMIT_MS = 120_000;
   let tmp = "", run = "";
   beforeAll(() => {
     tmp = mkdtempSync(join(tmpdir(), "mhmoe-generate-"));
     run = join(tmp, "run");
-    const t = Bun.spawnSync([process.execPath, CLI, "train", ...TINY_ARGS, "--data", PROSE, "--steps", "2", "--out", run], { cwd: ROOT });
-    if (t.exitCode !== 0) throw new Error(`train failed: ${t.stderr.toString()}`);
+    const t = Bun.spawnSync([process.execPath, CLI, "train", ...TINY_ARGS, "--data", PROSE, "--steps", "2", "--out", run], { cwd: ROOT, timeout: LIMIT_MS });
+    if (t.exitCode !== 0) throw new Error(`train failed (${t.exitCode ?? t.signalCode}): ${t.stderr.toString()}`);
   });
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
   const gen = (...args: string[]) => {
-    const p = Bun.spawnSync([process.execPath, CLI, "generate", ...args], { cwd: ROOT });
-    return { code: p.exitCode ?? -1, out: p.stdout.toString(), err: p.stderr.toString() };
+    const p = Bun.spawnSync([process.execPath, CLI, "generate", ...args], { cwd: ROOT, timeout: LIMIT_MS });
+    return { code: p.exitCode ?? -1, out: p.stdout.toString(), err: p.stderr.toString() + (p.signalCode ? ` (killed: ${p.signalCode})` : "") };
   };
 
   test("streams the prompt, then text as it is sampled; --json has the same tokens; --no-cache agrees", async () => {
     const args = ["--checkpoint", run, "--prompt", "Fellow", "--max-tokens", "40", "--seed", "5", "--top-k", "50"];
-    const p = Bun.spawn([process.execPath, CLI, "generate", ...args], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawn([process.execPath, CLI, "generate", ...args], { cwd: ROOT, stdout: "pipe", stderr: "pipe", timeout: LIMIT_MS });
     const chunks: string[] = [];
     const decoder = new TextDecoder();
     for await (const c of p.stdout) chunks.push(decoder.decode(c, { stream: true }));
@@ -324,7 +326,7 @@ describe("mhmoe generate", () => {
 
   test("a checkpoint saved by the PyTorch twin: byte tokenizer, greedy tokens equal PyTorch's own", () => {
     const twin = join(tmp, "twin");
-    const py = Bun.spawnSync([process.env.MHMOE_PYTHON ?? "/usr/bin/python3", join(import.meta.dir, "fixtures/generate_twin.py"), twin, "Hello", "20"], { cwd: ROOT });
+    const py = Bun.spawnSync([process.env.MHMOE_PYTHON ?? "/usr/bin/python3", join(import.meta.dir, "fixtures/generate_twin.py"), twin, "Hello", "20"], { cwd: ROOT, timeout: LIMIT_MS });
     if (py.exitCode !== 0) throw new Error(py.stderr.toString());
     const torchIds = JSON.parse(py.stdout.toString());
     expect(readdirSync(twin).sort()).toEqual(["config.json", "model.safetensors"]);
