@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import unittest
@@ -240,6 +241,26 @@ class DataParallelTest(unittest.TestCase):
         res = launch(2, *self.common, "--out", run, "--fsdp", "--device", "cuda")
         self.assertEqual(res.returncode, 0, res.stderr[-3000:])
         self.assertSameCurve(run)
+
+    def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(self):
+        run = os.path.join(self.tmp.name, "interrupted")
+        cmd = [PYTHON, os.path.join(INTEROP_DIR, "train_torch.py"), *map(str, self.common), "--steps", "10000", "--out", run]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = json.loads(p.stdout.readline())  # a step is done: interrupt the run
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=120)
+        finally:
+            p.kill()
+        self.assertEqual(p.returncode, 0, err)
+        saved = json.loads(out.strip().splitlines()[-1])
+        self.assertGreaterEqual(saved["step"], first["step"])
+        self.assertIn(f"stopped after step {saved['step']}", err)
+        rows = metrics(run)
+        self.assertEqual(rows[-1]["step"], saved["step"])
+        res = train("--resume", run, "--stop-at", saved["step"] + 1)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertEqual(metrics(run)[-1]["step"], saved["step"] + 1)
 
     def test_resume_keeps_the_fixed_options(self):
         res = train("--resume", self.single, "--batch-size", 4)

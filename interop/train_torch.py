@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -89,7 +90,7 @@ def parse_args(argv):
         p.add_argument(flag, dest=key, type=kind, default=None, metavar=metavar,
                        help=f"as mhmoe train's (default {DEFAULTS[key]}; --resume: the run's)", **extra)
     p.add_argument("--stop-at", type=int, default=None, metavar="N",
-                   help="end this process after that step with a checkpoint (as Ctrl-C in mhmoe train); the "
+                   help="end this process after that step with a checkpoint (as Ctrl-C does at any step); the "
                         "schedule still runs over --steps")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: FullyShardedDataParallel instead of DDP")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -233,6 +234,11 @@ def train_shards(args, dist: Dist) -> None:
     if dist.sum([1.0 if failure else 0.0])[0] > 0:
         raise failure if failure else UsageError(f"rank 0 could not open the run directory {out}")
     started = False
+    # Ctrl-C (SIGINT, or SIGTERM) finishes the step, writes a checkpoint and exits, as in mhmoe train; under
+    # torchrun every rank agrees on the step to stop after (the flag rides on the step's loss all-reduce).
+    interrupted = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: interrupted.append(True))
     try:
         saved_run = (resume[1].get("run") or {}) if resume else {}
         # Evaluations and --skip-nonfinite are mhmoe's: kept in the record for when mhmoe resumes the run.
@@ -263,13 +269,15 @@ def train_shards(args, dist: Dist) -> None:
                 sums[1] += out_.loss_aux.item()
                 sums[2] += out_.loss_z.item()
             norm = trainer.clip_and_step(lr)
-            ce, aux, z = (s / G for s in dist.sum(sums))
+            totals = dist.sum(sums + [1.0 if interrupted else 0.0])
+            ce, aux, z = (t / G for t in totals[:3])
+            stop = totals[3] > 0
             window_tokens += G * B * T
             if not (math.isfinite(norm) and math.isfinite(ce)):
                 raise UsageError(f"non-finite {'gradient norm' if not math.isfinite(norm) else 'loss'} at step {step}; "
                                  "training stopped" + (f" (last good checkpoint: {last_saved})" if last_saved else "")
                                  + "; lower --lr")
-            last = step == stop_at
+            last = step == stop_at or stop
             if step % o["logEvery"] == 0 or last:
                 routing = dist.last_rank_object(routing_report(model))
                 seconds = time.perf_counter() - window_start
@@ -295,6 +303,11 @@ def train_shards(args, dist: Dist) -> None:
                                       "bias_correction2": 1 - o["beta2"] ** applied}}
                     last_saved = rc.write_training_checkpoint(out, plain, moments, state, o["keep"])
                     print(json.dumps({"checkpoint": last_saved, "step": step}), flush=True)
+            if stop:
+                if dist.rank == 0:
+                    print(f"stopped after step {step}" + (f"; continue with --resume {out}" if out else ""),
+                          file=sys.stderr)
+                break
         if args.save:
             plain, _ = trainer.full_state()
             if dist.rank == 0:
