@@ -339,6 +339,23 @@ describe("mhmoe generate", () => {
     }
   });
 
+  test("a small adapter's paths (vocabulary matrices in row parts, the LM head in row chunks) give the same tokens", () => {
+    // Under a 100 000-byte binding cap this model's [300, 128] embedding and LM head come in row parts,
+    // and a whole-prefix forward over more than 83 tokens computes its logits 64 rows at a time.
+    const dir = join(tmp, "wide-vocab");
+    const c = presetConfig("mhmoe", { ...BACK, vocab_size: 300, hidden_size: 128, num_attention_heads: 4, intermediate_size: 128, num_experts: 4, num_experts_per_tok: 1, moe_intermediate_size: 32, mhmoe_heads: 2 });
+    saveModelCheckpoint(dir, c, randomParams(c, 2));
+    const prompt = "It is a great satisfaction to me to be able to tell you that the public credit stands on firm ground. ";
+    const args = ["--checkpoint", dir, "--prompt", prompt, "--max-tokens", "12", "--temperature", "0.7", "--seed", "4", "--json"];
+    const runs = [[], ["--no-cache"]].flatMap((cache) => [{}, { MHMOE_MAX_STORAGE_BINDING: "100000" }].map((env) => {
+      const p = Bun.spawnSync([process.execPath, CLI, "generate", ...args, ...cache], { cwd: ROOT, env: { ...process.env, ...env }, timeout: LIMIT_MS });
+      expect(p.exitCode, p.stderr.toString()).toBe(0);
+      return JSON.parse(p.stdout.toString()).tokens as number[];
+    }));
+    expect(runs[0]!.length).toBeGreaterThan(0);
+    for (const r of runs.slice(1)) expect(r).toEqual(runs[0]!);
+  });
+
   test("bad input ends in one error line and a non-zero exit, before any output", () => {
     const small = join(tmp, "small");
     const c = presetConfig("dense", { ...BACK, vocab_size: 150, max_position_embeddings: 16 });

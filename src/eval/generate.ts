@@ -183,8 +183,10 @@ class UncachedSource implements LogitsSource {
     try {
       model.setBatch(Int32Array.from([...this.seen, 0])); // the target column is not used
       await model.run(false);
-      const V = this.c.vocab_size;
-      return new Float32Array(await readBytes(this.gpu, model.logits.buffer, V * 4, (T - 1) * V * 4));
+      // With a large vocabulary the head runs in row chunks and logits holds the last chunk: row T-1's place in it.
+      const V = this.c.vocab_size, rows = model.logitsChunked ? model.logits.shape[0]! : T;
+      const row = (T - 1) % rows;
+      return new Float32Array(await readBytes(this.gpu, model.logits.buffer, V * 4, model.logits.byteOffset + row * V * 4));
     } finally {
       model.release();
     }

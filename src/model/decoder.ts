@@ -17,6 +17,7 @@ import { planRopeForward, ropeTable } from "../ops/rope.ts";
 import { planAttentionForward } from "../ops/attention.ts";
 import { planDecodeAttention, planRopeAppend } from "../ops/attention_decode.ts";
 import { planCopy } from "../ops/elementwise.ts";
+import { matmul } from "../ops/matmul.ts";
 import { isMoeLayer, type ModelConfig } from "./config.ts";
 import { Arena } from "./arena.ts";
 import { linear, planDenseFfn } from "./ffn.ts";
@@ -158,7 +159,7 @@ export class Decoder {
     const table = (this.table = A.adopt(ropeTable(gpu, maxT, dHead, c.rope_theta)));
     const scores = A.f32([H, maxT], "decode.scores");
     const xs = Array.from({ length: L + 1 }, (_, l) => A.f32([1, d], `x${l}`));
-    fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, table: W.get("model.embed_tokens.weight"), out: xs[0]!, N: 1, V, d })));
+    fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, table: W.rowParts("model.embed_tokens.weight"), out: xs[0]!, N: 1, V, d })));
 
     // Per-layer activations are only alive within the layer: one set serves every layer.
     const a = A.f32([1, d], "a"), rstd = A.f32([1], "rstd");
@@ -190,9 +191,11 @@ export class Decoder {
     const xf = A.f32([1, d], "xfinal");
     this.xLast = xs[L]!;
     this.logits = A.f32([1, V], "logits");
+    // The head's [V, d] weight may come in row parts (larger than one binding): each fills its logits.
+    const head = W.rowParts(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     this.tail = [
       ...(await planRmsNormForward(gpu, { x: this.xLast, w: W.get("model.norm.weight"), y: xf, rstd, N: 1, d, eps })),
-      await linear(gpu, xf, W.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"), this.logits, 1, d, V),
+      ...(await Promise.all(head.map((p) => matmul(gpu, { layout: "nt", M: 1, N: p.rows, K: d, a: xf, b: p.tensor, c: this.logits, ldc: V, offC: p.row0 })))),
     ];
     fwd.push(...this.tail);
   }
@@ -206,7 +209,7 @@ export class Decoder {
     const x = A.f32([N, d], "pre.x"), xMid = A.f32([N, d], "pre.xmid"), a = A.f32([N, d], "pre.a"), m = A.f32([N, d], "pre.m");
     const rstd = A.f32([N], "pre.rstd"), q = A.f32([N, d], "pre.q"), k = A.f32([N, d], "pre.k"), v = A.f32([N, d], "pre.v");
     const o = A.f32([N, d], "pre.o"), lse = A.f32([1, H, P], "pre.lse");
-    fwd.push(...(await planEmbeddingForward(gpu, { ids: this.queued, table: W.get("model.embed_tokens.weight"), out: x, N, V, d })));
+    fwd.push(...(await planEmbeddingForward(gpu, { ids: this.queued, table: W.rowParts("model.embed_tokens.weight"), out: x, N, V, d })));
     for (let l = 0; l < L; l++) {
       const p = lp(l), cache = this.caches[l]!;
       fwd.push(...(await planRmsNormForward(gpu, { x, w: W.get(`${p}.input_layernorm.weight`), y: a, rstd, N, d, eps })));
