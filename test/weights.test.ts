@@ -16,6 +16,18 @@ const CONFIG: ModelConfig = presetConfig("mhmoe", {
   max_position_embeddings: 32, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2,
 });
 
+/** The largest |a - b| over all tensors, each scaled by its tensor's largest |a|. */
+function worstScaledDifference(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
+  let worst = 0;
+  for (const [name, g] of a) {
+    const h = b.get(name)!;
+    let scale = 0;
+    for (let i = 0; i < g.length; i++) scale = Math.max(scale, Math.abs(g[i]!));
+    for (let i = 0; i < g.length; i++) worst = Math.max(worst, Math.abs(g[i]! - h[i]!) / (scale || 1));
+  }
+  return worst;
+}
+
 /** The same device with a lower binding limit (what a small adapter would report). */
 function capped(gpu: Gpu, bytes: number): Gpu {
   return Object.create(gpu, { limits: { value: { ...gpu.limits, maxStorageBufferBindingSize: bytes } } });
@@ -119,13 +131,7 @@ describe("LM head and loss in row chunks", () => {
     expect([whole.chunked, chunked.chunked]).toEqual([false, true]);
     expect(chunked.loss).toBe(whole.loss); // the same row losses summed in the same order
     expect(chunked.evalLoss).toBe(whole.evalLoss);
-    let worst = 0;
-    for (const [name, g] of whole.grads) {
-      const h = chunked.grads.get(name)!;
-      let scale = 0;
-      for (let i = 0; i < g.length; i++) scale = Math.max(scale, Math.abs(g[i]!));
-      for (let i = 0; i < g.length; i++) worst = Math.max(worst, Math.abs(g[i]! - h[i]!) / (scale || 1));
-    }
+    const worst = worstScaledDifference(whole.grads, chunked.grads);
     if (process.env.MHMOE_REPORT_TOL) console.log("chunked head: worst scaled gradient difference", worst);
     // The head's weight gradient sums over row chunks instead of one K loop: rounding only.
     expect(worst).toBeLessThan(1e-5); // measured 6.8e-7
@@ -169,13 +175,7 @@ describe("vocabulary matrices larger than one binding", () => {
       expect([whole.parts, split.parts, split.chunked]).toEqual([1, 2, true]);
       for (const [name, v] of split.host) expect(split.back.get(name)).toEqual(v); // upload/download through the parts
       expect(Math.abs(split.loss - whole.loss)).toBeLessThan(1e-6);
-      let worst = 0;
-      for (const [name, g] of whole.grads) {
-        const h = split.grads.get(name)!;
-        let scale = 0;
-        for (let i = 0; i < g.length; i++) scale = Math.max(scale, Math.abs(g[i]!));
-        for (let i = 0; i < g.length; i++) worst = Math.max(worst, Math.abs(g[i]! - h[i]!) / (scale || 1));
-      }
+      const worst = worstScaledDifference(whole.grads, split.grads);
       if (process.env.MHMOE_REPORT_TOL) console.log(`row parts (${tied ? "tied" : "untied"}): worst scaled gradient difference`, worst);
       expect(worst).toBeLessThan(1e-5); // measured 1.0e-6 untied, 8.0e-7 tied
     });
