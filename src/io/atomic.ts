@@ -95,7 +95,8 @@ export function writeFileAtomic(target: string, content: FileContent): void {
     let index = 0;
     for (const chunk of chunks) {
       let done = 0;
-      while (done < chunk.byteLength) done += fs.writeSync(fd, chunk, done, chunk.byteLength - done);
+      // at most 1 GiB per call: a write's length must stay below 2^31
+      while (done < chunk.byteLength) done += fs.writeSync(fd, chunk, done, Math.min(chunk.byteLength - done, 2 ** 30));
       atomicTestHooks.afterChunk?.(tmp, index++);
     }
     fs.fsyncSync(fd);

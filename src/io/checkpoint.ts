@@ -8,7 +8,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { UserError } from "../util/errors.ts";
-import { findAtomicLeftovers, ioError, isAtomicLeftoverName, writeDirAtomic, writeFileAtomic } from "./atomic.ts";
+import { findAtomicLeftovers, ioError, isAtomicLeftoverName, writeDirAtomic, writeFileAtomic, type FileContent } from "./atomic.ts";
 import {
   DEFAULT_METADATA,
   encodeFloat32,
@@ -38,7 +38,7 @@ export interface SaveCheckpointOptions {
   /** Storage dtype; F16/BF16 are for export (round to nearest even). Default F32. */
   dtype?: FloatDtype;
   /** More files to put in the directory (e.g. training state), by plain file name. */
-  extraFiles?: Record<string, string | Uint8Array>;
+  extraFiles?: Record<string, FileContent>;
 }
 
 export interface LoadedCheckpoint {

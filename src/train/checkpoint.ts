@@ -45,16 +45,6 @@ export function checkpointName(step: number): string {
   return `checkpoint-${String(step).padStart(6, "0")}`;
 }
 
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((a, c) => a + c.byteLength, 0));
-  let o = 0;
-  for (const c of chunks) {
-    out.set(c, o);
-    o += c.byteLength;
-  }
-  return out;
-}
-
 export interface SaveTrainingArgs {
   out: string;
   config: ModelConfig;
@@ -79,7 +69,8 @@ export function saveTrainingCheckpoint(a: SaveTrainingArgs): string {
   }
   saveCheckpointDir(dir, a.config, tensors, {
     extraFiles: {
-      [OPTIMIZER_FILE]: concat(encodeSafetensors(moments)),
+      // the chunks as they are: moments of a real model pass 2 GiB, more than one buffer or write takes
+      [OPTIMIZER_FILE]: encodeSafetensors(moments),
       [TRAINER_STATE_FILE]: JSON.stringify(a.state, null, 2) + "\n",
     },
   });
