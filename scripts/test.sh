@@ -40,6 +40,17 @@ node_modules/.bin/bun test --timeout 600000 "$@" 2>&1 | tee "$log" || status=$?
 bun_pass=$(grep -Eo '^ *[0-9]+ pass' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
 bun_fail=$(grep -Eo '^ *[0-9]+ fail' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
 
+# The GPU code paths (tile shapes, vec4 choices, workgroup sizes a GPU gets) on this adapter too: the
+# kernel, model and training tests again with MHMOE_TUNING=gpu (a CPU adapter takes the GPU tuning).
+gpu_pass=0; gpu_fail=0
+if [ $# -eq 0 ]; then
+  MHMOE_TUNING=gpu node_modules/.bin/bun test --timeout 600000 test/ops-*.test.ts test/matmul.test.ts test/weights.test.ts \
+    test/parity-torch.test.ts test/train.test.ts test/eval.test.ts test/generate.test.ts test/reference-model.test.ts \
+    test/scale.test.ts 2>&1 | tee "$log" || status=$?
+  gpu_pass=$(grep -Eo '^ *[0-9]+ pass' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
+  gpu_fail=$(grep -Eo '^ *[0-9]+ fail' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
+fi
+
 py_pass=0; py_fail=0
 if [ -d interop ] && ls interop/test_*.py >/dev/null 2>&1 && [ $# -eq 0 ]; then
   "$PY" -m unittest discover -s interop -p 'test_*.py' 2>&1 | tee "$log" || status=1
@@ -51,5 +62,5 @@ if [ -d interop ] && ls interop/test_*.py >/dev/null 2>&1 && [ $# -eq 0 ]; then
   done
   py_pass=$((py_run - py_fail))
 fi
-echo "mhmoe: $((bun_pass + py_pass)) passed, $((bun_fail + py_fail)) failed"
+echo "mhmoe: $((bun_pass + gpu_pass + py_pass)) passed, $((bun_fail + gpu_fail + py_fail)) failed"
 exit $status

@@ -52,8 +52,15 @@ export class Gpu {
   get hasTimestamps(): boolean {
     return this.features.has("timestamp-query");
   }
-  /** CPU adapters (lavapipe) prefer different tile shapes than GPUs; ops pick their tuning from this. */
+  /**
+   * CPU adapters (lavapipe) prefer different tile shapes and kernels than GPUs; ops pick their tuning
+   * from this. MHMOE_TUNING=gpu makes a CPU adapter take the GPU tuning (and MHMOE_TUNING=cpu the
+   * reverse), so the GPU code paths are tested on a machine without one.
+   */
   get isCpu(): boolean {
+    const forced = process.env.MHMOE_TUNING;
+    if (forced === "gpu") return false;
+    if (forced === "cpu") return true;
     return this.adapter.type === "cpu";
   }
 
