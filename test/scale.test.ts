@@ -4,7 +4,7 @@
 // (25 MiB) in row chunks and the parameters in several chunks. `mhmoe train` must train exactly as it
 // does without the cap, write a checkpoint, and `mhmoe eval` must read it back.
 import { describe, expect, test, beforeAll, afterAll } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -50,5 +50,17 @@ describe("scale path at test size", () => {
     const ev = cli({ MHMOE_MAX_STORAGE_BINDING: String(16 * 2 ** 20) }, "eval", "--checkpoint", join(dir, "capped"), "--data", join(dir, "texts", "t0.txt"), "--json");
     expect(ev.code, ev.out).toBe(0);
     expect(Number.isFinite(JSON.parse(ev.out.split("\n").find((l) => l.startsWith("{"))!).loss)).toBe(true);
+  });
+
+  test("a parameter past the binding limit is refused before anything is allocated: one line, no run directory", () => {
+    const out = join(dir, "too-big");
+    const t0 = performance.now();
+    // d = 8192: each attention projection is 256 MiB; with a 64 MiB cap it cannot be bound on any adapter here
+    const r = cli({ MHMOE_MAX_STORAGE_BINDING: String(64 * 2 ** 20) }, "train", "--out", out, "--steps", "1", "--set", "hidden_size=8192", "--set", "num_attention_heads=64");
+    expect(r.code).toBe(1);
+    expect(r.out.trim()).toMatch(/^error: parameter model\.layers\.0\.self_attn\.q_proj\.weight needs 256\.0 MiB, more than this adapter binds in one tensor \(maxStorageBufferBindingSize 64\.0 MiB\); a smaller model or an adapter with a larger limit is needed$/m);
+    expect(r.out.trim().split("\n").filter((l) => l.startsWith("error:"))).toHaveLength(1);
+    expect(performance.now() - t0).toBeLessThan(6_000); // no 1.2 GB host init first: measured 1.3 s (about 10 s with it)
+    expect(existsSync(out)).toBe(false);
   });
 });

@@ -63,6 +63,77 @@ interface Unit {
 
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
+interface Layout {
+  units: Map<string, Unit>;
+  /** split parameters: their parts' unit keys and row ranges */
+  split: Map<string, { key: string; row0: number; rows: number }[]>;
+  placed: Map<string, { chunk: number; offset: number }>;
+  sizes: number[];
+  decayEnds: number[];
+}
+
+/**
+ * Where every parameter goes (chunks, offsets, row parts) on this adapter, computed without allocating:
+ * a tensor no binding can hold is a UserError here, before any memory is taken.
+ */
+function planLayout(gpu: Gpu, specs: ParamSpec[], label: string): Layout {
+  // One unit per distinct tensor: a plain parameter, or a layer's stacked experts of one projection.
+  const align = Math.max(1, (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4);
+  const limit = Math.floor(Math.min(gpu.limits.maxStorageBufferBindingSize ?? Infinity, gpu.limits.maxBufferSize ?? Infinity, 2 ** 31) / 4);
+  const units = new Map<string, Unit>();
+  /** split parameters: their parts' unit keys and row ranges */
+  const split = new Map<string, { key: string; row0: number; rows: number }[]>();
+  for (const s of specs) {
+    const e = expertStackKey(s.name);
+    const key = e ? e.key : s.name;
+    const u = units.get(key);
+    if (u) u.elements += numel(s.shape);
+    else if (numel(s.shape) > limit && SPLITTABLE.has(s.name)) {
+      // [V, d] larger than one binding: row parts that each fit (the LM head and embedding work per part)
+      const [rows, cols] = s.shape as [number, number];
+      const per = Math.floor(limit / cols);
+      const parts: { key: string; row0: number; rows: number }[] = [];
+      for (let row0 = 0; row0 < rows; row0 += per) {
+        const part = { key: `${key}#${row0}`, row0, rows: Math.min(per, rows - row0) };
+        parts.push(part);
+        units.set(part.key, { key: part.key, elements: part.rows * cols, decay: s.decay, label: `${label}:${key}[${row0}:${row0 + part.rows}]` });
+      }
+      split.set(s.name, parts);
+    } else units.set(key, { key, elements: numel(s.shape), decay: s.decay, label: `${label}:${key}` });
+  }
+  for (const u of units.values()) {
+    if (u.elements > limit) {
+      throw new UserError(
+        `parameter ${u.key} needs ${mib(u.elements * 4)}, more than this adapter binds in one tensor (maxStorageBufferBindingSize ` +
+          `${mib((gpu.limits.maxStorageBufferBindingSize ?? Infinity))}); a smaller model or an adapter with a larger limit is needed`,
+      );
+    }
+  }
+  const ordered = [...units.values()].sort((a, b) => Number(b.decay) - Number(a.decay)); // stable: spec order within each
+  // Place the units: decayed ones first, then the rest, a new chunk when the next would pass the limit.
+  const placed = new Map<string, { chunk: number; offset: number }>();
+  const sizes: number[] = [], decayEnds: number[] = [];
+  for (const u of ordered) {
+    let k = sizes.length - 1;
+    const at = k >= 0 ? Math.ceil(sizes[k]! / align) * align : 0;
+    if (k < 0 || (at + u.elements > limit && sizes[k]! > 0)) {
+      sizes.push(0);
+      decayEnds.push(0);
+      k++;
+    }
+    const offset = Math.ceil(sizes[k]! / align) * align;
+    placed.set(u.key, { chunk: k, offset });
+    sizes[k] = offset + u.elements;
+    if (u.decay) decayEnds[k] = sizes[k]!;
+  }
+  return { units, split, placed, sizes, decayEnds };
+}
+
+/** Refuses (UserError) a config whose parameters this adapter cannot bind, before anything is allocated. */
+export function checkParamsFit(gpu: Gpu, c: ModelConfig): void {
+  planLayout(gpu, parameterSpecs(c), "param");
+}
+
 export class ParamStore {
   readonly slots = new Map<string, ParamSlot>();
   /** The distinct parameter tensors (views into the chunks), in spec order (each stacked tensor once). */
@@ -82,55 +153,7 @@ export class ParamStore {
   static allocate(gpu: Gpu, c: ModelConfig, label: string): ParamStore {
     const specs = parameterSpecs(c);
     const store = new ParamStore(gpu, specs);
-    // One unit per distinct tensor: a plain parameter, or a layer's stacked experts of one projection.
-    const align = Math.max(1, (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4);
-    const limit = Math.floor(Math.min(gpu.limits.maxStorageBufferBindingSize ?? Infinity, gpu.limits.maxBufferSize ?? Infinity, 2 ** 31) / 4);
-    const units = new Map<string, Unit>();
-    /** split parameters: their parts' unit keys and row ranges */
-    const split = new Map<string, { key: string; row0: number; rows: number }[]>();
-    for (const s of specs) {
-      const e = expertStackKey(s.name);
-      const key = e ? e.key : s.name;
-      const u = units.get(key);
-      if (u) u.elements += numel(s.shape);
-      else if (numel(s.shape) > limit && SPLITTABLE.has(s.name)) {
-        // [V, d] larger than one binding: row parts that each fit (the LM head and embedding work per part)
-        const [rows, cols] = s.shape as [number, number];
-        const per = Math.floor(limit / cols);
-        const parts: { key: string; row0: number; rows: number }[] = [];
-        for (let row0 = 0; row0 < rows; row0 += per) {
-          const part = { key: `${key}#${row0}`, row0, rows: Math.min(per, rows - row0) };
-          parts.push(part);
-          units.set(part.key, { key: part.key, elements: part.rows * cols, decay: s.decay, label: `${label}:${key}[${row0}:${row0 + part.rows}]` });
-        }
-        split.set(s.name, parts);
-      } else units.set(key, { key, elements: numel(s.shape), decay: s.decay, label: `${label}:${key}` });
-    }
-    for (const u of units.values()) {
-      if (u.elements > limit) {
-        throw new UserError(
-          `parameter ${u.key} needs ${mib(u.elements * 4)}, more than this adapter binds in one tensor (maxStorageBufferBindingSize ` +
-            `${mib((gpu.limits.maxStorageBufferBindingSize ?? Infinity))}); a smaller model or an adapter with a larger limit is needed`,
-        );
-      }
-    }
-    const ordered = [...units.values()].sort((a, b) => Number(b.decay) - Number(a.decay)); // stable: spec order within each
-    // Place the units: decayed ones first, then the rest, a new chunk when the next would pass the limit.
-    const placed = new Map<string, { chunk: number; offset: number }>();
-    const sizes: number[] = [], decayEnds: number[] = [];
-    for (const u of ordered) {
-      let k = sizes.length - 1;
-      const at = k >= 0 ? Math.ceil(sizes[k]! / align) * align : 0;
-      if (k < 0 || (at + u.elements > limit && sizes[k]! > 0)) {
-        sizes.push(0);
-        decayEnds.push(0);
-        k++;
-      }
-      const offset = Math.ceil(sizes[k]! / align) * align;
-      placed.set(u.key, { chunk: k, offset });
-      sizes[k] = offset + u.elements;
-      if (u.decay) decayEnds[k] = sizes[k]!;
-    }
+    const { units, split, placed, sizes, decayEnds } = planLayout(gpu, specs, label);
     sizes.forEach((n, k) => {
       const t = zeros(gpu, [n], "f32", `${label}:chunk${k}`);
       store.chunks.push({ tensor: t, decayEnd: decayEnds[k]! });

@@ -7,7 +7,10 @@
  */
 import type { Gpu } from "../gpu/device.ts";
 import { UserError } from "../util/errors.ts";
+import * as os from "node:os";
 import { initParams, numel, parameterSpecs } from "../model/params.ts";
+import { checkParamsFit } from "../model/weights.ts";
+import type { ModelConfig } from "../model/config.ts";
 import { ParamStore } from "../model/weights.ts";
 import { Transformer } from "../model/transformer.ts";
 import { assertFiniteParams, loadModelCheckpoint } from "../model/load.ts";
@@ -100,6 +103,7 @@ class TrainingRun {
   /** Everything before the first step: weights, data, loader, GPU allocations (one UserError line on failure). */
   static async start(gpu: Gpu, o: TrainOptions, hooks: TrainHooks, from: ResumeState | null, dir: RunDir): Promise<TrainingRun> {
     const c = o.config;
+    checkFits(gpu, c);
     const params = from ? from.params : o.init ? initialWeights(o) : initParams(c, o.seed);
     if (from) hooks.onInfo?.(`resuming from ${from.dir} at step ${from.state.step}`);
     else if (o.init) hooks.onInfo?.(`starting from the weights of ${o.init} (fresh optimizer state, step 0)`);
@@ -284,6 +288,19 @@ interface HeldOut {
   tokens: Int32Array;
   docStarts: number[];
   maxTargets: number;
+}
+
+/**
+ * Before any memory is taken: every parameter tensor must fit one binding of the adapter, and the host
+ * must hold the weights and both AdamW moments at once (a checkpoint reads all three back).
+ */
+function checkFits(gpu: Gpu, c: ModelConfig): void {
+  checkParamsFit(gpu, c);
+  const bytes = 3 * 4 * parameterSpecs(c).reduce((a, s) => a + numel(s.shape), 0);
+  if (bytes > os.totalmem()) {
+    const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
+    throw new UserError(`the model's weights and AdamW moments need ${gib(bytes)} of host memory for a checkpoint, ${gib(bytes - os.totalmem())} more than this machine has (${gib(os.totalmem())})`);
+  }
 }
 
 function runRecord(o: TrainOptions): Record<string, unknown> {
