@@ -97,7 +97,7 @@ describe("eval of a training run", () => {
     expect(results[2]).toEqual(results[0]);
     const older = JSON.parse(cli(["eval", "--checkpoint", join(out, "checkpoint-000001"), "--data", held, "--json"]).stdout);
     expect(older.loss).not.toBe(results[0].loss);
-    expect(cli(["eval", "--help"]).stdout.replace(/\s+/g, " ")).toContain("scored as one document with the checkpoint's tokenizer");
+    expect(cli(["eval", "--help"]).stdout.replace(/\s+/g, " ")).toContain(".txt file (one document, read with the checkpoint's tokenizer)");
   });
 });
 
