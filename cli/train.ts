@@ -120,15 +120,15 @@ async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: R
   process.on("SIGINT", sigint);
   process.on("SIGTERM", sigterm);
   // Printed once the run could start: an error before it (a taken --out, bad data, no memory) is the only line.
-  const banner = () => say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, tokenizer: o.tokenizer, config: o.config },
+  const banner = (gpuBytes: number) => say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, gpu_bytes: gpuBytes, tokenizer: o.tokenizer, config: o.config },
     `mhmoe train: ${parameterCount(o).toLocaleString()} parameters, ${o.config.num_experts > 0 ? `${o.config.num_experts} experts, h=${o.config.mhmoe_heads}` : "dense"}, ` +
-      `tokenizer ${o.tokenizer}${note ? `, ${note}` : ""}, ${o.steps} steps of ${o.gradAccum * o.batchSize}x${o.seqLen} tokens on ${gpu.adapter.name}; run directory ${o.out}`);
+      `tokenizer ${o.tokenizer}${note ? `, ${note}` : ""}, ${o.steps} steps of ${o.gradAccum * o.batchSize}x${o.seqLen} tokens on ${gpu.adapter.name} (${(gpuBytes / 2 ** 20).toFixed(1)} MiB of GPU memory); run directory ${o.out}`);
   const notes: string[] = [];
   let started = false;
   try {
     const result = await train(gpu, o, {
-      onStart: () => {
-        banner();
+      onStart: ({ gpuBytes }) => {
+        banner(gpuBytes);
         started = true;
         for (const n of notes) say({ event: "info", message: n }, n);
       },

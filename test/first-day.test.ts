@@ -33,6 +33,9 @@ describe("GPT-2 end to end", () => {
     const r = cli(["train", ...TINY_ARGS, "--data", gpt2, "--steps", "1", "--out", out]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain("tokenizer gpt2, vocab_size 50304 (the tokenizer's 50257 ids, padded to a multiple of 64)");
+    // the start-up line says what the run took from the GPU (the GPT-2 embedding and head dominate)
+    const mib = Number(/ \(([\d.]+) MiB of GPU memory\); run directory /.exec(r.stderr)?.[1]);
+    expect(mib).toBeGreaterThan((4 * 50304 * 32 * 4) / 2 ** 20); // weights, grads, m and v of the embedding alone
     expect(config(join(out, "checkpoint-000001")).vocab_size).toBe(50304);
     expect(readTrainerState(join(out, "checkpoint-000001")).tokenizer).toBe("gpt2");
     // a vocabulary the user sets is kept; a tokenizer that contradicts the shards is refused

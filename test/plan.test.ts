@@ -95,8 +95,10 @@ describe("mhmoe plan", () => {
     expect(m.fits).toBe(true);
     const base = gpu.pool.bytesLive;
     let allocated = 0;
-    await train(gpu, o, { onStart: () => void (allocated = gpu.pool.bytesLive - base) });
+    let reported = -1;
+    await train(gpu, o, { onStart: ({ gpuBytes }) => void ((allocated = gpu.pool.bytesLive - base), (reported = gpuBytes)) });
     expect(allocated).toBeGreaterThan(0);
+    expect(reported).toBe(allocated); // what train's start-up line and its --json "gpu_bytes" report
     expect(Math.abs(m.total - allocated) / allocated).toBeLessThan(0.1);
     expect(m.weights).toBeGreaterThanOrEqual(countParams(o.config) * 4);
     expect(m.moments).toBeGreaterThanOrEqual(2 * m.weights);

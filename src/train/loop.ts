@@ -34,7 +34,8 @@ export interface TrainHooks {
   onCheckpoint?(dir: string, step: number): void;
   onInfo?(line: string): void;
   /** once the run directory, data and GPU memory are in place, before the first step */
-  onStart?(): void;
+  /** the run could start; `gpuBytes`: what it took from the GPU buffer pool (weights, gradients, moments, activations) */
+  onStart?(info: { gpuBytes: number }): void;
   /** polled after every step: true finishes the step, writes a checkpoint and returns */
   shouldStop?(): boolean;
 }
@@ -57,6 +58,7 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
   if (from) checkResumable(from.dir, { config: from.config, tokenizer: from.state.tokenizer }, o);
   const dir = RunDir.open(o.out, { resumeStep: from?.state.step, onInfo: hooks.onInfo });
   let run: TrainingRun;
+  const poolBefore = gpu.pool.bytesLive;
   try {
     run = await TrainingRun.start(gpu, o, hooks, from, dir);
   } catch (e) {
@@ -64,7 +66,7 @@ export async function train(gpu: Gpu, o: TrainOptions, hooks: TrainHooks = {}, r
     throw e;
   }
   try {
-    hooks.onStart?.();
+    hooks.onStart?.({ gpuBytes: gpu.pool.bytesLive - poolBefore });
     return await run.loop();
   } finally {
     await run.release();
