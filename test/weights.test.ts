@@ -188,3 +188,27 @@ describe("vocabulary matrices larger than one binding", () => {
     expect(() => ParamStore.allocate(small, c, "w")).toThrow(/^parameter model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight needs 0\.0 MiB, more than this adapter binds in one tensor \(maxStorageBufferBindingSize 0\.0 MiB\); a smaller model or an adapter with a larger limit is needed$/);
   });
 });
+
+describe("fused q, k, v projection", () => {
+  test("one batched projection and one RoPE launch give the loss and gradients of three of each", async () => {
+    const gpu = await getGpu();
+    const B = 2, T = 16;
+    const ids = Int32Array.from({ length: B * (T + 1) }, (_, i) => (i * 7919 + 13) % 257);
+    const run = async (fuseQkv: boolean) => {
+      const W = uploadParams(gpu, CONFIG, initParams(CONFIG, 23));
+      const G = ParamStore.allocate(gpu, CONFIG, "grad");
+      const model = await Transformer.plan(gpu, CONFIG, W, { B, T, grads: G, fuseQkv });
+      model.setBatch(ids);
+      await model.run();
+      const out = { loss: await model.readScalar(model.ceLoss), grads: await G.download(), launches: model.forward.length + model.backward.length };
+      model.release(); G.release(); W.release();
+      return out;
+    };
+    const fused = await run(true), three = await run(false);
+    expect(three.launches - fused.launches).toBe(6 * CONFIG.num_hidden_layers); // 3 forward + 3 backward per layer
+    expect(fused.loss).toBe(three.loss); // the same products, batched: measured 0
+    const worst = worstScaledDifference(three.grads, fused.grads);
+    if (process.env.MHMOE_REPORT_TOL) console.log("fused qkv: worst scaled gradient difference", worst);
+    expect(worst).toBeLessThan(1e-6); // measured 0
+  });
+});

@@ -34,6 +34,8 @@ export interface TransformerPlanOptions {
    * [N, V] logits are larger runs the LM head and the loss in chunks of rows.
    */
   logitsBytes?: number;
+  /** project q, k, v in one batched launch when the weights and blocks allow (default true; tests turn it off) */
+  fuseQkv?: boolean;
 }
 
 /** LM-head chunks start on a multiple of 64 rows, so every row range of xf, lse and rowLoss can be bound. */
@@ -139,7 +141,10 @@ export class Transformer {
     const xs = Array.from({ length: L + 1 }, (_, l) => A.f32([N, d], `x${l}`));
     fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, idsLayout: inputs, table: W.rowParts("model.embed_tokens.weight"), out: xs[0]!, N, V, d })));
 
-    interface LayerSaved { a: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; o: Tensor; lse: Tensor; xMid: Tensor; m: Tensor; rstd2: Tensor; ffn: FfnBlock }
+    // Views of [3, N, d] need each block to start on the binding alignment.
+    const align = (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4;
+    const fuseQkv = (this.opts.fuseQkv ?? true) && (N * d) % align === 0;
+    interface LayerSaved { fusedG: Tensor | null; a: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; o: Tensor; lse: Tensor; xMid: Tensor; m: Tensor; rstd2: Tensor; ffn: FfnBlock }
     const saved: LayerSaved[] = [];
     const dRes = G ? S.f32([N, d], "dres") : null; // gradient w.r.t. the residual stream, updated in place
     const dm = G ? S.f32([N, d], "dm") : null;
@@ -147,16 +152,29 @@ export class Transformer {
     for (let l = 0; l < L; l++) {
       const p = lp(l);
       const a = A.f32([N, d], `${p}.a`), rstd1 = A.f32([N], `${p}.rstd1`);
-      const q = A.f32([N, d], `${p}.q`), k = A.f32([N, d], `${p}.k`), v = A.f32([N, d], `${p}.v`);
+      // q, k, v in one [3, N, d] tensor when the three weights lie back to back: one batched projection
+      // and one RoPE launch over q and k (2N rows) instead of three and two.
+      const qkvNames = ["q", "k", "v"].map((m) => `${p}.self_attn.${m}_proj.weight`);
+      const fusedW = fuseQkv ? W.span(qkvNames) : null, fusedG = fusedW && G ? G.span(qkvNames) : null;
+      const fused = fusedW !== null && (!G || fusedG !== null);
+      const qkv = fused ? A.f32([3, N, d], `${p}.qkv`) : null;
+      const q = qkv ? tensorView(qkv, 0, [N, d], `${p}.q`) : A.f32([N, d], `${p}.q`);
+      const k = qkv ? tensorView(qkv, N * d, [N, d], `${p}.k`) : A.f32([N, d], `${p}.k`);
+      const v = qkv ? tensorView(qkv, 2 * N * d, [N, d], `${p}.v`) : A.f32([N, d], `${p}.v`);
       const o = A.f32([N, d], `${p}.o`);
       const lse = A.f32(attentionSavedShapes({ B, T, H, dHead }).lse, `${p}.lse`);
       const xMid = A.f32([N, d], `${p}.xmid`), m = A.f32([N, d], `${p}.m`), rstd2 = A.f32([N], `${p}.rstd2`);
       fwd.push(...(await planRmsNormForward(gpu, { x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), y: a, rstd: rstd1, N, d, eps })));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, N, d, d));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, N, d, d));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, N, d, d));
-      fwd.push(...(await planRopeForward(gpu, { x: q, table: ropeTab, B, T, H, dHead })));
-      fwd.push(...(await planRopeForward(gpu, { x: k, table: ropeTab, B, T, H, dHead })));
+      if (qkv) {
+        fwd.push(await matmul(gpu, { layout: "nt", M: N, N: d, K: d, a, b: fusedW!, c: qkv, batch: 3, strideA: 0, strideB: d * d, strideC: N * d }));
+        fwd.push(...(await planRopeForward(gpu, { x: tensorView(qkv, 0, [2 * N, d], `${p}.qk`), table: ropeTab, B: 2 * B, T, H, dHead })));
+      } else {
+        fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, N, d, d));
+        fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, N, d, d));
+        fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, N, d, d));
+        fwd.push(...(await planRopeForward(gpu, { x: q, table: ropeTab, B, T, H, dHead })));
+        fwd.push(...(await planRopeForward(gpu, { x: k, table: ropeTab, B, T, H, dHead })));
+      }
       fwd.push(...(await planAttentionForward(gpu, { B, T, H, dHead, q, k, v, o, lse })));
       fwd.push(...(await planCopy(gpu, { src: xs[l]!, dst: xMid, rows: N, cols: d })));
       fwd.push(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 1));
@@ -174,7 +192,7 @@ export class Transformer {
         ffn = await planDenseFfn(gpu, { ...io, inner: c.intermediate_size, act: c.hidden_act }, w, g, A, S, `${p}.mlp`);
       }
       fwd.push(...ffn.forward);
-      saved.push({ a, rstd1, q, k, v, o, lse, xMid, m, rstd2, ffn });
+      saved.push({ fusedG: qkv ? fusedG : null, a, rstd1, q, k, v, o, lse, xMid, m, rstd2, ffn });
     }
 
     const xf = A.f32([N, d], "xfinal"), rstdF = A.f32([N], "rstd_final");
@@ -237,7 +255,11 @@ export class Transformer {
     }
 
     bwd.push(...(await planRmsNormBackward(gpu, { dy: dxf!, x: xs[L]!, w: W.get("model.norm.weight"), rstd: rstdF, dx: dRes!, dw: G.get("model.norm.weight"), N, d })));
-    const dO = S.f32([N, d], "do"), dq = S.f32([N, d], "dq"), dk = S.f32([N, d], "dk"), dv = S.f32([N, d], "dv");
+    const dO = S.f32([N, d], "do");
+    const dqkv = fuseQkv ? S.f32([3, N, d], "dqkv") : null;
+    const dq = dqkv ? tensorView(dqkv, 0, [N, d], "dq") : S.f32([N, d], "dq");
+    const dk = dqkv ? tensorView(dqkv, N * d, [N, d], "dk") : S.f32([N, d], "dk");
+    const dv = dqkv ? tensorView(dqkv, 2 * N * d, [N, d], "dv") : S.f32([N, d], "dv");
     const da = S.f32([N, d], "da");
     const delta = S.f32(attentionSavedShapes({ B, T, H, dHead }).delta, "attn.delta");
     for (let l = L - 1; l >= 0; l--) {
@@ -247,14 +269,21 @@ export class Transformer {
       bwd.push(await linearDx(gpu, dRes!, W.get(`${p}.self_attn.o_proj.weight`), dO, N, d, d));
       bwd.push(await linearDw(gpu, dRes!, s.o, G.get(`${p}.self_attn.o_proj.weight`), N, d, d));
       bwd.push(...(await planAttentionBackward(gpu, { B, T, H, dHead, q: s.q, k: s.k, v: s.v, o: s.o, lse: s.lse, dO, dq, dk, dv, delta })));
-      bwd.push(...(await planRopeBackward(gpu, { x: dq, table: ropeTab, B, T, H, dHead })));
-      bwd.push(...(await planRopeBackward(gpu, { x: dk, table: ropeTab, B, T, H, dHead })));
+      if (s.fusedG) bwd.push(...(await planRopeBackward(gpu, { x: tensorView(dqkv!, 0, [2 * N, d], "dqk"), table: ropeTab, B: 2 * B, T, H, dHead })));
+      else {
+        bwd.push(...(await planRopeBackward(gpu, { x: dq, table: ropeTab, B, T, H, dHead })));
+        bwd.push(...(await planRopeBackward(gpu, { x: dk, table: ropeTab, B, T, H, dHead })));
+      }
       bwd.push(await linearDx(gpu, dq, W.get(`${p}.self_attn.q_proj.weight`), da, N, d, d));
       bwd.push(await linearDx(gpu, dk, W.get(`${p}.self_attn.k_proj.weight`), da, N, d, d, 1));
       bwd.push(await linearDx(gpu, dv, W.get(`${p}.self_attn.v_proj.weight`), da, N, d, d, 1));
-      bwd.push(await linearDw(gpu, dq, s.a, G.get(`${p}.self_attn.q_proj.weight`), N, d, d));
-      bwd.push(await linearDw(gpu, dk, s.a, G.get(`${p}.self_attn.k_proj.weight`), N, d, d));
-      bwd.push(await linearDw(gpu, dv, s.a, G.get(`${p}.self_attn.v_proj.weight`), N, d, d));
+      if (s.fusedG) {
+        bwd.push(await matmul(gpu, { layout: "tn", M: d, N: d, K: N, a: dqkv!, b: s.a, c: s.fusedG, batch: 3, strideA: N * d, strideB: 0, strideC: d * d, beta: 1 }));
+      } else {
+        bwd.push(await linearDw(gpu, dq, s.a, G.get(`${p}.self_attn.q_proj.weight`), N, d, d));
+        bwd.push(await linearDw(gpu, dk, s.a, G.get(`${p}.self_attn.k_proj.weight`), N, d, d));
+        bwd.push(await linearDw(gpu, dv, s.a, G.get(`${p}.self_attn.v_proj.weight`), N, d, d));
+      }
       bwd.push(...(await planRmsNormBackward(gpu, { dy: da, x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), rstd: s.rstd1, dx: dRes!, dw: G.get(`${p}.input_layernorm.weight`), N, d, accumulateDx: true })));
     }
     bwd.push(...(await planEmbeddingBackward(gpu, { ids: this.ids, idsLayout: inputs, dout: dRes!, dtable: G.rowParts("model.embed_tokens.weight"), N, V, d })));

@@ -191,6 +191,25 @@ export class ParamStore {
     return s.tensor;
   }
 
+  /**
+   * The named parameters as one tensor, when they lie back to back in one chunk (q, k and v projections
+   * do whenever d*d is a multiple of the binding alignment): a fused [3d, d] weight for one batched
+   * launch. Null when they do not, or the span would pass the binding limit.
+   */
+  span(names: readonly string[]): Tensor | null {
+    const slots = names.map((n) => this.slots.get(n));
+    if (slots.some((s) => !s || s.parts || s.offset !== 0 || s.size !== s.tensor.size)) return null;
+    const first = slots[0]!.tensor;
+    for (let i = 1; i < slots.length; i++) {
+      const prev = slots[i - 1]!.tensor, t = slots[i]!.tensor;
+      if (t.buffer !== first.buffer || t.byteOffset !== prev.byteOffset + prev.byteLength) return null;
+    }
+    const elements = slots.reduce((a, s) => a + s!.size, 0);
+    if (elements * 4 > (this.gpu.limits.maxStorageBufferBindingSize ?? Infinity)) return null;
+    const chunk = this.chunks.find((c) => c.tensor.buffer === first.buffer)!.tensor;
+    return tensorView(chunk, (first.byteOffset - chunk.byteOffset) / 4, [elements], `${first.label}+${slots.length - 1}`);
+  }
+
   /** A [rows, cols] parameter as row parts: one part (the whole tensor) unless it was split. */
   rowParts(name: string): RowPart[] {
     const s = this.slots.get(name);
