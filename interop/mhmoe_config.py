@@ -34,6 +34,10 @@ class MHMoEConfig:
     mhmoe_heads: int = 1
     # None means the spec's default: true when mhmoe_heads > 1 (resolved in __post_init__).
     mhmoe_head_merge: Optional[bool] = None
+    # Each projection alone (mhmoe's extension for the v2 ablation); None means mhmoe_head_merge. After
+    # resolution mhmoe_head_merge is true exactly when both are.
+    mhmoe_head: Optional[bool] = None
+    mhmoe_merge: Optional[bool] = None
     mhmoe_inner_residual: bool = False
     router_type: str = "softmax"
     router_dim: int = 16
@@ -47,6 +51,11 @@ class MHMoEConfig:
     def __post_init__(self) -> None:
         if self.mhmoe_head_merge is None:
             self.mhmoe_head_merge = self.mhmoe_heads > 1
+        if self.mhmoe_head is None:
+            self.mhmoe_head = self.mhmoe_head_merge
+        if self.mhmoe_merge is None:
+            self.mhmoe_merge = self.mhmoe_head_merge
+        self.mhmoe_head_merge = bool(self.mhmoe_head and self.mhmoe_merge)
         self.validate()
 
     # ---- derived sizes -------------------------------------------------------------

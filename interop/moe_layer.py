@@ -84,12 +84,12 @@ class MoELayer(nn.Module):
         self.num_experts = c.num_experts
         self.top_k = c.num_experts_per_tok
         self.heads = c.mhmoe_heads
-        self.head_merge = c.mhmoe_head_merge
+        self.head, self.merge = c.mhmoe_head, c.mhmoe_merge
         self.inner_residual = c.mhmoe_inner_residual
         self.norm_topk_prob = c.norm_topk_prob
         self.capacity_factor = c.capacity_factor
         d, d_sub = c.hidden_size, c.sub_dim
-        if self.head_merge:
+        if self.head:
             self.head_proj = nn.Linear(d, d, bias=True)
         if c.router_type == "softmax":
             self.gate = nn.Linear(d_sub, c.num_experts, bias=False)
@@ -97,7 +97,7 @@ class MoELayer(nn.Module):
             self.gate = XMoERouter(d_sub, c.router_dim, c.num_experts, c.router_temperature)
         self.experts = nn.ModuleList(
             FeedForward(d_sub, c.moe_intermediate_size, c.hidden_act) for _ in range(c.num_experts))
-        if self.head_merge:
+        if self.merge:
             self.merge_proj = nn.Linear(d, d, bias=True)
         if c.shared_expert_intermediate_size > 0:
             # The spec names the shared expert SwiGLU whatever hidden_act is.
@@ -110,7 +110,7 @@ class MoELayer(nn.Module):
     def forward(self, m: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """m: (N, d) -> (out (N, d), load-balance loss, router z-loss) for this layer."""
         n_tok, d = m.shape
-        u = self.head_proj(m) if self.head_merge else m
+        u = self.head_proj(m) if self.head else m
         s = u.reshape(n_tok * self.heads, d // self.heads)      # token-major split: r = n*h + j
         num_sub = s.shape[0]
 
@@ -140,7 +140,7 @@ class MoELayer(nn.Module):
             y = y + s
 
         out = y.reshape(n_tok, d)                                # inverse of the split
-        if self.head_merge:
+        if self.merge:
             out = self.merge_proj(out)
         if hasattr(self, "shared_expert"):
             out = out + self.shared_expert(m)

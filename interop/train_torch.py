@@ -68,7 +68,7 @@ def flops_per_token(c: MHMoEConfig, seq_len: int) -> float:
         if not c.is_moe_layer(layer):
             total += 2 * ffn * d * c.intermediate_size
             continue
-        head_merge = 2 * d * d if c.mhmoe_head_merge else 0
+        head_merge = (int(c.mhmoe_head) + int(c.mhmoe_merge)) * d * d
         moe = head_merge + ffn * d * c.moe_intermediate_size * c.num_experts_per_tok + 3 * d * c.shared_expert_intermediate_size
         router = d * c.router_dim + c.mhmoe_heads * c.router_dim * c.num_experts if c.router_type == "xmoe" else d * c.num_experts
         total += 2 * moe + 2 * router

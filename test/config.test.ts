@@ -35,6 +35,20 @@ describe("resolveConfig", () => {
     expect(resolveConfig({ ...moe, mhmoe_heads: 2, mhmoe_head_merge: false }).mhmoe_head_merge).toBe(false);
     expect(resolveConfig({ ...moe, mhmoe_head_merge: true }).mhmoe_head_merge).toBe(true);
   });
+  test("mhmoe_head and mhmoe_merge default to mhmoe_head_merge; one alone makes mhmoe_head_merge false", () => {
+    const moe = { ...BASE, num_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 32, mhmoe_heads: 2 };
+    expect(resolveConfig(moe)).toMatchObject({ mhmoe_head_merge: true, mhmoe_head: true, mhmoe_merge: true });
+    expect(resolveConfig({ ...moe, mhmoe_head_merge: false })).toMatchObject({ mhmoe_head: false, mhmoe_merge: false });
+    const headOnly = resolveConfig({ ...moe, mhmoe_merge: false });
+    expect(headOnly).toMatchObject({ mhmoe_head_merge: false, mhmoe_head: true, mhmoe_merge: false });
+    const names = parameterSpecs(headOnly).map((p) => p.name);
+    expect(names.filter((n) => n.includes("head_proj"))).toHaveLength(2); // weight and bias
+    expect(names.filter((n) => n.includes("merge_proj"))).toHaveLength(0);
+    // an explicit projection wins over mhmoe_head_merge (a saved config with one flag changed)
+    expect(resolveConfig({ ...moe, mhmoe_head_merge: true, mhmoe_head: false })).toMatchObject({ mhmoe_head_merge: false, mhmoe_head: false, mhmoe_merge: true });
+    // round-trips through config.json
+    expect(resolveConfig(JSON.parse(JSON.stringify(headOnly)))).toEqual(headOnly);
+  });
   test("a pure-MoE model may leave intermediate_size out", () => {
     const c = resolveConfig({ ...BASE, intermediate_size: undefined, num_experts: 4, num_experts_per_tok: 1, moe_intermediate_size: 32, moe_layer_freq: 1 });
     expect(c.intermediate_size).toBe(0);
@@ -162,6 +176,8 @@ describe("countParams and flopsPerToken", () => {
     ...PRESET_NAMES.map((n) => presetConfig(n)),
     presetConfig("mhmoe", { tie_word_embeddings: true, shared_expert_intermediate_size: 64, hidden_act: "gelu", moe_layer_freq: 1 }),
     presetConfig("mhmoe-v1", { mhmoe_head_merge: false }),
+    presetConfig("mhmoe", { mhmoe_merge: false }),
+    presetConfig("mhmoe", { mhmoe_head: false }),
   ];
   test("countParams equals the parameter set's size", () => {
     for (const c of configs) {

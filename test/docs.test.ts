@@ -68,7 +68,7 @@ describe("docs/model.md", () => {
       expect(kind, field).toBe(CONFIG_FIELDS[field]);
       const known = (SPEC_DEFAULTS as Record<string, unknown>)[field];
       if (known !== undefined) expect(def!.replaceAll("`", ""), field).toBe(String(known));
-      else expect(def, field).toMatch(/^required|^`mhmoe_heads > 1`$/);
+      else expect(def, field).toMatch(/^required|^`mhmoe_heads > 1`$|^`mhmoe_head_merge`$/);
     }
   });
 

@@ -41,6 +41,9 @@ export const PARITY_CASES: [string, ModelConfig][] = [
   ["mhmoe gelu + norm_topk", presetConfig("mhmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, hidden_act: "gelu", norm_topk_prob: true })],
   ["xmoe tied embeddings", presetConfig("xmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 24, tie_word_embeddings: true })],
   ["mhmoe gelu + capacity 1.0", presetConfig("mhmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, hidden_act: "gelu", capacity_factor: 1.0 })],
+  // the v2 ablation's middle rows: one projection without the other
+  ["mhmoe head only", presetConfig("mhmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, mhmoe_merge: false })],
+  ["mhmoe-v1 merge only", presetConfig("mhmoe-v1", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, mhmoe_head: false })],
 ];
 
 function batchIds(c: ModelConfig, seed: number): Int32Array {

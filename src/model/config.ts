@@ -29,6 +29,10 @@ export interface ModelConfig {
   moe_intermediate_size: number;
   mhmoe_heads: number;
   mhmoe_head_merge: boolean;
+  /** the head projection alone (default: mhmoe_head_merge); with mhmoe_merge, the v2 paper's ablation */
+  mhmoe_head: boolean;
+  /** the merge projection alone (default: mhmoe_head_merge) */
+  mhmoe_merge: boolean;
   mhmoe_inner_residual: boolean;
   router_type: RouterType;
   router_dim: number;
@@ -61,6 +65,8 @@ export const CONFIG_FIELDS: Readonly<Record<keyof ModelConfig, FieldKind>> = {
   moe_intermediate_size: "int",
   mhmoe_heads: "int",
   mhmoe_head_merge: "bool",
+  mhmoe_head: "bool",
+  mhmoe_merge: "bool",
   mhmoe_inner_residual: "bool",
   router_type: "string",
   router_dim: "int",
@@ -201,14 +207,21 @@ export function resolveConfig(partial: Record<string, unknown>, source = "config
     if (given[key] === undefined) throw new UserError(`${source}: missing required field ${key}`);
   }
   const heads = (given.mhmoe_heads as number | undefined) ?? SPEC_DEFAULTS.mhmoe_heads;
+  const headMerge = (given.mhmoe_head_merge as boolean | undefined) ?? heads > 1;
   const c = {
     ...SPEC_DEFAULTS,
     intermediate_size: 0,
     num_experts_per_tok: 0,
     moe_intermediate_size: 0,
-    mhmoe_head_merge: heads > 1,
+    mhmoe_head_merge: headMerge,
+    mhmoe_head: headMerge,
+    mhmoe_merge: headMerge,
     ...given,
   } as ModelConfig;
+  // mhmoe_head / mhmoe_merge (default: mhmoe_head_merge) say which projection is there; mhmoe_head_merge,
+  // the spec's field, is then true exactly when both are, so a reader that knows only it never builds a
+  // projection the checkpoint lacks (it fails on the unexpected tensor instead).
+  c.mhmoe_head_merge = c.mhmoe_head === true && c.mhmoe_merge === true;
   validateConfig(c, source);
   return c;
 }
@@ -295,7 +308,7 @@ export function ffnMatrices(c: ModelConfig): number {
 /** Section 3: multiply-adds per token in one MoE layer, router excluded (shared expert included). */
 export function moeLayerMacsPerToken(c: ModelConfig): number {
   const d = c.hidden_size;
-  const headMerge = c.mhmoe_head_merge ? 2 * d * d : 0;
+  const headMerge = ((c.mhmoe_head ? 1 : 0) + (c.mhmoe_merge ? 1 : 0)) * d * d;
   const experts = ffnMatrices(c) * d * c.moe_intermediate_size * c.num_experts_per_tok;
   return headMerge + experts + 3 * d * c.shared_expert_intermediate_size; // shared expert: always SwiGLU
 }
@@ -341,7 +354,7 @@ export function flopsBreakdown(c: ModelConfig, seqLen = c.max_position_embedding
       f.dense_ffn += 2 * ffnMatrices(c) * d * c.intermediate_size;
       continue;
     }
-    const headMerge = c.mhmoe_head_merge ? 2 * d * d : 0;
+    const headMerge = ((c.mhmoe_head ? 1 : 0) + (c.mhmoe_merge ? 1 : 0)) * d * d;
     f.head_merge += 2 * headMerge;
     f.experts += 2 * (moeLayerMacsPerToken(c) - headMerge);
     f.router += 2 * routerMacsPerToken(c);
@@ -368,7 +381,7 @@ function routerParams(c: ModelConfig): number {
 export function countMoeLayerParams(c: ModelConfig): number {
   const d = c.hidden_size;
   const dSub = d / c.mhmoe_heads;
-  const headMerge = c.mhmoe_head_merge ? 2 * d * d + 2 * d : 0;
+  const headMerge = ((c.mhmoe_head ? 1 : 0) + (c.mhmoe_merge ? 1 : 0)) * (d * d + d);
   const experts = c.num_experts * ffnMatrices(c) * dSub * c.moe_intermediate_size;
   const shared = 3 * d * c.shared_expert_intermediate_size; // always SwiGLU
   return headMerge + experts + routerParams(c) + shared;

@@ -61,7 +61,7 @@ export async function planMoeBlock(
   const { N, m } = io;
   const d = c.hidden_size, h = c.mhmoe_heads, dSub = d / h, S = N * h, E = c.num_experts, k = c.num_experts_per_tok;
   const R = S * k;
-  const headMerge = c.mhmoe_head_merge;
+  const head = c.mhmoe_head, merge = c.mhmoe_merge;
   const xmoe = c.router_type === "xmoe";
   const act = c.hidden_act;
   const inner = c.moe_intermediate_size;
@@ -69,8 +69,8 @@ export async function planMoeBlock(
   const fwd: Dispatch[] = [];
 
   // 1-2. head projection; the split into S sub-tokens of dSub is the same memory read as [S, dSub].
-  const s = headMerge ? A.f32([N, d], `${p}.u`) : m;
-  if (headMerge) {
+  const s = head ? A.f32([N, d], `${p}.u`) : m;
+  if (head) {
     fwd.push(await linear(gpu, m, W.get(`${p}.head_proj.weight`), s, N, d, d));
     fwd.push(...(await planBiasAdd(gpu, { y: s, bias: W.get(`${p}.head_proj.bias`), N, F: d })));
   }
@@ -130,7 +130,7 @@ export async function planMoeBlock(
   fwd.push(...(await planCombine(gpu, { yPerm, gates, assignmentRow, residual: c.mhmoe_inner_residual ? s : undefined, y, S, k, dSub })));
 
   // 12. merge back to [N, d] (a reshape) and the merge projection, added into the residual stream
-  if (headMerge) {
+  if (merge) {
     fwd.push(await linear(gpu, y, W.get(`${p}.merge_proj.weight`), io.out, N, d, d, 1));
     fwd.push(...(await planBiasAdd(gpu, { y: io.out, bias: W.get(`${p}.merge_proj.bias`), N, F: d })));
   } else {
@@ -150,13 +150,13 @@ export async function planMoeBlock(
 
   // ---- backward: dOut is the gradient of the block's output; dm is written, weight grads accumulate.
   const bwd: Dispatch[] = [];
-  const dy = headMerge ? Sc.f32([S, dSub], "moe.dy") : io.dOut;
-  if (headMerge) {
+  const dy = merge ? Sc.f32([S, dSub], "moe.dy") : io.dOut;
+  if (merge) {
     bwd.push(await linearDx(gpu, io.dOut, W.get(`${p}.merge_proj.weight`), dy, N, d, d));
     bwd.push(await linearDw(gpu, io.dOut, y, G.get(`${p}.merge_proj.weight`), N, d, d));
     bwd.push(...(await planBiasGrad(gpu, { dy: io.dOut, dbias: G.get(`${p}.merge_proj.bias`), N, F: d })));
   }
-  const ds = headMerge ? Sc.f32([S, dSub], "moe.ds") : io.dm;
+  const ds = head ? Sc.f32([S, dSub], "moe.ds") : io.dm;
   const dyPerm = Sc.f32([R, dSub], `moe.dyperm.${dSub}`), dxPerm = Sc.f32([R, dSub], `moe.dxperm.${dSub}`);
   const dGates = Sc.f32([S, k], "moe.dgates");
   bwd.push(...(await planCombineBackward(gpu, {
@@ -193,7 +193,7 @@ export async function planMoeBlock(
       accumulateDs: true, accumulateGrad: true,
     })));
   }
-  if (headMerge) {
+  if (head) {
     bwd.push(await linearDx(gpu, ds, W.get(`${p}.head_proj.weight`), io.dm, N, d, d));
     bwd.push(await linearDw(gpu, ds, m, G.get(`${p}.head_proj.weight`), N, d, d));
     bwd.push(...(await planBiasGrad(gpu, { dy: ds, dbias: G.get(`${p}.head_proj.bias`), N, F: d })));

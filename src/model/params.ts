@@ -72,7 +72,7 @@ export function parameterSpecs(c: ModelConfig): ParamSpec[] {
       ffn(`${p}.mlp`, c.intermediate_size, d);
       continue;
     }
-    if (c.mhmoe_head_merge) {
+    if (c.mhmoe_head) {
       add(`${p}.mlp.head_proj.weight`, [d, d], { kind: "uniform", bound: xavierUniformBound(d, d, 1 / Math.sqrt(2)) });
       add(`${p}.mlp.head_proj.bias`, [d], { kind: "uniform", bound: 1 / Math.sqrt(d) });
     }
@@ -84,7 +84,7 @@ export function parameterSpecs(c: ModelConfig): ParamSpec[] {
       add(`${p}.mlp.gate.weight`, [c.num_experts, dSub], normal);
     }
     for (let e = 0; e < c.num_experts; e++) ffn(`${p}.mlp.experts.${e}`, c.moe_intermediate_size, dSub);
-    if (c.mhmoe_head_merge) {
+    if (c.mhmoe_merge) {
       add(`${p}.mlp.merge_proj.weight`, [d, d], { kind: "uniform", bound: xavierUniformBound(d, d, 1) });
       add(`${p}.mlp.merge_proj.bias`, [d], { kind: "zeros" });
     }

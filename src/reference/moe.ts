@@ -45,7 +45,7 @@ export function moeLayerWeights(c: ModelConfig, params: Map<string, Vec>, prefix
     down: need(params, `${p}.down_proj.weight`),
   });
   return {
-    head: c.mhmoe_head_merge ? pair("head_proj") : null,
+    head: c.mhmoe_head ? pair("head_proj") : null,
     router: c.router_type === "xmoe"
       ? {
         kind: "xmoe", proj: need(params, `${prefix}.gate.proj.weight`),
@@ -53,7 +53,7 @@ export function moeLayerWeights(c: ModelConfig, params: Map<string, Vec>, prefix
       }
       : { kind: "softmax", weight: need(params, `${prefix}.gate.weight`) },
     experts: stackExpertWeights(params, `${prefix}.experts`, c.num_experts, dSub, c.moe_intermediate_size, c.hidden_act),
-    merge: c.mhmoe_head_merge ? pair("merge_proj") : null,
+    merge: c.mhmoe_merge ? pair("merge_proj") : null,
     shared: c.shared_expert_intermediate_size > 0 ? swiglu(`${prefix}.shared_expert`) : null,
   };
 }
