@@ -10,6 +10,7 @@ import { registerBench } from "./bench.ts";
 import { registerGenerate } from "./generate.ts";
 import { registerPlot } from "./plot.ts";
 import { registerDashboard } from "./dashboard.ts";
+import { registerExperiment } from "./experiment.ts";
 import { registerTrain } from "./train.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerEval } from "./eval.ts";
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerPlan(program);
   registerPlot(program);
   registerDashboard(program);
+  registerExperiment(program);
   registerBench(program);
   return program;
 }
