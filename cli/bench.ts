@@ -4,12 +4,8 @@ import type { Layout } from "../src/ops/matmul.ts";
 import { UserError } from "../src/util/errors.ts";
 import { benchStep } from "../bench/step.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { modelConfig } from "../src/model/resolve.ts";
-import { PRESET_NAMES } from "../src/model/config.ts";
-import { TRAIN_DEFAULTS } from "../src/train/options.ts";
-import { parseNumber } from "./flags.ts";
+import { addModelShapeFlags, modelShape, parseNumber, type ModelShapeFlags } from "./flags.ts";
 
-const collect = (v: string, prev: string[]) => [...prev, v];
 const int = (flag: string) => (v: string) => parseNumber(flag, v, true);
 
 function intList(flag: string, v: string): number[] {
@@ -38,24 +34,15 @@ export function registerBench(program: Command): void {
         variant: o.variant as "auto" | "tiled" | "vec4",
       });
     });
-  bench
+  addModelShapeFlags(bench
     .command("step")
-    .description("one training step (forward, backward, AdamW in one submit) of a config on random tokens: ms/step, tokens/s, dispatches, GFLOP/s")
-    .option("--preset <name>", `model preset: ${PRESET_NAMES.join(", ")} (default mhmoe)`)
-    .option("--config <file>", "model config.json")
-    .option("--set <key=value>", "override one model field (repeatable)", collect, [] as string[])
-    .option("--batch-size <n>", "sequences per micro-batch", int("--batch-size"), TRAIN_DEFAULTS.batchSize)
-    .option("--seq-len <n>", "tokens per sequence", int("--seq-len"), TRAIN_DEFAULTS.seqLen)
-    .option("--grad-accum <n>", "micro-batches per optimizer step", int("--grad-accum"), TRAIN_DEFAULTS.gradAccum)
+    .description("one training step (forward, backward, AdamW in one submit) of a config on random tokens: ms/step, tokens/s, dispatches, GFLOP/s"))
     .option("--steps <n>", "timed steps after one warm-up (default: about two seconds of work)", int("--steps"))
     .option("--matmul-size <n>", "square matmul timed for the fraction of its GFLOP/s the step reaches (0: skip)", (v: string) => parseNumber("--matmul-size", v, false), 512)
     .option("--json", "print the JSON line only")
-    .action(async (o: { preset?: string; config?: string; set: string[]; batchSize: number; seqLen: number; gradAccum: number; steps?: number; matmulSize: number; json?: boolean }) => {
-      const { config } = modelConfig({ preset: o.preset, config: o.config, set: o.set }, 0);
-      for (const [flag, v] of [["--batch-size", o.batchSize], ["--seq-len", o.seqLen], ["--grad-accum", o.gradAccum], ["--steps", o.steps ?? 2]] as const) {
-        if (v < 1) throw new UserError(`${flag} must be at least 1, got ${v}`);
-      }
-      if (o.seqLen > config.max_position_embeddings) throw new UserError(`--seq-len ${o.seqLen} is more than the model's max_position_embeddings (${config.max_position_embeddings})`);
+    .action(async (o: ModelShapeFlags & { steps?: number; matmulSize: number; json?: boolean }) => {
+      const { config } = modelShape(o);
+      if (o.steps !== undefined && o.steps < 1) throw new UserError(`--steps must be at least 1, got ${o.steps}`);
       const label = [o.preset ?? (o.config ? "" : "mhmoe"), o.config ?? "", ...o.set].filter(Boolean).join(" ");
       const r = await benchStep(await getGpu(), { config, batchSize: o.batchSize, seqLen: o.seqLen, gradAccum: o.gradAccum, steps: o.steps, matmulSize: o.matmulSize }, label);
       if (!o.json) {

@@ -1,13 +1,10 @@
 import type { Command } from "commander";
 import { UserError } from "../src/util/errors.ts";
-import { parseNumber } from "./flags.ts";
+import { addModelShapeFlags, modelShape, parseNumber, type ModelShapeFlags } from "./flags.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { isMoeLayer, PRESET_NAMES, type ModelConfig } from "../src/model/config.ts";
-import { modelConfig } from "../src/model/resolve.ts";
-import { TRAIN_DEFAULTS } from "../src/train/options.ts";
+import { isMoeLayer, type ModelConfig } from "../src/model/config.ts";
 import { costSummary, planMemory, solveParity, type CostSummary, type MemoryPlan } from "../src/model/cost.ts";
 
-const collect = (v: string, prev: string[]) => [...prev, v];
 const int = (flag: string) => (v: string) => parseNumber(flag, v, true);
 
 const PARITY_FLAGS = ["hidden", "smoeWidth", "smoeTopK", "smoeExperts", "heads", "topK"] as const;
@@ -21,15 +18,9 @@ function si(n: number): string {
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
 
 export function registerPlan(program: Command): void {
-  program
+  addModelShapeFlags(program
     .command("plan")
-    .description("show a config's parameters, FLOPs and training memory before training; --parity solves MH-MoE v2 parity")
-    .option("--preset <name>", `model preset: ${PRESET_NAMES.join(", ")} (default mhmoe)`)
-    .option("--config <file>", "model config.json (field names: docs/model.md)")
-    .option("--set <key=value>", "override one model field (repeatable)", collect, [] as string[])
-    .option("--batch-size <n>", "sequences per micro-batch", int("--batch-size"), TRAIN_DEFAULTS.batchSize)
-    .option("--seq-len <n>", "tokens per sequence", int("--seq-len"), TRAIN_DEFAULTS.seqLen)
-    .option("--grad-accum <n>", "micro-batches per optimizer step", int("--grad-accum"), TRAIN_DEFAULTS.gradAccum)
+    .description("show a config's parameters, FLOPs and training memory before training; --parity solves MH-MoE v2 parity"))
     .option("--no-memory", "skip planning the run on the GPU (parameters and FLOPs only)")
     .option("--parity", "MH-MoE v2 parity: the expert width and count matching an SMoE (flags below)")
     .option("--hidden <d>", "--parity: hidden size d", int("--hidden"))
@@ -48,14 +39,7 @@ export function registerPlan(program: Command): void {
       }
       const stray = PARITY_FLAGS.filter((f) => o[f] !== undefined);
       if (stray.length) throw new UserError(`--${kebab(stray[0])} belongs to --parity`);
-      const { config } = modelConfig({ preset: o.preset as string | undefined, config: o.config as string | undefined, set: o.set as string[] }, 0);
-      const B = o.batchSize as number, T = o.seqLen as number, A = o.gradAccum as number;
-      for (const [flag, v] of [["--batch-size", B], ["--seq-len", T], ["--grad-accum", A]] as const) {
-        if (v < 1) throw new UserError(`${flag} must be at least 1, got ${v}`);
-      }
-      if (T > config.max_position_embeddings) {
-        throw new UserError(`--seq-len ${T} is more than the model's max_position_embeddings (${config.max_position_embeddings})`);
-      }
+      const { config, B, T, A } = modelShape(o as unknown as ModelShapeFlags);
       const cost = costSummary(config, T);
       let memory: MemoryPlan | null = null;
       let adapter: string | null = null;
