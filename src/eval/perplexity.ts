@@ -104,7 +104,10 @@ export class WindowScorer {
     const batches = windowBatches(windows, B);
     let nll = 0, scored = 0, windowsDone = 0;
     try {
-      for (const batch of batches) {
+      for (const [i, batch] of batches.entries()) {
+        // Batches come grouped by length: a shorter length's plans are done with once the next length
+        // starts, so at most one short shape is planned at a time (documents end in up to T-1 lengths).
+        if (i > 0 && batches[i - 1]!.T !== batch.T) this.releaseShort(T);
         const model = await this.plan(batch.starts.length, batch.T);
         model.setBatch(batchIds(text.tokens, batch));
         await model.run(false);
@@ -116,16 +119,19 @@ export class WindowScorer {
         await opts.onBatch?.(model, windowsDone, windows.length);
       }
     } finally {
-      // Documents end in windows of many lengths (up to T-1 shapes): keep only the full-length plans,
-      // so many short documents cost re-planning, not GPU memory for every shape at once.
-      for (const [key, model] of this.plans) {
-        if (model.opts.T !== T && model !== this.shared) {
-          model.release();
-          this.plans.delete(key);
-        }
-      }
+      this.releaseShort(T);
     }
     return { loss: nll / scored, targets: scored, windows: windows.length };
+  }
+
+  /** Releases every plan shorter than the full window length T (the shared model never). */
+  private releaseShort(T: number): void {
+    for (const [key, model] of this.plans) {
+      if (model.opts.T !== T && model !== this.shared) {
+        model.release();
+        this.plans.delete(key);
+      }
+    }
   }
 
   private async plan(B: number, T: number): Promise<Transformer> {
