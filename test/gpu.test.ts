@@ -4,6 +4,7 @@ import { ShaderError } from "../src/gpu/kernel.ts";
 import { SHADERS, shaderSource } from "../src/gpu/shaders.ts";
 import { grid1d, read, upload, uniform, zeros } from "../src/gpu/tensor.ts";
 import { listAdapters, pickAdapter } from "../src/gpu/adapter.ts";
+import { BufferPool } from "../src/gpu/pool.ts";
 
 describe("GPU runtime", () => {
   test("a WGSL compile error names the shader, the entry point and the offending line", async () => {
@@ -59,6 +60,17 @@ describe("GPU runtime", () => {
     expect(Array.from((await read(ti)) as unknown as Int32Array)).toEqual(Array.from(i));
     tf.release();
     ti.release();
+  });
+
+  test("the pool never rounds a buffer past maxBufferSize, and refuses one larger than it naming the tensor", async () => {
+    const gpu = await getGpu();
+    const pool = new BufferPool(gpu.device, 1_000_000);
+    // 990,000 bytes would round up to the 1,048,576-byte size class, past the limit: exact size instead
+    const b = pool.acquire(990_000, undefined, "almost");
+    expect(b.size).toBe(990_000);
+    expect(pool.acquire(200_000).size).toBe(212_992); // below the limit the size classes stay (13 x 16 KiB)
+    expect(() => pool.acquire(1_000_004, undefined, "too.big")).toThrow(/^tensor too\.big needs 1\.0 MiB, more than this adapter's largest buffer \(maxBufferSize 1\.0 MiB\)$/);
+    pool.destroy();
   });
 
   test("the pool hands a released buffer of the same size class back, and zeros() really zeroes it", async () => {
