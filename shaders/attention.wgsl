@@ -1,4 +1,4 @@
-// Causal multi-head self-attention, flash style (online softmax; backward recomputes probabilities from the
+// Multi-head self-attention, causal or bidirectional (CAUSAL), flash style (online softmax; backward recomputes probabilities from the
 // saved per-row log-sum-exp, so no [B,H,T,T] matrix is ever stored).
 //
 // q, k, v, o, dO, dq, dk, dv are [B, T, H, dHead] as the projections produce them: token row n = b*T + t
@@ -9,7 +9,8 @@
 // deterministic, and no atomics or zero-initialised outputs are needed (outputs are overwritten).
 //
 // Template parameters: D4 = ceil(dHead/4) (vec4s per row; the padding lanes hold zeros), WG = threads
-// (rows) per workgroup, BT = rows per staged tile (bounded by the workgroup-memory limit for large dHead).
+// (rows) per workgroup, BT = rows per staged tile (bounded by the workgroup-memory limit for large dHead),
+// CAUSAL = true (query i sees keys j <= i) or false (every key of its sequence: the mlm objective).
 // Grid: x = row tile (ceil(T/WG)), y = b*H + h.
 // The loops over staged rows run to a bound that is the same for the whole workgroup and mask the causal
 // condition inside: the staged-row index then stays uniform, so every thread reads the same workgroup
@@ -38,6 +39,7 @@ struct Params {
 const D4: u32 = {{D4}}u;
 const WG: u32 = {{WG}}u;
 const BT: u32 = {{BT}}u;
+const CAUSAL: bool = {{CAUSAL}};
 // Below any real score, yet finite: exp(NEG_BIG - s) is exactly 0 without relying on infinities.
 const NEG_BIG: f32 = -1.0e30;
 
@@ -124,7 +126,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   var m = NEG_BIG;
   var l = 0.0;
   // Causal: no query of this workgroup sees a key at or past kEnd, so later tiles are never loaded.
-  let kEnd = min(p.T, q0 + WG);
+  let kEnd = select(p.T, min(p.T, q0 + WG), CAUSAL);
   for (var j0 = 0u; j0 < kEnd; j0 += BT) {
     workgroupBarrier();
     stageKV(base, j0, lid);
@@ -133,7 +135,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
       var s = 0.0;
       for (var c4 = 0u; c4 < D4; c4++) { s += dot(q[c4], tileA[jj * D4 + c4]); }
       s *= p.scale;
-      if (inRange && j0 + jj <= i) {
+      if (inRange && (!CAUSAL || j0 + jj <= i)) {
         // Rescale only when the running max moves (rare after the first few keys), instead of every key.
         if (s > m) {
           let a = exp(m - s);
@@ -176,7 +178,7 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   }
   let lse = LSE[bh * p.T + min(i, p.T - 1u)];
   if (inRange) { Delta[bh * p.T + i] = delta; }
-  let kEnd = min(p.T, q0 + WG);
+  let kEnd = select(p.T, min(p.T, q0 + WG), CAUSAL);
   for (var j0 = 0u; j0 < kEnd; j0 += BT) {
     workgroupBarrier();
     stageKV(base, j0, lid);
@@ -188,7 +190,7 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         s += dot(q[c4], tileA[jj * D4 + c4]);
         dp += dot(g[c4], tileB[jj * D4 + c4]);
       }
-      if (inRange && j0 + jj <= i) {
+      if (inRange && (!CAUSAL || j0 + jj <= i)) {
         let ds = exp(s * p.scale - lse) * (dp - delta);
         for (var c4 = 0u; c4 < D4; c4++) { acc[c4] = fma(vec4<f32>(ds), tileA[jj * D4 + c4], acc[c4]); }
       }
@@ -199,7 +201,8 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   }
 }
 
-// dv_j = sum_{i>=j} p_ij dO_i;  dk_j = scale * sum_{i>=j} p_ij (dO_i.v_j - delta_i) q_i.
+// dv_j = sum_{i>=j} p_ij dO_i;  dk_j = scale * sum_{i>=j} p_ij (dO_i.v_j - delta_i) q_i (over all i when
+// not CAUSAL).
 @compute @workgroup_size(WG)
 fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let bh = wg.y;
@@ -219,7 +222,7 @@ fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     dv[c4] = vec4<f32>(0.0);
   }
   // Causal: queries before k0 see none of this workgroup's keys.
-  for (var i0 = k0; i0 < p.T; i0 += BT) {
+  for (var i0 = select(0u, k0, CAUSAL); i0 < p.T; i0 += BT) {
     workgroupBarrier();
     for (var r = lid; r < BT * D4; r += WG) {
       let i = i0 + r / D4;
@@ -247,7 +250,7 @@ fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         s += dot(tileA[ii * D4 + c4], kr[c4]);
         dp += dot(tileB[ii * D4 + c4], vr[c4]);
       }
-      if (inRange && i0 + ii >= j) {
+      if (inRange && (!CAUSAL || i0 + ii >= j)) {
         let pr = exp(s * p.scale - tileLse[ii]);
         let ds = pr * (dp - tileDelta[ii]);
         for (var c4 = 0u; c4 < D4; c4++) {

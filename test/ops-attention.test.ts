@@ -52,15 +52,16 @@ async function runBoth(gpu: Gpu, u: Setup) {
 }
 
 const name = (s: AttentionShape, tiles?: AttentionTiles) =>
-  `B=${s.B} T=${s.T} H=${s.H} dHead=${s.dHead}${tiles ? ` tiles WG=${tiles.WG} BT=${tiles.BT}` : ""}`;
+  `B=${s.B} T=${s.T} H=${s.H} dHead=${s.dHead}${s.causal === false ? " bidirectional" : ""}${tiles ? ` tiles WG=${tiles.WG} BT=${tiles.BT}` : ""}`;
 
 async function checkAgainstReference(s: AttentionShape, tiles?: AttentionTiles) {
   const gpu = await getGpu();
   const u = await setup(s, 11 * s.T + s.dHead, tiles);
   const got = await runBoth(gpu, u);
   const { q, k, v, dO } = u.x;
-  const ref = attentionForward(q, k, v, s.B, s.T, s.H, s.dHead);
-  const grad = attentionBackward(dO, q, k, v, ref.probs, s.B, s.T, s.H, s.dHead);
+  const causal = s.causal !== false;
+  const ref = attentionForward(q, k, v, s.B, s.T, s.H, s.dHead, causal);
+  const grad = attentionBackward(dO, q, k, v, ref.probs, s.B, s.T, s.H, s.dHead, causal);
   u.release();
   const what = name(s, tiles);
   expectClose(got.o, ref.o, O_DQ_TOL, `o ${what}`);
@@ -93,6 +94,38 @@ describe("attention at sequence lengths up to max_position_embeddings = 256", ()
   // dHead 12: the small-tile pipelines compiled for the T=33 case above serve again
   test(name({ B: 1, T: 250, H: 1, dHead: 12 }, { WG: 8, BT: 3 }), () =>
     checkAgainstReference({ B: 1, T: 250, H: 1, dHead: 12 }, { WG: 8, BT: 3 }));
+});
+
+describe("bidirectional attention (mlm) vs reference", () => {
+  // Same tolerances as causal: the sums are at most twice as long. Shapes cover one and several
+  // 64-row tiles, small tiles with ragged last tiles, and a dHead that pads its last vec4.
+  const shapes: [AttentionShape, AttentionTiles | undefined][] = [
+    [{ B: 2, T: 7, H: 3, dHead: 12, causal: false }, undefined],
+    [{ B: 2, T: 100, H: 3, dHead: 12, causal: false }, undefined],
+    [{ B: 2, T: 33, H: 3, dHead: 12, causal: false }, { WG: 8, BT: 3 }],
+    [{ B: 2, T: 9, H: 2, dHead: 5, causal: false }, undefined],
+  ];
+  for (const [s, tiles] of shapes) test(name(s, tiles), () => checkAgainstReference(s, tiles));
+
+  test("a later token's k/v changes every earlier token's output (no causal mask)", async () => {
+    const gpu = await getGpu();
+    const s = { B: 2, T: 33, H: 3, dHead: 12, causal: false };
+    const u = await setup(s, 5, { WG: 8, BT: 3 });
+    const before = await runBoth(gpu, u);
+    const row = s.H * s.dHead;
+    const t0 = 30;
+    const k2 = u.x.k.slice();
+    for (let b = 0; b < s.B; b++) for (let c = 0; c < row; c++) k2[(b * s.T + t0) * row + c] += 0.5;
+    write(u.t.k, k2);
+    const after = await runBoth(gpu, u);
+    u.release();
+    for (let b = 0; b < s.B; b++) {
+      for (const t of [0, 7, 29]) {
+        const own = [(b * s.T + t) * row, (b * s.T + t + 1) * row] as const;
+        expect(after.o.slice(...own)).not.toEqual(before.o.slice(...own));
+      }
+    }
+  });
 });
 
 describe("attention causal mask", () => {
@@ -156,9 +189,11 @@ describe("attention backward vs finite differences of the GPU forward", () => {
   // (factor 1/sqrt(12)), a wrong mask or a dropped term.
   // The small tiles of the reference test above (no extra pipelines to compile): two query tiles, four
   // staged key tiles, even at this size.
-  const s = { B: 2, T: 11, H: 1, dHead: 12 };
   const tiles = { WG: 8, BT: 3 };
-  for (const which of ["q", "k", "v"] as const) {
+  for (const [which, s] of [
+    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }] as const),
+    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12, causal: false }] as const),
+  ]) {
     test(`d${which} ${name(s, tiles)}`, async () => {
       const gpu = await getGpu();
       const u = await setup(s, 123, tiles);

@@ -1,5 +1,5 @@
 /**
- * Causal multi-head self-attention (shaders/attention.wgsl), flash style: forward saves only the per-row
+ * Multi-head self-attention, causal (clm) or bidirectional (mlm), (shaders/attention.wgsl), flash style: forward saves only the per-row
  * log-sum-exp [B, H, T]; backward recomputes the probabilities from it, so memory stays O(B*H*T) rather
  * than the O(B*H*T^2) of a saved probability matrix (T reaches 1024 in real runs).
  *
@@ -15,6 +15,8 @@ export interface AttentionShape {
   T: number;
   H: number;
   dHead: number;
+  /** false: every query sees every key of its sequence (the mlm objective); default true */
+  causal?: boolean;
 }
 
 export interface AttentionTiles {
@@ -111,7 +113,7 @@ interface Planned {
 
 async function plan(gpu: Gpu, s: AttentionShape, entries: string[], tiles?: AttentionTiles): Promise<Planned> {
   const t = tiles ?? attentionTiles(gpu, s.dHead);
-  const template = { D4: Math.ceil(s.dHead / 4), WG: t.WG, BT: t.BT };
+  const template = { D4: Math.ceil(s.dHead / 4), WG: t.WG, BT: t.BT, CAUSAL: s.causal === false ? "false" : "true" };
   const kernels = await Promise.all(entries.map((entry) => gpu.kernel({ shader: "attention", entry, template })));
   const rowStride = s.H * s.dHead;
   const params = uniform(gpu, [
@@ -121,7 +123,7 @@ async function plan(gpu: Gpu, s: AttentionShape, entries: string[], tiles?: Atte
   return { kernels, params, workgroups: [Math.ceil(s.T / t.WG), s.B * s.H, 1] };
 }
 
-/** One dispatch: o = softmax(q k^T / sqrt(dHead) + causal mask) v per (b, h), and lse. */
+/** One dispatch: o = softmax(q k^T / sqrt(dHead) (+ causal mask)) v per (b, h), and lse. */
 export async function planAttentionForward(gpu: Gpu, a: AttentionForwardArgs): Promise<Dispatch[]> {
   checkShape(a, { q: a.q, k: a.k, v: a.v, o: a.o }, { lse: a.lse }, gpu);
   const { kernels, params, workgroups } = await plan(gpu, a, ["forward"], a.tiles);
@@ -141,10 +143,11 @@ export async function planAttentionBackward(gpu: Gpu, a: AttentionBackwardArgs):
 }
 
 /**
- * FLOPs as executed, over the causal half of each score matrix: forward does 2 products per (query, key)
- * pair of length dHead (q.k, p*v); backward 7 (dq and dk/dv kernels each recompute q.k and dO.v).
+ * FLOPs as executed, over the causal half of each score matrix (the whole of it when not causal): forward
+ * does 2 products per (query, key) pair of length dHead (q.k, p*v); backward 7 (dq and dk/dv kernels each
+ * recompute q.k and dO.v).
  */
 export function attentionFlops(s: AttentionShape): { forward: number; backward: number } {
-  const pairs = (s.B * s.H * s.T * (s.T + 1)) / 2;
+  const pairs = s.causal === false ? s.B * s.H * s.T * s.T : (s.B * s.H * s.T * (s.T + 1)) / 2;
   return { forward: 2 * 2 * pairs * s.dHead, backward: 2 * 7 * pairs * s.dHead };
 }
