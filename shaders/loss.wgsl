@@ -8,6 +8,10 @@
 // shifted ids of a (B, T+1) batch can be used where they are; n = rowBase + row, so a launch over a chunk
 // of rows (the LM head in row chunks) reads its rows' targets. An out-of-range target is clamped (no
 // out-of-bounds read); the data layer validates ids.
+// Weighted (p.weighted = 1, the mlm objective): row n's loss and gradient are multiplied by weights[n]
+// (1/count at the masked positions of a batch, 0 elsewhere, so the row losses sum to the masked mean and
+// an unscored row, whose target may be -1, contributes exactly nothing). Unweighted launches bind a
+// one-element placeholder there and never read it.
 
 override WG: u32 = 256u;
 
@@ -15,7 +19,7 @@ var<workgroup> red: array<f32, WG>;
 
 struct Params {
   N: u32, V: u32, tT: u32, tLd: u32,
-  tOff: u32, scale: f32, rowBase: u32, _p1: u32,
+  tOff: u32, scale: f32, rowBase: u32, weighted: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> logits: array<f32>;
@@ -24,6 +28,14 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> rowLoss: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(6) var<storage, read> weights: array<f32>;
+
+// The row's loss weight (1 when unweighted).
+fn weightOf(row: u32) -> f32 {
+  var w = 1.0;
+  if (p.weighted != 0u) { w = weights[p.rowBase + row]; }
+  return w;
+}
 
 fn workgroupReduce(lid: u32, v: f32, isMax: bool) -> f32 {
   red[lid] = v;
@@ -49,7 +61,7 @@ fn targetOf(row: u32) -> u32 {
 // Computes the row's lse, writes lse and the row loss, and returns lse. Only thread 0 reads the target
 // logit; ce_fused_inplace orders that read before the owning thread's overwrite with a storage barrier
 // (workgroupBarrier orders workgroup memory only).
-fn rowLse(row: u32, lid: u32, tgt: u32) -> f32 {
+fn rowLse(row: u32, lid: u32, tgt: u32, w: f32) -> f32 {
   let base = row * p.V;
   var targetLogit = 0.0;
   if (lid == 0u) { targetLogit = logits[base + tgt]; }
@@ -61,7 +73,7 @@ fn rowLse(row: u32, lid: u32, tgt: u32) -> f32 {
   let lse = m + log(workgroupReduce(lid, s, false));
   if (lid == 0u) {
     lseOut[row] = lse;
-    rowLoss[row] = lse - targetLogit;
+    rowLoss[row] = select(lse - targetLogit, w * (lse - targetLogit), p.weighted != 0u);
   }
   return lse;
 }
@@ -71,7 +83,7 @@ fn ce_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
               @builtin(local_invocation_index) lid: u32) {
   let row = wid.y * nwg.x + wid.x;
   if (row >= p.N) { return; }
-  _ = rowLse(row, lid, targetOf(row));
+  _ = rowLse(row, lid, targetOf(row), weightOf(row));
 }
 
 @compute @workgroup_size(WG)
@@ -80,11 +92,13 @@ fn ce_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
   let row = wid.y * nwg.x + wid.x;
   if (row >= p.N) { return; }
   let tgt = targetOf(row);
-  let lse = rowLse(row, lid, tgt);
+  let w = weightOf(row);
+  let lse = rowLse(row, lid, tgt, w);
   let base = row * p.V;
+  let scale = p.scale * w;
   for (var v = lid; v < p.V; v += WG) {
-    let g = exp(logits[base + v] - lse) * p.scale;
-    dlogits[base + v] = select(g, g - p.scale, v == tgt);
+    let g = exp(logits[base + v] - lse) * scale;
+    dlogits[base + v] = select(g, g - scale, v == tgt);
   }
 }
 
@@ -94,13 +108,15 @@ fn ce_fused_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
   let row = wid.y * nwg.x + wid.x;
   if (row >= p.N) { return; }
   let tgt = targetOf(row);
-  let lse = rowLse(row, lid, tgt);
+  let w = weightOf(row);
+  let lse = rowLse(row, lid, tgt, w);
   let base = row * p.V;
+  let scale = p.scale * w;
   // Thread 0's read of the target logit (in rowLse) happens before any thread overwrites the row.
   storageBarrier();
   // Each thread overwrites only the elements it read itself.
   for (var v = lid; v < p.V; v += WG) {
-    let g = exp(logits[base + v] - lse) * p.scale;
-    logits[base + v] = select(g, g - p.scale, v == tgt);
+    let g = exp(logits[base + v] - lse) * scale;
+    logits[base + v] = select(g, g - scale, v == tgt);
   }
 }

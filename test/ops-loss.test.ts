@@ -118,4 +118,38 @@ describe("cross-entropy kernels vs reference", () => {
     expectClose(await read(D), crossEntropyBackward(logits, ref.lse, targets, N, V, 0.25 * N), DLOGITS_TOL, "scaled dlogits"); // measured max abs 1.5e-8, max rel 5.4e-7
     for (const t of [L, T, lse, rowLoss, mean, D]) t.release();
   });
+
+  test("weighted (mlm): masked mean over the scored rows, unscored rows (target -1) contribute nothing; FD of the weighted sum", async () => {
+    const gpu = await getGpu();
+    const N = 6, V = 9;
+    const logits = randomArray(N * V, 16, 2);
+    const scored = [1, 2, 4];
+    const targets = Int32Array.from({ length: N }, (_, n) => (scored.includes(n) ? (n * 5) % V : -1));
+    const weights = Float32Array.from({ length: N }, (_, n) => (scored.includes(n) ? 1 / scored.length : 0));
+    const L = upload(gpu, logits), T = upload(gpu, targets), W = upload(gpu, weights);
+    const lse = empty(gpu, [N]), rowLoss = empty(gpu, [N]), mean = zeros(gpu, [1]), D = empty(gpu, [N, V]);
+    const fused = await planCrossEntropy(gpu, { logits: L, targets: T, N, V, lse, rowLoss, meanLoss: mean, dlogits: D, weights: W });
+    submit(gpu, fused);
+    const sub = Int32Array.from(scored, (n) => targets[n]!);
+    const subLogits = new Float32Array(scored.length * V);
+    scored.forEach((n, i) => subLogits.set(logits.subarray(n * V, n * V + V), i * V));
+    const ref = crossEntropyForward(subLogits, sub, scored.length, V);
+    expectClose([(await read(mean))[0]!], [ref.loss], MEAN_TOL, "masked mean");
+    const rows = await read(rowLoss);
+    const d = await read(D);
+    const refD = crossEntropyBackward(subLogits, ref.lse, sub, scored.length, V);
+    for (let n = 0; n < N; n++) {
+      const i = scored.indexOf(n);
+      if (i < 0) {
+        expect(rows[n]).toBe(0);
+        expect(Array.from(d.subarray(n * V, n * V + V)).every((g) => g === 0)).toBe(true);
+      } else expectClose(d.subarray(n * V, n * V + V), refD.subarray(i * V, i * V + V), DLOGITS_TOL, `dlogits row ${n}`);
+    }
+    const fwd = await planCrossEntropy(gpu, { logits: L, targets: T, N, V, lse, rowLoss, meanLoss: mean, weights: W });
+    await gpuFdCheck("weighted cross-entropy dlogits", logits, L, d, async () => {
+      submit(gpu, fwd);
+      return (await read(mean))[0]!;
+    }, { atol: 5e-5, rtol: 0 });
+    for (const t of [L, T, W, lse, rowLoss, mean, D]) t.release();
+  });
 });

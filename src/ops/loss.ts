@@ -3,7 +3,8 @@
  * loss in the same pass, and the mean loss reduced on the GPU into a 1-element buffer.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { bindSlots, grid1d, sharesMemory, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { bindSlots, grid1d, sharesMemory, Tensor, uniform, type Dispatch } from "../gpu/tensor.ts";
+import { STORAGE_USAGE } from "../gpu/pool.ts";
 import { checkSize, planSum } from "./elementwise.ts";
 import { resolveTokenLayout, type TokenLayout } from "./embedding.ts";
 
@@ -33,8 +34,13 @@ export interface CrossEntropyArgs {
    * logits, or omitted for the forward only (evaluation).
    */
   dlogits?: Tensor | "in-place";
-  /** default 1/N: the gradient of the mean loss; multiply in a loss weight or 1/accumulation steps here */
+  /** default 1/N (weighted: 1): the gradient of the mean loss; multiply in a loss weight or 1/accumulation steps here */
   gradScale?: number;
+  /**
+   * [rowBase + N] f32 per-row weights (the mlm objective): row losses and gradients are multiplied by
+   * them, and meanLoss is their plain sum (weights of 1/count over the scored rows make it the mean).
+   */
+  weights?: Tensor;
 }
 
 /** Dispatches: the row kernel, then the mean over rows (one workgroup, fixed order). */
@@ -53,13 +59,29 @@ export async function planCrossEntropy(gpu: Gpu, a: CrossEntropyArgs): Promise<D
     if (sharesMemory(a.dlogits, a.logits)) throw new Error('cross-entropy: dlogits is the logits buffer; pass dlogits: "in-place"');
     slots.push([4, a.dlogits]);
   }
+  if (a.weights && a.weights.size < rowBase + N) throw new Error(`cross-entropy: weights has ${a.weights.size} elements, rows reach ${rowBase + N}`);
+  slots.push([6, a.weights ?? placeholder(gpu)]);
   const WG = lossWorkgroup(gpu);
   const kernel = await gpu.kernel({ shader: "loss", entry, constants: { WG } });
   const params = uniform(gpu, [
     N, V, layout.seqLen, layout.rowStride,
-    layout.offset, { f32: a.gradScale ?? 1 / N }, rowBase, 0,
+    layout.offset, { f32: a.gradScale ?? (a.weights ? 1 : 1 / N) }, rowBase, a.weights ? 1 : 0,
   ], "cross_entropy.params");
   slots.push([5, params]);
   const rows: Dispatch = { kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups: grid1d(N, 1) };
-  return a.meanLoss ? [rows, await planSum(gpu, { x: a.rowLoss, out: a.meanLoss, n: N, scale: 1 / N })] : [rows];
+  return a.meanLoss ? [rows, await planSum(gpu, { x: a.rowLoss, out: a.meanLoss, n: N, scale: a.weights ? 1 : 1 / N })] : [rows];
+}
+
+/**
+ * One small buffer per device for the unread weights binding of unweighted launches: outside the pool
+ * (it lives as long as the device, and a plan's pool accounting should not see it) and never released.
+ */
+const placeholders = new WeakMap<Gpu, Tensor>();
+function placeholder(gpu: Gpu): Tensor {
+  let t = placeholders.get(gpu);
+  if (!t) {
+    const buffer = gpu.device.createBuffer({ size: 16, usage: STORAGE_USAGE, label: "cross_entropy.no_weights" });
+    placeholders.set(gpu, (t = new Tensor(gpu, buffer, [1], "f32", "cross_entropy.no_weights", 0, false)));
+  }
+  return t;
 }
