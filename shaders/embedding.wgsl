@@ -40,6 +40,19 @@ fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
   dst[e] = src[(id - p.v0) * p.d + c];
 }
 
+// The same lookup added to what dst holds: the token-type embedding (mlm) on top of the token embedding.
+@compute @workgroup_size(WG)
+fn embedding_forward_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+  let e = (wid.y * nwg.x + wid.x) * WG + lid;
+  if (e >= p.N * p.d) { return; }
+  let n = e / p.d;
+  let c = e % p.d;
+  let id = tokenId(n);
+  if (id < p.v0 || id >= p.v0 + p.vRows) { return; }
+  dst[e] += src[(id - p.v0) * p.d + c];
+}
+
 @group(0) @binding(4) var<storage, read_write> linksOut: array<u32>;
 
 // One thread per token: scan forward to the next equal id and backward to a previous one. The cost is

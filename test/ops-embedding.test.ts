@@ -44,6 +44,17 @@ describe("embedding kernels vs reference", () => {
     });
   }
 
+  test("accumulate: the type embedding (2 rows) added onto the token embedding", async () => {
+    const gpu = await getGpu();
+    const N = 40, d = 24;
+    const types = randomIds(N, 2, 3), typeTable = randomArray(2 * d, 4), base = randomArray(N * d, 5);
+    const I = upload(gpu, types), Tb = upload(gpu, typeTable), Out = upload(gpu, base);
+    submit(gpu, await planEmbeddingForward(gpu, { ids: I, table: Tb, out: Out, N, V: 2, d, accumulate: true }));
+    const rows = embeddingForward(types, typeTable, 2, d);
+    expectClose(await read(Out), base.map((x, i) => Math.fround(x + rows[i]!)), EXACT, "accumulated lookup");
+    for (const t of [I, Tb, Out]) t.release();
+  });
+
   test("ids read in place from a (B, T+1) batch; ids outside [0, V) are clamped, not read out of bounds", async () => {
     const gpu = await getGpu();
     const B = 3, T = 5, V = 13, d = 6, N = B * T;

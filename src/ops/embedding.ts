@@ -58,15 +58,17 @@ export interface EmbeddingForwardArgs {
   N: number;
   V: number;
   d: number;
+  /** add the rows to what out holds (the token-type embedding) instead of writing them */
+  accumulate?: boolean;
 }
 
-/** out[n, :] = table[clamp(id(n), 0, V-1), :]. */
+/** out[n, :] = table[clamp(id(n), 0, V-1), :] (or +=, with accumulate). */
 export async function planEmbeddingForward(gpu: Gpu, a: EmbeddingForwardArgs): Promise<Dispatch[]> {
   const l = resolveTokenLayout("embedding ids", a.ids, a.N, a.idsLayout);
   const parts = tableParts("embedding table", a.table, a.V, a.d);
   checkSize("embedding out", a.out, a.N * a.d);
   const WG = elementwiseTuning(gpu).WG;
-  const kernel = await gpu.kernel({ shader: "embedding", entry: "embedding_forward", constants: { WG } });
+  const kernel = await gpu.kernel({ shader: "embedding", entry: a.accumulate ? "embedding_forward_add" : "embedding_forward", constants: { WG } });
   return parts.map((p) => {
     const params = uniform(gpu, [a.N, a.V, a.d, l.seqLen, l.rowStride, l.offset, p.row0, p.rows], "embedding.params");
     return { kernel, bindGroup: bindSlots(gpu, kernel, [[0, a.ids], [1, p.tensor], [2, a.out], [3, params]]), workgroups: grid1d(a.N * a.d, WG) };
