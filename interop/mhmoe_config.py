@@ -47,6 +47,12 @@ class MHMoEConfig:
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.0
     shared_expert_intermediate_size: int = 0
+    # Masked (multimodal) modelling (docs/model.md): "clm" next-token, "mlm" masked tokens with
+    # bidirectional attention; mask_token_id -1 means none (clm).
+    objective: str = "clm"
+    mask_token_id: int = -1
+    type_vocab_size: int = 0
+    mask_ratio: float = 0.15
 
     def __post_init__(self) -> None:
         if self.mhmoe_head_merge is None:
@@ -96,6 +102,14 @@ class MHMoEConfig:
         need(self.capacity_factor >= 0, "capacity_factor", "must be >= 0 (0 = dropless)")
         need(self.shared_expert_intermediate_size >= 0, "shared_expert_intermediate_size",
              "must be >= 0")
+        need(self.objective in ("clm", "mlm"), "objective",
+             f"must be 'clm' or 'mlm', got {self.objective!r}")
+        need(isinstance(self.type_vocab_size, int) and self.type_vocab_size >= 0, "type_vocab_size",
+             f"must be an integer >= 0, got {self.type_vocab_size!r}")
+        need(0 < self.mask_ratio <= 0.5, "mask_ratio", f"must be in (0, 0.5], got {self.mask_ratio!r}")
+        if self.objective == "mlm":
+            need(0 <= self.mask_token_id < self.vocab_size, "mask_token_id",
+                 f"must be an id below vocab_size {self.vocab_size} for objective 'mlm', got {self.mask_token_id}")
         layers = range(self.num_hidden_layers)
         if any(not self.is_moe_layer(l) for l in layers):
             need(_positive_int(self.intermediate_size), "intermediate_size",

@@ -6,6 +6,9 @@ goes to and from model.safetensors with no renaming (see safetensors_io.py).
     from mhmoe_torch import MHMoEConfig, MHMoEForCausalLM
     out = model(ids[:, :-1], labels=ids[:, 1:])     # labels are already shifted
     out.loss_total.backward()
+
+With objective "mlm" (docs/model.md) attention is bidirectional, labels are the original ids at the
+masked positions and -1 elsewhere (not shifted), and token_type_ids add model.embed_types.weight.
 """
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ class Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         self.rope_theta = config.rope_theta
+        self.causal = config.objective != "mlm"
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
@@ -75,8 +79,9 @@ class Attention(nn.Module):
         cos, sin = rope_cos_sin(seq, self.head_dim, self.rope_theta, a.dtype, a.device)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        future = torch.ones(seq, seq, dtype=torch.bool, device=a.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
+        if self.causal:
+            future = torch.ones(seq, seq, dtype=torch.bool, device=a.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
         o = torch.softmax(scores, dim=-1) @ v
         return self.o_proj(o.transpose(1, 2).reshape(bsz, seq, d))
 
@@ -109,6 +114,8 @@ class MHMoEModel(nn.Module):
     def __init__(self, config: MHMoEConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.type_vocab_size > 0:
+            self.embed_types = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             DecoderLayer(config, l) for l in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -167,14 +174,19 @@ class MHMoEForCausalLM(nn.Module):
         return self.lm_head.weight
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                training: Optional[bool] = None) -> CausalLMOutput:
+                training: Optional[bool] = None,
+                token_type_ids: Optional[torch.Tensor] = None) -> CausalLMOutput:
         """input_ids (B,T); labels (B,T) with labels[b,t] the target of position t
-        (i.e. already shifted: for a (B,T+1) batch pass ids[:, :-1] and ids[:, 1:]).
+        (i.e. already shifted: for a (B,T+1) batch pass ids[:, :-1] and ids[:, 1:]; for "mlm" the
+        original id at masked positions and -1 elsewhere). token_type_ids (B,T), default all 0.
         training (default: self.training) turns the auxiliary router losses on."""
         if training is None:
             training = self.training
         cfg = self.config
         x = self.model.embed_tokens(input_ids.long())
+        if cfg.type_vocab_size > 0:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + self.model.embed_types(types.long())
         aux_total = x.new_zeros(())
         z_total = x.new_zeros(())
         for layer in self.model.layers:
@@ -185,7 +197,12 @@ class MHMoEForCausalLM(nn.Module):
         logits = F.linear(self.model.norm(x), self.output_weight())
         loss_ce = loss_total = None
         if labels is not None:
-            loss_ce = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), labels.reshape(-1).long())
+            flat = labels.reshape(-1).long()
+            if cfg.objective == "mlm" and not bool((flat >= 0).any()):
+                loss_ce = logits.sum() * 0.0  # nothing masked: a zero loss (cross_entropy would give nan)
+            else:
+                # mlm: the mean over the masked positions; unscored ones carry -1
+                loss_ce = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), flat, ignore_index=-1)
             loss_total = loss_ce
             if training:
                 loss_total = (loss_ce + cfg.router_aux_loss_coef * aux_total

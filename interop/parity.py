@@ -97,6 +97,20 @@ def make_adamw(model, args) -> torch.optim.AdamW:
                              foreach=False)
 
 
+def read_mlm_batch(path: str, vocab_size: int):
+    """An mlm batch: input_ids (masked), labels (-1 unscored) and token_type_ids, each I32 [B, T]."""
+    tensors, _ = read_safetensors(path)
+    for name in ("input_ids", "labels", "token_type_ids"):
+        if name not in tensors:
+            raise CheckpointError(f"{path}: no tensor named {name} (an mlm batch has input_ids, labels, token_type_ids)")
+    ids, labels, types = (tensors[n].long() for n in ("input_ids", "labels", "token_type_ids"))
+    if ids.ndim != 2 or labels.shape != ids.shape or types.shape != ids.shape:
+        raise CheckpointError(f"{path}: input_ids, labels and token_type_ids must all be [B, T]")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size or labels.max() >= vocab_size):
+        raise CheckpointError(f"{path}: ids outside [0, {vocab_size}) (vocab_size)")
+    return ids, labels, types
+
+
 def read_batch(path: str, vocab_size: int) -> torch.Tensor:
     tensors, _ = read_safetensors(path)
     if "input_ids" not in tensors:
@@ -118,9 +132,17 @@ def scalar(t: torch.Tensor) -> torch.Tensor:
 def run(args) -> dict:
     torch.manual_seed(0)
     model = load_pretrained(args.checkpoint, dtype=torch.float32)
-    ids = read_batch(args.batch, model.config.vocab_size)
-    if ids.shape[1] - 1 > model.config.max_position_embeddings:
-        raise CheckpointError(f"{args.batch}: T={ids.shape[1] - 1} exceeds "
+    mlm = model.config.objective == "mlm"
+    if mlm:
+        # (B, T) inputs, labels and types, packed as (B, 3T+1) rows so the micro-batch split below
+        # and the shape checks serve both objectives
+        ids_m, labels_m, types_m = read_mlm_batch(args.batch, model.config.vocab_size)
+        ids = torch.cat([ids_m, labels_m, types_m, ids_m[:, :1]], dim=1)
+    else:
+        ids = read_batch(args.batch, model.config.vocab_size)
+    seq = (ids.shape[1] - 1) // 3 if mlm else ids.shape[1] - 1
+    if seq > model.config.max_position_embeddings:
+        raise CheckpointError(f"{args.batch}: T={seq} exceeds "
                               f"max_position_embeddings {model.config.max_position_embeddings}")
     if ids.shape[0] % args.grad_accum != 0:
         raise CheckpointError(f"{args.batch}: {ids.shape[0]} rows do not split into "
@@ -136,7 +158,11 @@ def run(args) -> dict:
         optimizer.zero_grad(set_to_none=False)
         total = 0.0
         for a, rows in enumerate(micro):
-            result = model(rows[:, :-1], labels=rows[:, 1:], training=True)
+            if mlm:
+                result = model(rows[:, :seq], labels=rows[:, seq:2 * seq], training=True,
+                               token_type_ids=rows[:, 2 * seq:3 * seq])
+            else:
+                result = model(rows[:, :-1], labels=rows[:, 1:], training=True)
             (result.loss_total / args.grad_accum).backward()
             total += result.loss_total.item() / args.grad_accum
             if step == 0 and a == 0:
@@ -169,7 +195,7 @@ def run(args) -> dict:
         out[f"param.{name}"] = p.detach().to(torch.float32).clone()
     write_safetensors(args.out, out)
     return {
-        "out": args.out, "batch": list(ids[:, :-1].shape), "grad_accum": args.grad_accum, "steps": args.steps,
+        "out": args.out, "batch": [ids.shape[0], seq], "grad_accum": args.grad_accum, "steps": args.steps,
         "loss_ce": out["loss.ce"].item(), "loss_aux": out["loss.aux"].item(),
         "loss_z": out["loss.z"].item(), "loss_total": out["loss.total"].item(),
         "loss_total_per_step": step_losses, "num_tensors": len(named),

@@ -29,6 +29,7 @@ const TINY: Partial<ModelConfig> = {
   vocab_size: 61, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 48,
   max_position_embeddings: 64, num_experts_per_tok: 2, router_z_loss_coef: 0.001,
 };
+const MLM: Partial<ModelConfig> = { objective: "mlm", mask_token_id: 60, type_vocab_size: 2 };
 
 export const PARITY_CASES: [string, ModelConfig][] = [
   ["dense", presetConfig("dense", { ...TINY })],
@@ -44,11 +45,33 @@ export const PARITY_CASES: [string, ModelConfig][] = [
   // the v2 ablation's middle rows: one projection without the other
   ["mhmoe head only", presetConfig("mhmoe", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, mhmoe_merge: false })],
   ["mhmoe-v1 merge only", presetConfig("mhmoe-v1", { ...TINY, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, mhmoe_head: false })],
+  // the masked (multimodal) objective: bidirectional attention, token types, masked-position loss
+  ["dense mlm + types", presetConfig("dense", { ...TINY, ...MLM })],
+  ["mhmoe mlm + types", presetConfig("mhmoe", { ...TINY, ...MLM, num_experts: 6, moe_intermediate_size: 16, mhmoe_heads: 2 })],
 ];
 
 function batchIds(c: ModelConfig, seed: number): Int32Array {
   const r = rng(seed);
+  if (c.objective === "mlm") return mlmBatch(c, r);
   return Int32Array.from({ length: B * (T + 1) }, () => Math.floor(r() * c.vocab_size));
+}
+
+/**
+ * An mlm batch packed as the reference takes it ([3, B, T]: inputs, targets, types): about a third of the
+ * positions masked (mask_token_id in, the original id as target, -1 elsewhere); the first 5 positions of
+ * each row are type 1 (an "image").
+ */
+function mlmBatch(c: ModelConfig, r: () => number): Int32Array {
+  const N = B * T;
+  const out = new Int32Array(3 * N);
+  for (let n = 0; n < N; n++) {
+    const id = Math.floor(r() * (c.vocab_size - 1));
+    const masked = r() < 0.35 || n === 1;
+    out[n] = masked ? c.mask_token_id : id;
+    out[N + n] = masked ? id : -1;
+    out[2 * N + n] = n % T < 5 ? 1 : 0;
+  }
+  return out;
 }
 
 export interface TorchResult {
@@ -62,7 +85,14 @@ export function runTorchParity(dir: string, c: ModelConfig, params: Map<string, 
   const ckpt = join(dir, "ckpt");
   saveCheckpointDir(ckpt, c, tensors);
   const batch = join(dir, "batch.safetensors");
-  writeSafetensors(batch, { input_ids: { dtype: "I32", shape: [B, T + 1], data: ids } });
+  const N = B * T;
+  if (c.objective === "mlm") {
+    writeSafetensors(batch, {
+      input_ids: { dtype: "I32", shape: [B, T], data: ids.slice(0, N) },
+      labels: { dtype: "I32", shape: [B, T], data: ids.slice(N, 2 * N) },
+      token_type_ids: { dtype: "I32", shape: [B, T], data: ids.slice(2 * N) },
+    });
+  } else writeSafetensors(batch, { input_ids: { dtype: "I32", shape: [B, T + 1], data: ids } });
   const out = join(dir, "torch.safetensors");
   const p = Bun.spawnSync([PY, join(ROOT, "interop/parity.py"), "--checkpoint", ckpt, "--batch", batch, "--out", out,
     "--lr", String(HP.lr), "--beta1", String(HP.beta1), "--beta2", String(HP.beta2), "--eps", String(HP.eps),
@@ -105,7 +135,8 @@ async function gpuForwardBackward(c: ModelConfig, params: Map<string, Float32Arr
   W.upload(params);
   const G = ParamStore.allocate(gpu, c, "grad");
   const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, keepLogits: true });
-  model.setBatch(ids);
+  if (c.objective === "mlm") model.setMlmBatch({ inputs: ids.slice(0, B * T), targets: ids.slice(B * T, 2 * B * T), types: ids.slice(2 * B * T) });
+  else model.setBatch(ids);
   await model.run();
   const logits = await read(model.logits);
   const ce = await model.readScalar(model.ceLoss);

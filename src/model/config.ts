@@ -7,6 +7,8 @@ import { UserError } from "../util/errors.ts";
 
 export type HiddenAct = "silu" | "gelu";
 export type RouterType = "softmax" | "xmoe";
+/** clm: next-token prediction, causal attention. mlm: masked tokens recovered with bidirectional attention. */
+export type Objective = "clm" | "mlm";
 
 export interface ModelConfig {
   model_type: "mhmoe";
@@ -42,6 +44,13 @@ export interface ModelConfig {
   router_aux_loss_coef: number;
   router_z_loss_coef: number;
   shared_expert_intermediate_size: number;
+  objective: Objective;
+  /** the id that replaces masked inputs (mlm); -1: none (clm) */
+  mask_token_id: number;
+  /** rows of model.embed_types.weight (0: no type embedding; 2 for text and image) */
+  type_vocab_size: number;
+  /** share of text positions masked in training; the eval rule masks every round(1/mask_ratio)-th position */
+  mask_ratio: number;
 }
 
 type FieldKind = "int" | "float" | "bool" | "string";
@@ -76,6 +85,10 @@ export const CONFIG_FIELDS: Readonly<Record<keyof ModelConfig, FieldKind>> = {
   router_aux_loss_coef: "float",
   router_z_loss_coef: "float",
   shared_expert_intermediate_size: "int",
+  objective: "string",
+  mask_token_id: "int",
+  type_vocab_size: "int",
+  mask_ratio: "float",
 };
 
 /**
@@ -109,6 +122,10 @@ export const SPEC_DEFAULTS = {
   router_aux_loss_coef: 0.01,
   router_z_loss_coef: 0,
   shared_expert_intermediate_size: 0,
+  objective: "clm",
+  mask_token_id: -1,
+  type_vocab_size: 0,
+  mask_ratio: 0.15,
 } as const satisfies Partial<ModelConfig>;
 
 export const PRESET_NAMES = ["dense", "smoe", "xmoe", "mhmoe", "mhmoe-v1"] as const;
@@ -251,6 +268,16 @@ export function validateConfig(c: ModelConfig, source = "config"): void {
     if (c[key] < 0) bad(key, `must be >= 0, got ${c[key]}`);
   }
   if (c.router_type !== "softmax" && c.router_type !== "xmoe") bad("router_type", `must be "softmax" or "xmoe", got "${c.router_type}"`);
+  if (c.objective !== "clm" && c.objective !== "mlm") bad("objective", `must be "clm" or "mlm", got "${c.objective}"`);
+  if (c.type_vocab_size < 0) bad("type_vocab_size", `must be 0 (none) or positive, got ${c.type_vocab_size}`);
+  if (!(c.mask_ratio > 0 && c.mask_ratio <= 0.5)) bad("mask_ratio", `must be in (0, 0.5], got ${c.mask_ratio}`);
+  if (c.objective === "mlm") {
+    if (!(c.mask_token_id >= 0 && c.mask_token_id < c.vocab_size)) {
+      bad("mask_token_id", `must be an id below vocab_size (${c.vocab_size}) for objective "mlm", got ${c.mask_token_id}${c.mask_token_id === -1 ? " (not set; the byte tokenizer's is 257, so vocab_size >= 258)" : ""}`);
+    }
+  } else if (c.mask_token_id < -1 || c.mask_token_id >= c.vocab_size) {
+    bad("mask_token_id", `must be -1 (none) or an id below vocab_size (${c.vocab_size}), got ${c.mask_token_id}`);
+  }
   const layers = Array.from({ length: c.num_hidden_layers }, (_, l) => l);
   if (layers.some((l) => !isMoeLayer(c, l)) && !(c.intermediate_size > 0)) {
     bad("intermediate_size", "is required (positive): the model has dense layers");
@@ -349,7 +376,8 @@ export function flopsBreakdown(c: ModelConfig, seqLen = c.max_position_embedding
   };
   for (let l = 0; l < c.num_hidden_layers; l++) {
     f.attention_proj += 2 * 4 * d * d;
-    f.attention_scores += 2 * d * (seqLen + 1);
+    // causal: (seqLen+1)/2 keys per query on average; bidirectional (mlm): all seqLen
+    f.attention_scores += c.objective === "mlm" ? 4 * d * seqLen : 2 * d * (seqLen + 1);
     if (!isMoeLayer(c, l)) {
       f.dense_ffn += 2 * ffnMatrices(c) * d * c.intermediate_size;
       continue;
@@ -364,7 +392,8 @@ export function flopsBreakdown(c: ModelConfig, seqLen = c.max_position_embedding
 
 /**
  * Forward FLOPs (2 per multiply-add) per token at sequence length seqLen, all matmuls including the
- * router and lm_head; causal attention counted at its average of (seqLen+1)/2 keys per query.
+ * router and lm_head; causal attention counted at its average of (seqLen+1)/2 keys per query (mlm's
+ * bidirectional attention at seqLen).
  * Training costs about 3x this. The sum of flopsBreakdown.
  */
 export function flopsPerToken(c: ModelConfig, seqLen = c.max_position_embeddings): number {
@@ -390,7 +419,7 @@ export function countMoeLayerParams(c: ModelConfig): number {
 /** Total trainable parameters (the tied lm_head counted once). */
 export function countParams(c: ModelConfig): number {
   const d = c.hidden_size;
-  let total = c.vocab_size * d * (c.tie_word_embeddings ? 1 : 2) + d;
+  let total = c.vocab_size * d * (c.tie_word_embeddings ? 1 : 2) + d + c.type_vocab_size * d;
   for (let l = 0; l < c.num_hidden_layers; l++) {
     total += 2 * d + 4 * d * d;
     total += isMoeLayer(c, l) ? countMoeLayerParams(c) : ffnMatrices(c) * d * c.intermediate_size;

@@ -45,7 +45,7 @@ export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
-/** All parameters in a fixed order: embedding, layers 0..L-1 (norms, attention, FFN/MoE), final norm, lm_head. */
+/** All parameters in a fixed order: embedding (then the type embedding, when the config has one), layers 0..L-1 (norms, attention, FFN/MoE), final norm, lm_head. */
 export function parameterSpecs(c: ModelConfig): ParamSpec[] {
   const specs: ParamSpec[] = [];
   const add = (name: string, shape: number[], init: ParamInit): void => {
@@ -62,6 +62,7 @@ export function parameterSpecs(c: ModelConfig): ParamSpec[] {
   };
 
   add("model.embed_tokens.weight", [c.vocab_size, d], normal);
+  if (c.type_vocab_size > 0) add("model.embed_types.weight", [c.type_vocab_size, d], normal);
   for (let l = 0; l < c.num_hidden_layers; l++) {
     const p = `model.layers.${l}`;
     add(`${p}.input_layernorm.weight`, [d], { kind: "ones" });

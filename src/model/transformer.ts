@@ -53,9 +53,30 @@ export function logitChunkRows(gpu: Gpu, N: number, V: number, budgetBytes?: num
   return rows;
 }
 
+/**
+ * One batch of the mlm objective, each [B*T]: the inputs with mask_token_id at the masked positions, the
+ * original ids there and -1 elsewhere (unscored), and the token types (0 text, 1 image).
+ */
+export interface MlmBatch {
+  inputs: Int32Array;
+  targets: Int32Array;
+  types: Int32Array;
+}
+
+/** The mean's weights of an mlm batch: 1/count at the scored positions (target >= 0), 0 elsewhere. */
+export function mlmWeights(targets: Int32Array): Float32Array {
+  let count = 0;
+  for (const t of targets) if (t >= 0) count++;
+  return Float32Array.from(targets, (t) => (t >= 0 ? 1 / count : 0));
+}
+
 export class Transformer {
-  /** [B, T+1] i32 token windows: inputs ids[:, :T], targets ids[:, 1:] */
+  /** clm: [B, T+1] i32 token windows (inputs ids[:, :T], targets ids[:, 1:]); mlm: [3, B, T] inputs, targets, types */
   ids!: Tensor;
+  /** mlm: [N] loss weights (mlmWeights) */
+  lossWeights: Tensor | null = null;
+  /** mlm: [1] the share of masked positions whose largest logit is the target's */
+  maskedAccuracy: Tensor | null = null;
   /** [N, V] logits (tests read them with keepLogits); when the head runs in chunks, the last chunk's rows */
   logits!: Tensor;
   /** the LM head and loss run in row chunks (logits holds one chunk) */
@@ -92,11 +113,29 @@ export class Transformer {
     return t;
   }
 
+  get mlm(): boolean {
+    return this.config.objective === "mlm";
+  }
+
   /** Writes a [B, T+1] token batch (ids must already be checked against the vocabulary). */
   setBatch(ids: Int32Array): void {
+    if (this.mlm) throw new Error("setBatch: an mlm model takes setMlmBatch");
     const want = this.opts.B * (this.opts.T + 1);
     if (ids.length !== want) throw new Error(`setBatch: expected ${want} ids, got ${ids.length}`);
     writeAt(this.ids, ids);
+  }
+
+  /** Writes an mlm batch and its loss weights (ids must already be checked against the vocabulary). */
+  setMlmBatch(b: MlmBatch): void {
+    if (!this.mlm) throw new Error("setMlmBatch: the model's objective is clm");
+    const N = this.N;
+    for (const [k, v] of Object.entries(b)) if (v.length !== N) throw new Error(`setMlmBatch: ${k} has ${v.length} ids, expected B*T = ${N}`);
+    const packed = new Int32Array(3 * N);
+    packed.set(b.inputs, 0);
+    packed.set(b.targets, N);
+    packed.set(b.types, 2 * N);
+    writeAt(this.ids, packed);
+    writeAt(this.lossWeights!, mlmWeights(b.targets));
   }
 
   /** Records zeroing the gradients, then forward (and backward when planned) in one compute pass. */
@@ -130,16 +169,27 @@ export class Transformer {
     const A = this.arena, S = this.scratch;
     const eps = c.rms_norm_eps;
     const fwd = this.forward;
-    const inputs: TokenLayout = { seqLen: T, rowStride: T + 1, offset: 0 };
-    const targets: TokenLayout = { seqLen: T, rowStride: T + 1, offset: 1 };
+    const mlm = c.objective === "mlm";
+    // clm: inputs and the next-token targets read in place from [B, T+1] windows. mlm: [3, B, T] blocks of
+    // masked inputs, targets (-1: unscored) and types, with per-row loss weights.
+    const inputs: TokenLayout = mlm ? { seqLen: T, rowStride: T, offset: 0 } : { seqLen: T, rowStride: T + 1, offset: 0 };
+    const targets: TokenLayout = mlm ? { seqLen: T, rowStride: T, offset: N } : { seqLen: T, rowStride: T + 1, offset: 1 };
+    const types: TokenLayout = { seqLen: T, rowStride: T, offset: 2 * N };
     const lp = (l: number) => `model.layers.${l}`;
 
-    this.ids = A.i32([B, T + 1], "ids");
+    this.ids = mlm ? A.i32([3, B, T], "ids") : A.i32([B, T + 1], "ids");
+    const weights = mlm ? (this.lossWeights = A.f32([N], "ce.weights")) : undefined;
     const ropeTab = A.adopt(ropeTable(gpu, T, dHead, c.rope_theta));
+    const causal = !mlm;
 
     // Residual stream: xs[l] is the input of layer l, xs[L] the input of the final norm.
     const xs = Array.from({ length: L + 1 }, (_, l) => A.f32([N, d], `x${l}`));
     fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, idsLayout: inputs, table: W.rowParts("model.embed_tokens.weight"), out: xs[0]!, N, V, d })));
+    const typeTable = c.type_vocab_size > 0 ? "model.embed_types.weight" : null;
+    if (typeTable) {
+      if (!mlm) throw new UserError(`type_vocab_size ${c.type_vocab_size}: token types come with the mlm objective's batches; a clm model has none`);
+      fwd.push(...(await planEmbeddingForward(gpu, { ids: this.ids, idsLayout: types, table: W.get(typeTable), out: xs[0]!, N, V: c.type_vocab_size, d, accumulate: true })));
+    }
 
     // Views of [3, N, d] need each block to start on the binding alignment.
     const align = (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4;
@@ -175,7 +225,7 @@ export class Transformer {
         fwd.push(...(await planRopeForward(gpu, { x: q, table: ropeTab, B, T, H, dHead })));
         fwd.push(...(await planRopeForward(gpu, { x: k, table: ropeTab, B, T, H, dHead })));
       }
-      fwd.push(...(await planAttentionForward(gpu, { B, T, H, dHead, q, k, v, o, lse })));
+      fwd.push(...(await planAttentionForward(gpu, { B, T, H, dHead, causal, q, k, v, o, lse })));
       fwd.push(...(await planCopy(gpu, { src: xs[l]!, dst: xMid, rows: N, cols: d })));
       fwd.push(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 1));
       fwd.push(...(await planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd: rstd2, N, d, eps })));
@@ -199,6 +249,9 @@ export class Transformer {
     fwd.push(...(await planRmsNormForward(gpu, { x: xs[L]!, w: W.get("model.norm.weight"), y: xf, rstd: rstdF, N, d, eps })));
     const headName = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
     const ceLse = A.f32([N], "ce.lse"), rowLoss = A.f32([N], "ce.rows");
+    const rowCorrect = mlm ? A.f32([N], "ce.correct") : null;
+    if (mlm) this.maskedAccuracy = A.f32([1], "ce.accuracy");
+    const accuracy = rowCorrect ? { correct: rowCorrect, accuracy: this.maskedAccuracy! } : {};
     this.ceLoss = A.f32([1], "ce.mean");
     const gradScale = this.opts.gradScale ?? 1;
     const bwd = this.backward;
@@ -218,13 +271,13 @@ export class Transformer {
       this.logits = A.f32([N, V], "logits");
       fwd.push(...(await headForward(xf, this.logits, N)));
       if (!G) {
-        fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss })));
+        fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss, weights, ...accuracy })));
         return;
       }
       const dLogits = this.opts.keepLogits ? A.f32([N, V], "dlogits") : this.logits;
       fwd.push(...(await planCrossEntropy(gpu, {
         logits: this.logits, targets: this.ids, targetLayout: targets, N, V, lse: ceLse, rowLoss, meanLoss: this.ceLoss,
-        dlogits: this.opts.keepLogits ? dLogits : "in-place", gradScale: gradScale / N,
+        dlogits: this.opts.keepLogits ? dLogits : "in-place", gradScale: weights ? gradScale : gradScale / N, weights, ...accuracy,
       })));
       bwd.push(...(await headBackward(dLogits, xf, dxf!, N)));
     } else {
@@ -240,15 +293,19 @@ export class Transformer {
       const rows = (t: Tensor, r0: number, n: number, width: number) => tensorView(t, r0 * width, width === 1 ? [n] : [n, width], `${t.label}[${r0}:${r0 + n}]`);
       for (const { r0, n } of chunks) {
         fwd.push(...(await headForward(rows(xf, r0, n, d), this.logits, n)));
-        fwd.push(...(await planCrossEntropy(gpu, { logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1), rowBase: r0 })));
+        fwd.push(...(await planCrossEntropy(gpu, {
+          logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1), rowBase: r0, weights,
+          ...(rowCorrect ? { correct: rows(rowCorrect, r0, n, 1) } : {}),
+        })));
       }
-      fwd.push(await planSum(gpu, { x: rowLoss, out: this.ceLoss, n: N, scale: 1 / N }));
+      fwd.push(await planSum(gpu, { x: rowLoss, out: this.ceLoss, n: N, scale: weights ? 1 : 1 / N }));
+      if (rowCorrect) fwd.push(await planSum(gpu, { x: rowCorrect, out: this.maskedAccuracy!, n: N, scale: 1 }));
       if (!G) return;
       for (const { r0, n } of chunks) {
         bwd.push(...(await headForward(rows(xf, r0, n, d), this.logits, n)));
         bwd.push(...(await planCrossEntropy(gpu, {
           logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1),
-          rowBase: r0, dlogits: "in-place", gradScale: gradScale / N,
+          rowBase: r0, dlogits: "in-place", gradScale: weights ? gradScale : gradScale / N, weights,
         })));
         bwd.push(...(await headBackward(this.logits, rows(xf, r0, n, d), rows(dxf!, r0, n, d), n)));
       }
@@ -268,7 +325,7 @@ export class Transformer {
       bwd.push(...(await planRmsNormBackward(gpu, { dy: dm!, x: s.xMid, w: W.get(`${p}.post_attention_layernorm.weight`), rstd: s.rstd2, dx: dRes!, dw: G.get(`${p}.post_attention_layernorm.weight`), N, d, accumulateDx: true })));
       bwd.push(await linearDx(gpu, dRes!, W.get(`${p}.self_attn.o_proj.weight`), dO, N, d, d));
       bwd.push(await linearDw(gpu, dRes!, s.o, G.get(`${p}.self_attn.o_proj.weight`), N, d, d));
-      bwd.push(...(await planAttentionBackward(gpu, { B, T, H, dHead, q: s.q, k: s.k, v: s.v, o: s.o, lse: s.lse, dO, dq, dk, dv, delta })));
+      bwd.push(...(await planAttentionBackward(gpu, { B, T, H, dHead, causal, q: s.q, k: s.k, v: s.v, o: s.o, lse: s.lse, dO, dq, dk, dv, delta })));
       if (s.fusedG) bwd.push(...(await planRopeBackward(gpu, { x: tensorView(dqkv!, 0, [2 * N, d], "dqk"), table: ropeTab, B: 2 * B, T, H, dHead })));
       else {
         bwd.push(...(await planRopeBackward(gpu, { x: dq, table: ropeTab, B, T, H, dHead })));
@@ -287,5 +344,6 @@ export class Transformer {
       bwd.push(...(await planRmsNormBackward(gpu, { dy: da, x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), rstd: s.rstd1, dx: dRes!, dw: G.get(`${p}.input_layernorm.weight`), N, d, accumulateDx: true })));
     }
     bwd.push(...(await planEmbeddingBackward(gpu, { ids: this.ids, idsLayout: inputs, dout: dRes!, dtable: G.rowParts("model.embed_tokens.weight"), N, V, d })));
+    if (typeTable) bwd.push(...(await planEmbeddingBackward(gpu, { ids: this.ids, idsLayout: types, dout: dRes!, dtable: G.get(typeTable), N, V: c.type_vocab_size, d })));
   }
 }

@@ -1,6 +1,7 @@
 /**
  * The whole model on the CPU reference ops (docs/model.md), forward and backward, written to be
- * compared with the GPU model and with PyTorch. ids is [B, T+1]: inputs ids[:, :T], targets ids[:, 1:].
+ * compared with the GPU model and with PyTorch. ids is [B, T+1]: inputs ids[:, :T], targets ids[:, 1:];
+ * for the mlm objective it is [3, B, T]: masked inputs, targets (-1: unscored), token types.
  * Pass Float64Array parameters for a precise reference (gradient checks), Float32Array for the f32 one.
  */
 import { type ModelConfig, isMoeLayer } from "../model/config.ts";
@@ -12,7 +13,14 @@ import { crossEntropyBackward, crossEntropyForward } from "./loss.ts";
 import { type MoeForward, type MoeLayerWeights, type MoeRouting, moeBackward, moeForward, moeLayerWeights } from "./moe.ts";
 import { type RmsNormOut, rmsnormBackward, rmsnormForward } from "./rmsnorm.ts";
 import { type RopeTables, ropeBackward, ropeForward, ropeTables } from "./rope.ts";
-import { type Vec, addInPlace, residualAdd } from "./tensor.ts";
+import { type Vec, addInPlace, allocLike, residualAdd } from "./tensor.ts";
+
+/** Rows `rows` of an [N, V] matrix, in that order. */
+function gatherRows<F extends Vec>(m: F, rows: readonly number[], V: number): F {
+  const out = allocLike(m, rows.length * V);
+  rows.forEach((n, i) => out.set(m.subarray(n * V, n * V + V), i * V));
+  return out;
+}
 
 export interface ReferenceOptions {
   /** auxiliary losses enter the total only in training (default true) */
@@ -36,7 +44,7 @@ interface LayerCache<F extends Vec> {
 export interface ReferenceForwardResult<F extends Vec> {
   /** [B*T, V] */
   logits: F;
-  /** mean cross-entropy over the B*T positions */
+  /** mean cross-entropy over the B*T positions (mlm: over the scored ones) */
   ceLoss: number;
   /** sums over MoE layers (computed in eval too, for reporting) */
   auxLoss: number;
@@ -47,7 +55,7 @@ export interface ReferenceForwardResult<F extends Vec> {
   /** one entry per MoE layer, in layer order */
   routing: { layer: number; routing: MoeRouting<F> }[];
   cache: {
-    inputs: Int32Array; targets: Int32Array; rope: RopeTables; layers: LayerCache<F>[];
+    inputs: Int32Array; targets: Int32Array; types: Int32Array | null; scored: number[]; rope: RopeTables; layers: LayerCache<F>[];
     xFinal: F; lnFinal: RmsNormOut<F>; ceLse: F;
   };
 }
@@ -72,6 +80,13 @@ export function splitInputsTargets(ids: Int32Array, B: number, T: number): { inp
   return { inputs, targets };
 }
 
+/** The mlm objective's [3, B, T] batch: masked inputs, targets (-1 unscored), types, each [B*T]. */
+export function splitMlmBatch(ids: Int32Array, B: number, T: number): { inputs: Int32Array; targets: Int32Array; types: Int32Array } {
+  const N = B * T;
+  if (ids.length !== 3 * N) throw new Error(`mlm ids: expected 3*B*T = ${3 * N} values, got ${ids.length}`);
+  return { inputs: ids.slice(0, N), targets: ids.slice(N, 2 * N), types: ids.slice(2 * N) };
+}
+
 function denseWeights(c: ModelConfig, params: Map<string, Vec>, prefix: string): FfnWeights {
   return {
     gate: c.hidden_act === "silu" ? param(params, `${prefix}.gate_proj.weight`) : null,
@@ -89,11 +104,14 @@ export function referenceForward<F extends Vec>(
 ): ReferenceForwardResult<F> {
   const training = opts.training ?? true;
   if (T > c.max_position_embeddings) throw new Error(`T=${T} exceeds max_position_embeddings=${c.max_position_embeddings}`);
-  const { inputs, targets } = splitInputsTargets(ids, B, T);
+  const mlm = c.objective === "mlm";
+  const split = mlm ? splitMlmBatch(ids, B, T) : { ...splitInputsTargets(ids, B, T), types: null };
+  const { inputs, targets, types } = split;
   const N = B * T, d = c.hidden_size, H = c.num_attention_heads, dHead = d / H, V = c.vocab_size;
   const eps = c.rms_norm_eps;
   const rope = ropeTables(T, dHead, c.rope_theta);
   let x = embeddingForward(inputs, param(params, "model.embed_tokens.weight"), V, d);
+  if (c.type_vocab_size > 0) addInPlace(x, embeddingForward(types ?? new Int32Array(N), param(params, "model.embed_types.weight"), c.type_vocab_size, d));
   const layers: LayerCache<F>[] = [];
   const routing: ReferenceForwardResult<F>["routing"] = [];
   let auxLoss = 0;
@@ -106,7 +124,7 @@ export function referenceForward<F extends Vec>(
     const qr = ropeForward(proj("q_proj"), B, T, H, dHead, rope);
     const kr = ropeForward(proj("k_proj"), B, T, H, dHead, rope);
     const v = proj("v_proj");
-    const att = attentionForward(qr, kr, v, B, T, H, dHead);
+    const att = attentionForward(qr, kr, v, B, T, H, dHead, !mlm);
     const x1 = residualAdd(x, linearForward(att.o, param(params, `${p}.self_attn.o_proj.weight`), null, N, d, d));
     const ln2 = rmsnormForward(x1, param(params, `${p}.post_attention_layernorm.weight`), N, d, eps);
     const cache: LayerCache<F> = { x, ln1, a, qr, kr, v, att, x1, ln2, dense: null, moe: null };
@@ -130,11 +148,14 @@ export function referenceForward<F extends Vec>(
   }
   const lnFinal = rmsnormForward(x, param(params, "model.norm.weight"), N, d, eps);
   const logits = linearForward(lnFinal.y, lmHead(c, params), null, N, d, V);
-  const ce = crossEntropyForward(logits, targets, N, V);
-  const totalLoss = training ? ce.loss + c.router_aux_loss_coef * auxLoss + c.router_z_loss_coef * zLoss : ce.loss;
+  // mlm: the mean over the scored positions only (the rows of the others are left out of the loss)
+  const scored = mlm ? [...targets.keys()].filter((n) => targets[n]! >= 0) : [...targets.keys()];
+  const ce = crossEntropyForward(gatherRows(logits, scored, V), Int32Array.from(scored, (n) => targets[n]!), scored.length, V);
+  const ceLoss = scored.length > 0 ? ce.loss : 0;
+  const totalLoss = training ? ceLoss + c.router_aux_loss_coef * auxLoss + c.router_z_loss_coef * zLoss : ceLoss;
   return {
-    logits, ceLoss: ce.loss, auxLoss, zLoss, totalLoss, training, routing,
-    cache: { inputs, targets, rope, layers, xFinal: x, lnFinal, ceLse: ce.lse },
+    logits, ceLoss, auxLoss, zLoss, totalLoss, training, routing,
+    cache: { inputs, targets, types, scored, rope, layers, xFinal: x, lnFinal, ceLse: ce.lse },
   };
 }
 
@@ -152,7 +173,10 @@ export function referenceBackward<F extends Vec>(
   const auxScale = fwd.training ? c.router_aux_loss_coef : 0;
   const zScale = fwd.training ? c.router_z_loss_coef : 0;
 
-  const dLogits = crossEntropyBackward(fwd.logits, cache.ceLse, cache.targets, N, V);
+  const S = cache.scored;
+  const dScored = crossEntropyBackward(gatherRows(fwd.logits, S, V), cache.ceLse, Int32Array.from(S, (n) => cache.targets[n]!), S.length, V);
+  const dLogits = allocLike(fwd.logits, N * V);
+  S.forEach((n, i) => dLogits.set(dScored.subarray(i * V, i * V + V), n * V));
   const head = linearBackward(dLogits, cache.lnFinal.y, lmHead(c, params), N, d, V, false);
   const fin = rmsnormBackward(head.dx, cache.xFinal, param(params, "model.norm.weight"), cache.lnFinal.rstd, N, d);
   grads.set("model.norm.weight", fin.dw);
@@ -180,7 +204,7 @@ export function referenceBackward<F extends Vec>(
     // x1 = x + o_proj(attention(rope(q), rope(k), v))
     const o = linearBackward(dx1, lc.att.o, param(params, `${p}.self_attn.o_proj.weight`), N, d, d, false);
     grads.set(`${p}.self_attn.o_proj.weight`, o.dWeight);
-    const att = attentionBackward(o.dx, lc.qr, lc.kr, lc.v, lc.att.probs, B, T, H, dHead);
+    const att = attentionBackward(o.dx, lc.qr, lc.kr, lc.v, lc.att.probs, B, T, H, dHead, c.objective !== "mlm");
     const dProj = {
       q_proj: ropeBackward(att.dq, B, T, H, dHead, cache.rope),
       k_proj: ropeBackward(att.dk, B, T, H, dHead, cache.rope),
@@ -198,6 +222,7 @@ export function referenceBackward<F extends Vec>(
     dx = residualAdd(dx1, ln1.dx);
   }
   const dEmbed = embeddingBackward(cache.inputs, dx, V, d);
+  if (c.type_vocab_size > 0) grads.set("model.embed_types.weight", embeddingBackward(cache.types ?? new Int32Array(N), dx, c.type_vocab_size, d));
   if (c.tie_word_embeddings) addInPlace(dEmbed, head.dWeight);
   else grads.set("lm_head.weight", head.dWeight);
   grads.set("model.embed_tokens.weight", dEmbed);
