@@ -10,8 +10,9 @@
 // out-of-bounds read); the data layer validates ids.
 // Weighted (p.weighted = 1, the mlm objective): row n's loss and gradient are multiplied by weights[n]
 // (1/count at the masked positions of a batch, 0 elsewhere, so the row losses sum to the masked mean and
-// an unscored row, whose target may be -1, contributes exactly nothing). Unweighted launches bind a
-// one-element placeholder there and never read it.
+// an unscored row, whose target may be -1, contributes exactly nothing), and correct[row] = weights[n]
+// when the target's logit is the row's largest (so correct sums to the masked-token accuracy).
+// Unweighted launches bind one-element placeholders there and never touch them.
 
 override WG: u32 = 256u;
 
@@ -29,6 +30,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
 @group(0) @binding(6) var<storage, read> weights: array<f32>;
+@group(0) @binding(7) var<storage, read_write> correct: array<f32>;
 
 // The row's loss weight (1 when unweighted).
 fn weightOf(row: u32) -> f32 {
@@ -74,6 +76,7 @@ fn rowLse(row: u32, lid: u32, tgt: u32, w: f32) -> f32 {
   if (lid == 0u) {
     lseOut[row] = lse;
     rowLoss[row] = select(lse - targetLogit, w * (lse - targetLogit), p.weighted != 0u);
+    if (p.weighted != 0u) { correct[row] = select(0.0, w, targetLogit >= m); }
   }
   return lse;
 }

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { getGpu } from "../src/gpu/device.ts";
-import { empty, read, submit, upload, zeros, type Tensor } from "../src/gpu/tensor.ts";
+import { empty, read, submit, upload, write, zeros, type Tensor } from "../src/gpu/tensor.ts";
 import { planCrossEntropy } from "../src/ops/loss.ts";
 import type { TokenLayout } from "../src/ops/embedding.ts";
 import { crossEntropyBackward, crossEntropyForward } from "../src/reference/loss.ts";
@@ -128,8 +128,15 @@ describe("cross-entropy kernels vs reference", () => {
     const weights = Float32Array.from({ length: N }, (_, n) => (scored.includes(n) ? 1 / scored.length : 0));
     const L = upload(gpu, logits), T = upload(gpu, targets), W = upload(gpu, weights);
     const lse = empty(gpu, [N]), rowLoss = empty(gpu, [N]), mean = zeros(gpu, [1]), D = empty(gpu, [N, V]);
-    const fused = await planCrossEntropy(gpu, { logits: L, targets: T, N, V, lse, rowLoss, meanLoss: mean, dlogits: D, weights: W });
+    const correct = empty(gpu, [N]), accuracy = zeros(gpu, [1]);
+    // rows 2 and 4 get their target as the largest logit, row 1 does not: accuracy 2/3
+    for (const n of [2, 4]) logits[n * V + targets[n]!] = 5;
+    logits[1 * V + ((targets[1]! + 1) % V)] = 5;
+    write(L, logits);
+    const fused = await planCrossEntropy(gpu, { logits: L, targets: T, N, V, lse, rowLoss, meanLoss: mean, dlogits: D, weights: W, correct, accuracy });
     submit(gpu, fused);
+    expectClose(await read(correct), Float32Array.from({ length: N }, (_, n) => (n === 2 || n === 4 ? 1 / 3 : 0)), { atol: 0, rtol: 0 }, "correct flags");
+    expectClose([(await read(accuracy))[0]!], [2 / 3], { atol: 1e-7, rtol: 0 }, "masked accuracy");
     const sub = Int32Array.from(scored, (n) => targets[n]!);
     const subLogits = new Float32Array(scored.length * V);
     scored.forEach((n, i) => subLogits.set(logits.subarray(n * V, n * V + V), i * V));
@@ -150,6 +157,6 @@ describe("cross-entropy kernels vs reference", () => {
       submit(gpu, fwd);
       return (await read(mean))[0]!;
     }, { atol: 5e-5, rtol: 0 });
-    for (const t of [L, T, W, lse, rowLoss, mean, D]) t.release();
+    for (const t of [L, T, W, lse, rowLoss, mean, D, correct, accuracy]) t.release();
   });
 });

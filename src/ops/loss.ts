@@ -41,6 +41,10 @@ export interface CrossEntropyArgs {
    * them, and meanLoss is their plain sum (weights of 1/count over the scored rows make it the mean).
    */
   weights?: Tensor;
+  /** with weights: [N] written with the weight where the target's logit is the row's largest, else 0 */
+  correct?: Tensor;
+  /** with weights: [1] the sum of correct (the masked-token accuracy) */
+  accuracy?: Tensor;
 }
 
 /** Dispatches: the row kernel, then the mean over rows (one workgroup, fixed order). */
@@ -61,6 +65,10 @@ export async function planCrossEntropy(gpu: Gpu, a: CrossEntropyArgs): Promise<D
   }
   if (a.weights && a.weights.size < rowBase + N) throw new Error(`cross-entropy: weights has ${a.weights.size} elements, rows reach ${rowBase + N}`);
   slots.push([6, a.weights ?? placeholder(gpu)]);
+  if ((a.correct || a.accuracy) && !a.weights) throw new Error("cross-entropy: correct and accuracy come with weights");
+  if (a.accuracy && !a.correct) throw new Error("cross-entropy: accuracy sums correct; pass both");
+  if (a.correct) checkSize("cross-entropy correct", a.correct, N);
+  slots.push([7, a.correct ?? (a.weights ? scratchCorrect(gpu, N) : placeholder(gpu, "correct"))]);
   const WG = lossWorkgroup(gpu);
   const kernel = await gpu.kernel({ shader: "loss", entry, constants: { WG } });
   const params = uniform(gpu, [
@@ -69,19 +77,30 @@ export async function planCrossEntropy(gpu: Gpu, a: CrossEntropyArgs): Promise<D
   ], "cross_entropy.params");
   slots.push([5, params]);
   const rows: Dispatch = { kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups: grid1d(N, 1) };
-  return a.meanLoss ? [rows, await planSum(gpu, { x: a.rowLoss, out: a.meanLoss, n: N, scale: a.weights ? 1 : 1 / N })] : [rows];
+  const out = a.meanLoss ? [rows, await planSum(gpu, { x: a.rowLoss, out: a.meanLoss, n: N, scale: a.weights ? 1 : 1 / N })] : [rows];
+  if (a.accuracy) out.push(await planSum(gpu, { x: a.correct!, out: a.accuracy, n: N, scale: 1 }));
+  return out;
 }
 
 /**
  * One small buffer per device for the unread weights binding of unweighted launches: outside the pool
  * (it lives as long as the device, and a plan's pool accounting should not see it) and never released.
  */
-const placeholders = new WeakMap<Gpu, Tensor>();
-function placeholder(gpu: Gpu): Tensor {
-  let t = placeholders.get(gpu);
+const placeholders = new WeakMap<Gpu, Map<string, Tensor>>();
+function placeholder(gpu: Gpu, what = "weights", elements = 4): Tensor {
+  const byKind = placeholders.get(gpu) ?? new Map<string, Tensor>();
+  placeholders.set(gpu, byKind);
+  const key = `${what}:${elements}`;
+  let t = byKind.get(key);
   if (!t) {
-    const buffer = gpu.device.createBuffer({ size: 16, usage: STORAGE_USAGE, label: "cross_entropy.no_weights" });
-    placeholders.set(gpu, (t = new Tensor(gpu, buffer, [1], "f32", "cross_entropy.no_weights", 0, false)));
+    const label = `cross_entropy.unused_${what}`;
+    const buffer = gpu.device.createBuffer({ size: elements * 4, usage: STORAGE_USAGE, label });
+    byKind.set(key, (t = new Tensor(gpu, buffer, [elements], "f32", label, 0, false)));
   }
   return t;
+}
+
+/** Weighted launches that do not want the flags still write them: a device-lifetime buffer per size. */
+function scratchCorrect(gpu: Gpu, N: number): Tensor {
+  return placeholder(gpu, "correct", N);
 }
