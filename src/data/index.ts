@@ -12,9 +12,31 @@ export {
   type Tokenizer,
   type TokenizerName,
 } from "./tokenizer.ts";
-export { openShardSet, verifyShard, INDEX_FILE, type IndexJson, type IndexShard, type ShardInfo, type ShardSet, type Split } from "./shard-set.ts";
-export { readEvalDocuments, readShardDocuments, readSplitStream, readTokenBatches, ShardReader, type TokenBatch } from "./shard-reader.ts";
-export { shardSchema, TOKEN_COLUMN } from "./shard-writer.ts";
+export {
+  imageVocab,
+  openShardSet,
+  verifyShard,
+  INDEX_FILE,
+  type ImageInfo,
+  type IndexImages,
+  type IndexJson,
+  type IndexShard,
+  type ShardInfo,
+  type ShardSet,
+  type Split,
+} from "./shard-set.ts";
+export {
+  readEvalDocuments,
+  readShardDocuments,
+  readShardRows,
+  readSplitStream,
+  readTokenBatches,
+  ShardReader,
+  type DocumentRow,
+  type EvalDocuments,
+  type TokenBatch,
+} from "./shard-reader.ts";
+export { IMAGE_TYPE, shardSchema, TEXT_TYPE, TOKEN_COLUMN, TYPE_COLUMN } from "./shard-writer.ts";
 export { Loader, type LoaderOptions, type LoaderPosition } from "./loader.ts";
 export {
   DEFAULT_SHARD_TOKENS,
@@ -25,4 +47,8 @@ export {
   type TokenizeProgress,
   type TokenizeSummary,
 } from "./tokenize.ts";
+export { runTokenizeImages, type TokenizeImagesOptions, type TokenizeImagesSummary } from "./tokenize-images.ts";
+export { readCodebook, trainCodebook, type Codebook, type CodebookOptions, type CodebookSummary } from "./codebook.ts";
+export { decodeImage, encodePng, patchesOf, readImage, resizeToSquare, type RgbImage } from "./images.ts";
+export { captionOf, renderScene, scenesFor, writeShapes, type Scene, type Shape, type ShapesOptions, type ShapesSummary } from "./shapes.ts";
 export { DEFAULT_CORPUS, defaultCorpus, defaultShardSet, type DefaultShardSetOptions } from "./corpus.ts";

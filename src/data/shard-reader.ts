@@ -20,7 +20,7 @@ import { FdFile } from "./fd-file.ts";
 import { fileError } from "./inputs.ts";
 import { verifyShard, type ShardInfo, type ShardSet, type Split } from "./shard-set.ts";
 import { BATCH_METADATA_KEY } from "./shard-writer.ts";
-import { continuationColumnIndex, continuationFlags, toTokenBatch, tokenColumnIndex, type TokenBatch } from "./token-column.ts";
+import { continuationColumnIndex, continuationFlags, toTokenBatch, tokenColumnIndex, typeColumnIndex, type TokenBatch } from "./token-column.ts";
 
 export type { TokenBatch } from "./token-column.ts";
 
@@ -59,6 +59,8 @@ export class ShardReader {
     private readonly column: number,
     private readonly flagColumn: number,
     private readonly vocabSize: number,
+    /** the token_type_ids column, or -1 */
+    private readonly typeColumn: number,
   ) {}
 
   /** headOnly: index only the first record batch (for startsWithContinuation) */
@@ -71,7 +73,7 @@ export class ShardReader {
     }
     try {
       const { source, schema } = (await hasFileMagic(file, path)) ? await fileFormatSource(file, path) : await streamSource(file, path, headOnly);
-      const reader = new ShardReader(path, file, source, tokenColumnIndex(schema, path), continuationColumnIndex(schema), vocabSize);
+      const reader = new ShardReader(path, file, source, tokenColumnIndex(schema, path), continuationColumnIndex(schema), vocabSize, typeColumnIndex(schema, path));
       await reader.chainRecordBatches(headOnly ? Math.min(1, source.count) : source.count);
       return reader;
     } catch (e) {
@@ -84,14 +86,20 @@ export class ShardReader {
     return this.source.count;
   }
 
-  /** Record batch k (in file order) as int32 rows, every id checked against the vocabulary. */
+  /** The shard has a token_type_ids column (its batches' `types` are set). */
+  get hasTypes(): boolean {
+    return this.typeColumn >= 0;
+  }
+
+  /** Record batch k (in file order) as int32 rows, every id checked against the vocabulary (and every type against 0/1). */
   async read(k: number): Promise<TokenBatch> {
     const batch = await this.readArrow(k);
     const flags = this.flagColumn < 0 ? null : continuationFlags(batch.data.children[this.flagColumn]);
     if (flags && this.joins && flags.length > 0 && (flags[0] === 1) !== this.joins[k]) {
       throw new UserError(`${this.path}: record batch ${k}: its metadata and its continuation column disagree (corrupt shard)`);
     }
-    return toTokenBatch(batch.data.children[this.column], this.path, k, this.vocabSize, flags);
+    const types = this.typeColumn < 0 ? null : batch.data.children[this.typeColumn];
+    return toTokenBatch(batch.data.children[this.column], this.path, k, this.vocabSize, flags, types);
   }
 
   /** Record batch k starts with a row that continues the document of the row before it (k = 0: of the previous shard). */
@@ -298,6 +306,8 @@ export interface DocumentRow {
   continuation: boolean;
   /** is its document's last row */
   ends: boolean;
+  /** per id: 0 text, 1 image; null when the shard has no token_type_ids column (all text) */
+  types: Uint8Array | null;
 }
 
 /** Whether a shard's first row continues the previous shard's last document (reads its first record batch header). */
@@ -330,7 +340,8 @@ export async function* readShardRows(set: ShardSet, split: Split = "train"): Asy
         const batch = await reader.read(k);
         for (let r = 0; r < batch.rows; r++) {
           const ids = batch.values.subarray(batch.offsets[r], batch.offsets[r + 1]);
-          yield { ids, continuation: reader.continues(batch, k, r), ends: reader.endsDocument(batch, k, r) };
+          const types = batch.types ? batch.types.subarray(batch.offsets[r], batch.offsets[r + 1]) : null;
+          yield { ids, continuation: reader.continues(batch, k, r), ends: reader.endsDocument(batch, k, r), types };
         }
       }
     } finally {
@@ -386,35 +397,55 @@ export async function readSplitStream(set: ShardSet, split: Split, maxTokens: nu
   return out.slice(0, at);
 }
 
+/** A split's documents for evaluation (readEvalDocuments). */
+export interface EvalDocuments {
+  /** each non-empty document's tokens then `<|endoftext|>`, end to end */
+  tokens: Int32Array;
+  /** where each document begins in `tokens` */
+  docStarts: number[];
+  /** per token of `tokens`: 0 text (EOT too), 1 image; null when the split's shards have no token_type_ids column */
+  types: Uint8Array | null;
+}
+
 /**
  * A split's documents for evaluation, in stored order: each non-empty document's tokens then
- * `<|endoftext|>`, end to end, with where each begins; reading stops once `maxTargets` targets (a
- * document of n tokens gives n: its tokens after the first, then its EOT) are held.
+ * `<|endoftext|>`, end to end, with where each begins, and their token types (EOT has type 0);
+ * reading stops once `maxTargets` targets (a document of n tokens gives n: its tokens after the
+ * first, then its EOT) are held.
  */
-export async function readEvalDocuments(
-  set: ShardSet, split: Split, maxTargets = Infinity,
-): Promise<{ tokens: Int32Array; docStarts: number[] }> {
+export async function readEvalDocuments(set: ShardSet, split: Split, maxTargets = Infinity): Promise<EvalDocuments> {
   const parts: Int32Array[] = [];
+  const typeParts: (Uint8Array | null)[] = [];
   const docStarts: number[] = [];
-  let length = 0, targets = 0, inDocument = false;
-  for await (const { ids, continuation, ends } of readShardRows(set, split)) {
+  let length = 0, targets = 0, inDocument = false, anyTypes = false;
+  const eot = Int32Array.of(set.eot), eotType = Uint8Array.of(0);
+  for await (const { ids, continuation, ends, types } of readShardRows(set, split)) {
     if (targets >= maxTargets) break;
     if (isEmptyDocument(ids.length, continuation, ends)) continue;
     if (!inDocument) docStarts.push(length);
     inDocument = !ends;
     parts.push(ids);
+    typeParts.push(types);
+    anyTypes ||= types !== null;
     length += ids.length;
     targets += ids.length;
     if (ends) {
-      parts.push(Int32Array.of(set.eot));
+      parts.push(eot);
+      typeParts.push(eotType);
       length += 1;
     }
   }
   if (inDocument) {
-    parts.push(Int32Array.of(set.eot)); // cut off by maxTargets mid-document: close it for the window rule
+    parts.push(eot); // cut off by maxTargets mid-document: close it for the window rule
+    typeParts.push(eotType);
     length += 1;
   }
   const tokens = new Int32Array(length);
   parts.reduce((at, p) => (tokens.set(p, at), at + p.length), 0);
-  return { tokens, docStarts };
+  let types: Uint8Array | null = null;
+  if (anyTypes) {
+    types = new Uint8Array(length); // rows of shards without the column stay 0: text
+    parts.reduce((at, p, i) => (typeParts[i] && types!.set(typeParts[i]!, at), at + p.length), 0);
+  }
+  return { tokens, docStarts, types };
 }

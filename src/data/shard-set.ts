@@ -11,6 +11,7 @@ import { basename, join } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { fileError } from "./inputs.ts";
 import { getTokenizer, isTokenizerName, TOKENIZER_NAMES, type TokenizerName } from "./tokenizer.ts";
+import { TYPE_COLUMN } from "./shard-writer.ts";
 
 export type Split = "train" | "val";
 export const INDEX_FILE = "index.json";
@@ -41,6 +42,46 @@ export interface IndexShard {
   sha256: string;
 }
 
+/** index.json's `images` object: the shard set holds image-text pairs (docs/data.md). */
+export interface IndexImages {
+  /** the codebook file as it was named to mhmoe tokenize (or any name for a visual tokenizer of one's own) */
+  codebook: string;
+  /** sha256 of the codebook file, or null when there is none to hash */
+  codebook_sha256: string | null;
+  /** patch side in pixels */
+  patch: number;
+  /** images were resized to size x size */
+  size: number;
+  /** codebook entries: image ids are image_token_offset .. image_token_offset + codes - 1 */
+  codes: number;
+  /** the text vocabulary's size + 1 */
+  image_token_offset: number;
+  /** the text vocabulary's size */
+  mask_token_id: number;
+  type_column: "token_type_ids";
+}
+
+/** ShardSet.images: index.json's `images` object, in the names the rest of mhmoe uses. */
+export interface ImageInfo {
+  codebook: string;
+  codebookSha256: string | null;
+  patch: number;
+  size: number;
+  codes: number;
+  /** image patch code c has id imageTokenOffset + c (textVocab + 1) */
+  imageTokenOffset: number;
+  /** the text vocabulary's size (the byte tokenizer's 257) */
+  maskTokenId: number;
+  typeColumn: "token_type_ids";
+  /** (size / patch)^2: ids, all of type 1, each image contributes (row-major over its patch grid) */
+  patchesPerImage: number;
+}
+
+/** The ids an image-text shard set over `textVocab` text ids (EOT included) and `codes` image codes uses. */
+export function imageVocab(textVocab: number, codes: number): { maskTokenId: number; imageTokenOffset: number; vocabSize: number } {
+  return { maskTokenId: textVocab, imageTokenOffset: textVocab + 1, vocabSize: textVocab + 1 + codes };
+}
+
 export interface IndexJson {
   format: typeof INDEX_FORMAT;
   version: number;
@@ -54,14 +95,19 @@ export interface IndexJson {
   shard_tokens: number;
   splits: Record<Split, { documents: number; tokens: number; shards: number }>;
   shards: IndexShard[];
+  /** present when the set holds image-text pairs; vocab_size is then image_token_offset + codes */
+  images?: IndexImages;
 }
 
 export interface ShardSet {
   dir: string;
   format: "mhmoe" | "huggingface";
   tokenizer: TokenizerName;
+  /** ids are 0..vocabSize-1: the tokenizer's, or with images image_token_offset + codes */
   vocabSize: number;
   eot: number;
+  /** index.json's `images` object; null for text-only sets and Hugging Face files */
+  images: ImageInfo | null;
   shards: ShardInfo[];
   splits: Record<Split, ShardInfo[]>;
   /** identifies the exact shard list; a saved loader position only resumes on the same one */
@@ -101,7 +147,11 @@ function parseIndex(indexPath: string, text: string): IndexJson {
     throw bad(indexPath, "tokenizer", `must be one of ${TOKENIZER_NAMES.join(", ")}`);
   }
   const tokenizer = getTokenizer(raw.tokenizer);
-  if (raw.vocab_size !== tokenizer.vocabSize) throw bad(indexPath, "vocab_size", `must be ${tokenizer.vocabSize} for ${tokenizer.name}`);
+  if (raw.images !== undefined) {
+    const info = parseImages(indexPath, raw.images, tokenizer.vocabSize);
+    const vocabSize = info.imageTokenOffset + info.codes;
+    if (raw.vocab_size !== vocabSize) throw bad(indexPath, "vocab_size", `must be ${vocabSize} (images.image_token_offset + images.codes)`);
+  } else if (raw.vocab_size !== tokenizer.vocabSize) throw bad(indexPath, "vocab_size", `must be ${tokenizer.vocabSize} for ${tokenizer.name}`);
   if (!Array.isArray(raw.shards)) throw bad(indexPath, "shards", "must be an array");
   raw.shards.forEach((s: Record<string, unknown>, i: number) => {
     const f = (name: string) => `shards[${i}].${name}`;
@@ -114,6 +164,28 @@ function parseIndex(indexPath: string, text: string): IndexJson {
     if (typeof s.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(s.sha256)) throw bad(indexPath, f("sha256"), "must be 64 hex digits");
   });
   return raw as unknown as IndexJson;
+}
+
+/** Checks index.json's `images` object against the tokenizer's vocabulary (the id rules of docs/data.md). */
+function parseImages(indexPath: string, images: unknown, textVocab: number): ImageInfo {
+  if (images === null || typeof images !== "object" || Array.isArray(images)) throw bad(indexPath, "images", "must be an object");
+  const o = images as Record<string, unknown>;
+  const f = (name: string) => `images.${name}`;
+  if (typeof o.codebook !== "string") throw bad(indexPath, f("codebook"), "must be a string");
+  if (o.codebook_sha256 !== null && (typeof o.codebook_sha256 !== "string" || !/^[0-9a-f]{64}$/.test(o.codebook_sha256))) {
+    throw bad(indexPath, f("codebook_sha256"), "must be 64 hex digits or null");
+  }
+  for (const k of ["patch", "size", "codes"]) if (!isCount(o[k]) || o[k] === 0) throw bad(indexPath, f(k), "must be a positive integer");
+  const patch = o.patch as number, size = o.size as number, codes = o.codes as number;
+  if (size % patch !== 0) throw bad(indexPath, f("size"), `(${size}) must be a multiple of images.patch (${patch})`);
+  const ids = imageVocab(textVocab, codes);
+  if (o.mask_token_id !== ids.maskTokenId) throw bad(indexPath, f("mask_token_id"), `must be ${ids.maskTokenId} (the text vocabulary's size)`);
+  if (o.image_token_offset !== ids.imageTokenOffset) throw bad(indexPath, f("image_token_offset"), `must be ${ids.imageTokenOffset} (the text vocabulary's size + 1)`);
+  if (o.type_column !== TYPE_COLUMN) throw bad(indexPath, f("type_column"), `must be "${TYPE_COLUMN}"`);
+  return {
+    codebook: o.codebook, codebookSha256: (o.codebook_sha256 as string | null) ?? null, patch, size, codes,
+    imageTokenOffset: ids.imageTokenOffset, maskTokenId: ids.maskTokenId, typeColumn: TYPE_COLUMN, patchesPerImage: (size / patch) ** 2,
+  };
 }
 
 async function openIndexed(dir: string, indexPath: string, opts: OpenShardSetOptions): Promise<ShardSet> {
@@ -140,17 +212,19 @@ async function openIndexed(dir: string, indexPath: string, opts: OpenShardSetOpt
     if (size !== s.bytes) throw new UserError(`${s.path}: ${size} bytes but ${indexPath} says ${s.bytes} (truncated or replaced)`);
   }
   const tokenizer = getTokenizer(index.tokenizer);
-  return makeSet(dir, "mhmoe", tokenizer.name, shards);
+  const images = index.images === undefined ? null : parseImages(indexPath, index.images, tokenizer.vocabSize);
+  return makeSet(dir, "mhmoe", tokenizer.name, shards, images);
 }
 
-function makeSet(dir: string, format: ShardSet["format"], name: TokenizerName, shards: ShardInfo[]): ShardSet {
+function makeSet(dir: string, format: ShardSet["format"], name: TokenizerName, shards: ShardInfo[], images: ImageInfo | null = null): ShardSet {
   const tokenizer = getTokenizer(name);
   return {
     dir,
     format,
     tokenizer: tokenizer.name,
-    vocabSize: tokenizer.vocabSize,
+    vocabSize: images ? images.imageTokenOffset + images.codes : tokenizer.vocabSize,
     eot: tokenizer.eot,
+    images,
     shards,
     splits: { train: shards.filter((s) => s.split === "train"), val: shards.filter((s) => s.split === "val") },
     fingerprint: fingerprintOf(shards),

@@ -1,7 +1,8 @@
 /**
  * Writes one shard: an Arrow IPC *stream* (what Hugging Face datasets writes for its .arrow files)
  * with the columns `input_ids: List<Int32>` (one row per document, or per ROW_TOKENS of a longer
- * one) and `continuation: Bool` (true on the second and later rows of a document), in record
+ * one), `continuation: Bool` (true on the second and later rows of a document) and, in shard sets
+ * with images, `token_type_ids: List<Int8>` (0 text, 1 image; the same lengths as input_ids), in record
  * batches of at most ROWS_PER_RECORD_BATCH rows. Each record batch carries custom metadata
  * `mhmoe = {"joins_previous": bool}` (its first row is a continuation row), so a reader knows how
  * record batches chain from their headers alone. Bytes go to disk as each record batch is finished
@@ -13,8 +14,10 @@ import { open, type FileHandle } from "node:fs/promises";
 import {
   AsyncByteQueue,
   Bool,
+  type Data,
   Field,
   Int32,
+  Int8,
   List,
   RecordBatch,
   RecordBatchStreamWriter,
@@ -30,6 +33,10 @@ export const TOKEN_COLUMN = "input_ids";
 export const CONTINUATION_COLUMN = "continuation";
 /** custom metadata key of each record batch: {"joins_previous": bool} */
 export const BATCH_METADATA_KEY = "mhmoe";
+/** 0 (text) or 1 (image) per token, in shard sets with images (docs/data.md) */
+export const TYPE_COLUMN = "token_type_ids";
+export const TEXT_TYPE = 0;
+export const IMAGE_TYPE = 1;
 /** A document longer than this is stored as several rows (bounds the memory of writer and reader). */
 export const ROW_TOKENS = 1 << 16;
 /** Hugging Face's default writer_batch_size, so our files look like theirs to a reader. */
@@ -37,18 +44,26 @@ export const ROWS_PER_RECORD_BATCH = 1000;
 /** A record batch is also cut at this many tokens, which bounds the writer's and reader's memory. */
 export const TOKENS_PER_RECORD_BATCH = 1 << 18;
 
-/** The schema every shard has; the metadata lets `datasets.Dataset.from_file` type the columns. */
-export function shardSchema(tokenizer: TokenizerName, vocabSize: number): Schema {
+/**
+ * The schema every shard has; the metadata lets `datasets.Dataset.from_file` type the columns.
+ * `types`: add the token_type_ids column (shard sets with images).
+ */
+export function shardSchema(tokenizer: TokenizerName, vocabSize: number, types = false): Schema {
   const listType = new List(new Field("item", new Int32(), true));
-  const features = {
+  const features: Record<string, unknown> = {
     [TOKEN_COLUMN]: { feature: { dtype: "int32", _type: "Value" }, _type: "Sequence" },
     [CONTINUATION_COLUMN]: { dtype: "bool", _type: "Value" },
   };
+  const fields: Field[] = [new Field(TOKEN_COLUMN, listType, true), new Field(CONTINUATION_COLUMN, new Bool(), true)];
+  if (types) {
+    features[TYPE_COLUMN] = { feature: { dtype: "int8", _type: "Value" }, _type: "Sequence" };
+    fields.push(new Field(TYPE_COLUMN, new List(new Field("item", new Int8(), true)), true));
+  }
   const metadata = new Map([
     ["huggingface", JSON.stringify({ info: { features } })],
     ["mhmoe", JSON.stringify({ tokenizer, vocab_size: vocabSize })],
   ]);
-  return new Schema([new Field(TOKEN_COLUMN, listType, true), new Field(CONTINUATION_COLUMN, new Bool(), true)], metadata);
+  return new Schema(fields, metadata);
 }
 
 /** Keeps the writer's output chunks instead of queueing them, so we can flush them ourselves. */
@@ -71,6 +86,7 @@ export class ShardWriter {
   private readonly writer = new RecordBatchStreamWriter();
   private readonly hash: Hash = createHash("sha256");
   private pending: Int32Array[] = [];
+  private pendingTypes: (Uint8Array | null)[] = [];
   private pendingContinues: boolean[] = [];
   private pendingTokens = 0;
   private rows = 0;
@@ -83,7 +99,12 @@ export class ShardWriter {
     private readonly handle: FileHandle,
     private readonly schema: Schema,
     private readonly rowsPerRecordBatch: number,
-  ) {}
+  ) {
+    this.hasTypes = schema.fields.length > 2 && schema.fields[2]!.name === TYPE_COLUMN;
+  }
+
+  /** the schema has the token_type_ids column */
+  readonly hasTypes: boolean;
 
   static async create(path: string, schema: Schema, rowsPerRecordBatch = ROWS_PER_RECORD_BATCH): Promise<ShardWriter> {
     let handle;
@@ -106,9 +127,17 @@ export class ShardWriter {
     return this.tokens + this.pendingTokens;
   }
 
-  /** One row; `continuation`: it continues the document of the row before it. */
-  async add(ids: Int32Array, continuation = false): Promise<void> {
+  /**
+   * One row; `continuation`: it continues the document of the row before it. `types`: one 0 (text) or
+   * 1 (image) per id, for a schema with the token_type_ids column (null or absent there: all text).
+   */
+  async add(ids: Int32Array, continuation = false, types: Uint8Array | null = null): Promise<void> {
+    if (types !== null) {
+      if (!this.hasTypes) throw new Error("ShardWriter.add: types given, but the schema has no token_type_ids column");
+      if (types.length !== ids.length) throw new Error(`ShardWriter.add: ${types.length} types for ${ids.length} ids`);
+    }
     this.pending.push(ids);
+    this.pendingTypes.push(types);
     this.pendingContinues.push(continuation);
     this.pendingTokens += ids.length;
     if (this.pending.length >= this.rowsPerRecordBatch || this.pendingTokens >= TOKENS_PER_RECORD_BATCH) {
@@ -143,18 +172,27 @@ export class ShardWriter {
     const bits = new Uint8Array(Math.ceil(rows / 8));
     let starts = 0;
     this.pendingContinues.forEach((c, i) => (c ? (bits[i >> 3] |= 1 << (i & 7)) : starts++));
-    const [listField, flagField] = this.schema.fields;
+    const [listField, flagField, typeField] = this.schema.fields;
     const itemType = (listField.type as List<Int32>).children[0].type;
     const child = makeData({ type: itemType, length: values.length, nullCount: 0, data: values });
     const lists = makeData({ type: listField.type as List<Int32>, length: rows, nullCount: 0, valueOffsets: offsets, child });
     const flags = makeData({ type: flagField.type as Bool, length: rows, nullCount: 0, data: bits });
-    const columns = makeData({ type: new Struct(this.schema.fields), length: rows, nullCount: 0, children: [lists, flags] });
+    const children: Data[] = [lists, flags];
+    if (this.hasTypes) {
+      const types = new Int8Array(this.pendingTokens); // rows without types stay 0: text
+      this.pendingTypes.forEach((t, i) => t && types.set(t, offsets[i]));
+      const typeList = typeField.type as List<Int8>;
+      const typeChild = makeData({ type: typeList.children[0].type, length: types.length, nullCount: 0, data: types });
+      children.push(makeData({ type: typeList, length: rows, nullCount: 0, valueOffsets: offsets, child: typeChild }));
+    }
+    const columns = makeData({ type: new Struct(this.schema.fields), length: rows, nullCount: 0, children });
     const metadata = new Map([[BATCH_METADATA_KEY, JSON.stringify({ joins_previous: this.pendingContinues[0] })]]);
     this.writer.write(new RecordBatch(this.schema, columns, metadata));
     this.documents += starts;
     this.rows += rows;
     this.tokens += this.pendingTokens;
     this.pending = [];
+    this.pendingTypes = [];
     this.pendingContinues = [];
     this.pendingTokens = 0;
     await this.flushBytes();

@@ -2,11 +2,13 @@
  * The `input_ids` column of a record batch as int32 rows: type check (List of Int32, Int64,
  * UInt16 or UInt32), conversion, null rows, and the vocabulary check that keeps a bad id from
  * becoming a garbage embedding lookup on the GPU. Also the `continuation` column, when a shard
- * has one (ours since continuation rows exist; not Hugging Face files, not our older shards).
+ * has one (ours since continuation rows exist; not Hugging Face files, not our older shards), and
+ * the `token_type_ids` column of shard sets with images (List of any integer type; each row as
+ * long as its input_ids row; every value 0, text, or 1, image).
  */
 import { DataType, type Data, type List, type Schema } from "apache-arrow";
 import { UserError } from "../util/errors.ts";
-import { CONTINUATION_COLUMN, TOKEN_COLUMN } from "./shard-writer.ts";
+import { CONTINUATION_COLUMN, TOKEN_COLUMN, TYPE_COLUMN } from "./shard-writer.ts";
 
 /** One record batch's rows: row r is values[offsets[r] .. offsets[r+1]). */
 export interface TokenBatch {
@@ -15,6 +17,8 @@ export interface TokenBatch {
   values: Int32Array;
   /** 1 where row r continues the document of the row before it (in file order); null: every row is a document */
   continuation: Uint8Array | null;
+  /** per token, parallel to values: 0 text, 1 image; null: the shard has no token_type_ids column (all text) */
+  types: Uint8Array | null;
 }
 
 const ACCEPTED = "List<Int32> (or List<Int64>, List<UInt16>, List<UInt32>)";
@@ -84,8 +88,53 @@ export function continuationFlags(data: Data): Uint8Array {
   return flags;
 }
 
-/** One record batch's list column as int32 offsets relative to its own int32 values. */
-export function toTokenBatch(data: Data, path: string, batchIndex: number, vocabSize: number, continuation: Uint8Array | null = null): TokenBatch {
+/** Index of the `token_type_ids` column, or -1; a column of that name that is not a List of integers is refused. */
+export function typeColumnIndex(schema: Schema, path: string): number {
+  const index = schema.fields.findIndex((f) => f.name === TYPE_COLUMN);
+  if (index < 0) return -1;
+  const type = schema.fields[index].type;
+  const item = DataType.isList(type) ? (type as List).children[0].type : null;
+  if (!item || !DataType.isInt(item)) throw new UserError(`${path}: column "${TYPE_COLUMN}" is ${type}; expected a List of integers (List<Int8>)`);
+  return index;
+}
+
+/**
+ * The token_type_ids rows of a record batch laid out like its (null-compacted) input_ids: `offsets`
+ * are input_ids' row offsets. A null row counts as empty.
+ */
+function tokenTypes(data: Data, offsets: Int32Array, path: string, batchIndex: number): Uint8Array {
+  const rows = offsets.length - 1;
+  const raw = data.valueOffsets as Int32Array;
+  const child = data.children[0];
+  const source = child.values as ArrayLike<number | bigint>;
+  const valid = data.nullCount > 0 ? (data.nullBitmap as Uint8Array | null) : null;
+  const out = new Uint8Array(offsets[rows]);
+  for (let r = 0; r < rows; r++) {
+    const bit = data.offset + r;
+    const isNull = valid !== null && ((valid[bit >> 3] >> (bit & 7)) & 1) === 0;
+    const start = isNull ? 0 : raw[data.offset + r], end = isNull ? 0 : raw[data.offset + r + 1];
+    const want = offsets[r + 1] - offsets[r];
+    if (end - start !== want) {
+      throw new UserError(`${path}: column "${TYPE_COLUMN}" (record batch ${batchIndex}, row ${r}) has ${end - start} values but "${TOKEN_COLUMN}" has ${want}`);
+    }
+    for (let i = 0; i < want; i++) {
+      const v = Number(source[child.offset + start + i]);
+      if (v !== 0 && v !== 1) {
+        throw new UserError(`${path}: token type ${v} (record batch ${batchIndex}, row ${r}) is not 0 (text) or 1 (image)`);
+      }
+      out[offsets[r] + i] = v;
+    }
+  }
+  return out;
+}
+
+/**
+ * One record batch's list column as int32 offsets relative to its own int32 values; `typeData`: the
+ * record batch's token_type_ids column, when the shard has one.
+ */
+export function toTokenBatch(
+  data: Data, path: string, batchIndex: number, vocabSize: number, continuation: Uint8Array | null = null, typeData: Data | null = null,
+): TokenBatch {
   const rows = data.length;
   const raw = data.valueOffsets as Int32Array;
   const base = raw[data.offset];
@@ -102,7 +151,8 @@ export function toTokenBatch(data: Data, path: string, batchIndex: number, vocab
       throw new UserError(`${path}: token id ${id < 0 ? "" : id + " "}(${where}) ${why}`);
     }
   }
-  return { rows, offsets, values, continuation };
+  const types = typeData ? tokenTypes(typeData, offsets, path, batchIndex) : null;
+  return { rows, offsets, values, continuation, types };
 }
 
 function rowOf(offsets: Int32Array, valueIndex: number): number {

@@ -87,7 +87,14 @@ export function isValDocument(i: number, valFraction: number): boolean {
   return Math.floor(i * valFraction + 0.5) < Math.floor((i + 1) * valFraction + 0.5);
 }
 
-class SplitWriter {
+/** What every shard of a set declares: the tokenizer, the id range, and whether rows carry token types. */
+export interface ShardKind {
+  tokenizer: Tokenizer;
+  vocabSize: number;
+  types: boolean;
+}
+
+export class SplitWriter {
   private current: ShardWriter | null = null;
   readonly shards: (IndexShard & { path: string })[] = [];
 
@@ -95,21 +102,21 @@ class SplitWriter {
     private readonly dir: string,
     private readonly split: Split,
     private readonly shardTokens: number,
-    private readonly tokenizer: Tokenizer,
+    private readonly kind: ShardKind,
     private readonly recordBatchRows: number | undefined,
   ) {}
 
-  /** A row (a long document's rows go on in the next shard when this one is full). */
-  async add(ids: Int32Array, continuation: boolean): Promise<void> {
+  /** A row (a long document's rows go on in the next shard when this one is full); `types` for sets with types. */
+  async add(ids: Int32Array, continuation: boolean, types: Uint8Array | null = null): Promise<void> {
     if (this.current && this.current.rowCount > 0 && this.current.tokenCount + ids.length > this.shardTokens) {
       await this.closeShard();
     }
     if (!this.current) {
       const file = `${this.split}-${String(this.shards.length).padStart(5, "0")}.arrow`;
-      const schema = shardSchema(this.tokenizer.name, this.tokenizer.vocabSize);
+      const schema = shardSchema(this.kind.tokenizer.name, this.kind.vocabSize, this.kind.types);
       this.current = await ShardWriter.create(join(this.dir, file), schema, this.recordBatchRows);
     }
-    await this.current.add(ids, continuation);
+    await this.current.add(ids, continuation, types);
   }
 
   async closeShard(): Promise<void> {
@@ -134,7 +141,7 @@ class SplitWriter {
   }
 }
 
-function checkOptions(o: WriteShardSetOptions): { valFraction: number; shardTokens: number } {
+export function checkOptions(o: WriteShardSetOptions): { valFraction: number; shardTokens: number } {
   const valFraction = o.valFraction ?? DEFAULT_VAL_FRACTION;
   const shardTokens = o.shardTokens ?? DEFAULT_SHARD_TOKENS;
   for (const k of ["chunkChars", "rowTokens"] as const) {
@@ -158,6 +165,81 @@ async function checkOut(out: string, shown: string): Promise<boolean> {
   return true;
 }
 
+/**
+ * Where a shard set is written: a temporary sibling `OUT.partial-PID` holding the two splits' shards,
+ * renamed to OUT by commit() once index.json is in it; abort() (or Ctrl-C) removes it.
+ */
+export class ShardSetOutput {
+  private constructor(
+    private readonly out: string,
+    private readonly shown: string,
+    private readonly outExists: boolean,
+    readonly tmp: string,
+    readonly writers: Record<Split, SplitWriter>,
+    private readonly onSignal: () => void,
+  ) {}
+
+  /** `shown`: --out as the user gave it (for errors); it must not exist or be empty. */
+  static async create(shown: string, kind: ShardKind, shardTokens: number, recordBatchRows?: number): Promise<ShardSetOutput> {
+    const out = resolve(shown);
+    const outExists = await checkOut(out, shown);
+    const parent = dirname(out);
+    await mkdir(parent, { recursive: true }).catch((e) => {
+      throw fileError(parent, e);
+    });
+    const tmp = `${out}.partial-${process.pid}`;
+    await rm(tmp, { recursive: true, force: true });
+    await mkdir(tmp).catch((e) => {
+      throw fileError(tmp, e);
+    });
+    // Ctrl-C must not leave a half-written shard set behind either.
+    const onSignal = () => {
+      rmSync(tmp, { recursive: true, force: true });
+      process.exit(130);
+    };
+    process.once("SIGINT", onSignal);
+    process.once("SIGTERM", onSignal);
+    const writers = {
+      train: new SplitWriter(tmp, "train", shardTokens, kind, recordBatchRows),
+      val: new SplitWriter(tmp, "val", shardTokens, kind, recordBatchRows),
+    };
+    return new ShardSetOutput(out, shown, outExists, tmp, writers, onSignal);
+  }
+
+  async closeShards(): Promise<void> {
+    await this.writers.train.closeShard();
+    await this.writers.val.closeShard();
+  }
+
+  summary(): Record<Split, SplitSummary> {
+    return { train: this.writers.train.summary(), val: this.writers.val.summary() };
+  }
+
+  /** Writes index.json (the shard list and split totals added to `fields`) and renames the set into place. */
+  async commit(fields: Omit<IndexJson, "splits" | "shards">): Promise<void> {
+    const shards = [...this.writers.train.shards, ...this.writers.val.shards];
+    const indexJson: IndexJson = { ...fields, splits: this.summary(), shards: shards.map(({ path: _path, ...rest }) => rest) };
+    if (fields.images === undefined) delete indexJson.images;
+    await writeFile(join(this.tmp, INDEX_FILE), JSON.stringify(indexJson, null, 2) + "\n");
+    if (this.outExists) await rmdir(this.out);
+    await rename(this.tmp, this.out).catch((e) => {
+      throw fileError(this.shown, e);
+    });
+  }
+
+  async abort(): Promise<void> {
+    await this.writers.train.abort();
+    await this.writers.val.abort();
+    await rm(this.tmp, { recursive: true, force: true });
+  }
+
+  /** Drops the signal handlers (after commit or abort). */
+  release(): void {
+    process.off("SIGINT", this.onSignal);
+    process.off("SIGTERM", this.onSignal);
+  }
+}
+
 /** Tokenizes documents into a shard set at opts.out (the shared path of `mhmoe tokenize` and the default corpus). */
 export async function writeShardSet(
   documents: AsyncIterable<SourceDocument | string> | Iterable<SourceDocument | string>,
@@ -166,28 +248,8 @@ export async function writeShardSet(
   const started = performance.now();
   const tokenizer = getTokenizer(opts.tokenizer ?? "byte");
   const { valFraction, shardTokens } = checkOptions(opts);
-  const out = resolve(opts.out);
-  const outExists = await checkOut(out, opts.out);
-  const parent = dirname(out);
-  await mkdir(parent, { recursive: true }).catch((e) => {
-    throw fileError(parent, e);
-  });
-  const tmp = `${out}.partial-${process.pid}`;
-  await rm(tmp, { recursive: true, force: true });
-  await mkdir(tmp).catch((e) => {
-    throw fileError(tmp, e);
-  });
-  // Ctrl-C must not leave a half-written shard set behind either.
-  const onSignal = () => {
-    rmSync(tmp, { recursive: true, force: true });
-    process.exit(130);
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  const writers = {
-    train: new SplitWriter(tmp, "train", shardTokens, tokenizer, opts.recordBatchRows),
-    val: new SplitWriter(tmp, "val", shardTokens, tokenizer, opts.recordBatchRows),
-  };
+  const output = await ShardSetOutput.create(opts.out, { tokenizer, vocabSize: tokenizer.vocabSize, types: false }, shardTokens, opts.recordBatchRows);
+  const writers = output.writers;
   try {
     let index = 0; // split units so far
     let documentsSeen = 0;
@@ -244,8 +306,7 @@ export async function writeShardSet(
       if (!split) skipped++;
     }
     report();
-    await writers.train.closeShard();
-    await writers.val.closeShard();
+    await output.closeShards();
     if (documentsSeen === 0) {
       const empties = skipped ? ` (only ${skipped} empty documents)` : "";
       throw new UserError(`${opts.sourceName ?? "input"}: no documents found, the corpus is empty${empties}`);
@@ -253,9 +314,7 @@ export async function writeShardSet(
     if (writers.train.shards.length === 0) {
       throw new UserError(`all ${documentsSeen} documents went to the validation split; lower --val-fraction or add documents`);
     }
-    const shards = [...writers.train.shards, ...writers.val.shards];
-    const summary = { train: writers.train.summary(), val: writers.val.summary() };
-    const indexJson: IndexJson = {
+    await output.commit({
       format: INDEX_FORMAT,
       version: INDEX_VERSION,
       tokenizer: tokenizer.name,
@@ -265,14 +324,8 @@ export async function writeShardSet(
       eot_stored: false,
       val_fraction: valFraction,
       shard_tokens: shardTokens,
-      splits: summary,
-      shards: shards.map(({ path: _path, ...rest }) => rest),
-    };
-    await writeFile(join(tmp, INDEX_FILE), JSON.stringify(indexJson, null, 2) + "\n");
-    if (outExists) await rmdir(out);
-    await rename(tmp, out).catch((e) => {
-      throw fileError(opts.out, e);
     });
+    const summary = output.summary();
     const seconds = (performance.now() - started) / 1000;
     return {
       out: opts.out,
@@ -287,13 +340,10 @@ export async function writeShardSet(
       ...summary,
     };
   } catch (e) {
-    await writers.train.abort();
-    await writers.val.abort();
-    await rm(tmp, { recursive: true, force: true });
+    await output.abort();
     throw e;
   } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    output.release();
   }
 }
 
