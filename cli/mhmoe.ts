@@ -15,6 +15,8 @@ import { registerTrain } from "./train.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerEval } from "./eval.ts";
 import { registerPlan } from "./plan.ts";
+import { registerData } from "./data.ts";
+import { registerCodebook } from "./codebook.ts";
 
 export function buildProgram(): Command {
   const program = new Command("mhmoe")
@@ -29,6 +31,8 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerEval(program);
   registerTokenize(program);
+  registerData(program);
+  registerCodebook(program);
   registerGenerate(program);
   registerInspect(program);
   registerPlan(program);
