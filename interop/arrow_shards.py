@@ -2,8 +2,9 @@
 Arrow IPC stream files `mhmoe tokenize` writes (docs/data.md, "Shard set format").
 
 Only what those files hold is decoded: the schema's fields (input_ids list<int32|int64|uint16|uint32>,
-the optional continuation bool column), each record batch's field nodes and buffers, and the record
-batch's custom metadata {"joins_previous": bool}. The flatbuffer tables are read by hand (format.fbs /
+the optional continuation bool column, the optional token_type_ids list<int*> column of shard sets
+with images), each record batch's field nodes and buffers, and the record batch's custom metadata
+{"joins_previous": bool}. The flatbuffer tables are read by hand (format.fbs /
 Message.fbs / Schema.fbs of Apache Arrow): a table starts with an int32 offset back to its vtable; the
 vtable lists each field's offset in the table (0: absent). Compressed bodies, dictionaries and the
 file (ARROW1) format are refused with one line; mhmoe itself reads those (src/data/shard-reader.ts).
@@ -11,7 +12,9 @@ file (ARROW1) format are refused with one line; mhmoe itself reads those (src/da
     from arrow_shards import open_shard_set, ShardReader
     s = open_shard_set("my-shards")            # index.json checked, sizes compared
     r = ShardReader.open(s.splits["train"][0].path, s.vocab_size)
-    batch = r.read(0)                          # TokenBatch: rows, offsets, values (int32), continuation
+    batch = r.read(0)                          # TokenBatch: rows, offsets, values (int32), continuation, types
+
+shard_writer.py beside this file writes such shard sets (text, or image-text pairs with token types).
 
 Like mhmoe: opening a set reads index.json and compares each shard's size; verify_shard hashes a
 whole shard (sha256, 1 MiB chunks) the first time a run opens it.
@@ -32,6 +35,7 @@ INDEX_FORMAT = "mhmoe-token-shards"
 READABLE_VERSIONS = (1, 2)
 TOKEN_COLUMN = "input_ids"
 CONTINUATION_COLUMN = "continuation"
+TYPE_COLUMN = "token_type_ids"  # 0 text, 1 image (shard sets with images)
 BATCH_METADATA_KEY = "mhmoe"
 TOKENIZERS = {"byte": (257, 256), "gpt2": (50257, 50256)}  # vocab size, <|endoftext|>
 
@@ -107,18 +111,26 @@ class TokenBatch:
 
     The values are read from the file on first use (and checked against the vocabulary then), so a
     reader that only walks past rows (another rank's batches) reads their offsets, not their tokens;
-    value_at(i) reads one token alone."""
+    value_at(i) reads one token alone. `types` (uint8, parallel to values: 0 text, 1 image) is None
+    when the shard has no token_type_ids column, else read and checked on first use too."""
 
     def __init__(self, rows: int, offsets: np.ndarray, continuation: Optional[np.ndarray], values=None,
-                 load=None, load_one=None):
+                 load=None, load_one=None, load_types=None):
         self.rows, self.offsets, self.continuation = rows, offsets, continuation
         self._values, self._load, self._load_one = values, load, load_one
+        self._types, self._load_types = None, load_types
 
     @property
     def values(self) -> np.ndarray:
         if self._values is None:
             self._values = self._load()
         return self._values
+
+    @property
+    def types(self) -> Optional[np.ndarray]:
+        if self._types is None and self._load_types is not None:
+            self._types = self._load_types()
+        return self._types
 
     def value_at(self, i: int) -> int:
         return int(self._values[i]) if self._values is not None else self._load_one(i)
@@ -134,8 +146,13 @@ class _Span:
     joins: Optional[bool]
 
 
+_INT_DTYPES = {(8, True): "<i1", (16, True): "<i2", (32, True): "<i4", (64, True): "<i8",
+               (8, False): "<u1", (16, False): "<u2", (32, False): "<u4", (64, False): "<u8"}
+_TOKEN_DTYPES = {np.dtype(d) for d in ("<i4", "<i8", "<u2", "<u4")}
+
+
 def _field_kind(f: _Table, path: str):
-    """('list', item numpy dtype) | ('bool', None) | (other, None)."""
+    """('list', item numpy dtype) for a list of integers | ('bool', None) | (other, None)."""
     kind = f.scalar(2, "B")
     if kind == _TYPE_LIST:
         children = f.tables(5)
@@ -146,7 +163,7 @@ def _field_kind(f: _Table, path: str):
             return "other", None
         it = child.table(3)
         width, signed = it.scalar(0, "i"), bool(it.scalar(1, "B"))
-        dtype = {(32, True): "<i4", (64, True): "<i8", (16, False): "<u2", (32, False): "<u4"}.get((width, signed))
+        dtype = _INT_DTYPES.get((width, signed))
         return ("list", np.dtype(dtype)) if dtype else ("other", None)
     if kind == _TYPE_BOOL:
         return "bool", None
@@ -171,8 +188,8 @@ class ShardReader:
         self.path, self.vocab_size = path, vocab_size
         self.followed_by_continuation = False  # set by whoever knows (split_joins)
         self.spans: List[_Span] = []
-        self.token_field = self.flag_field = -1
-        self.token_dtype = None
+        self.token_field = self.flag_field = self.type_field = -1
+        self.token_dtype = self.type_dtype = None
         self.layout: List[tuple] = []  # per field: (first node, first buffer)
         self.joins: Optional[List[bool]] = None
 
@@ -260,12 +277,16 @@ class ShardReader:
             kind, dtype = _field_kind(f, self.path)
             self.layout.append((node, buf))
             if name == TOKEN_COLUMN:
-                if kind != "list":
+                if kind != "list" or dtype not in _TOKEN_DTYPES:
                     raise ShardError(f"{self.path}: column \"{TOKEN_COLUMN}\" is not a list of int32, int64, "
                                      "uint16 or uint32")
                 self.token_field, self.token_dtype = i, dtype
             elif name == CONTINUATION_COLUMN and kind == "bool":
                 self.flag_field = i
+            elif name == TYPE_COLUMN:
+                if kind != "list":
+                    raise ShardError(f"{self.path}: column \"{TYPE_COLUMN}\" is not a list of integers")
+                self.type_field, self.type_dtype = i, dtype
             try:
                 b, n = _field_buffers(f)
             except ShardError:
@@ -334,7 +355,40 @@ class ShardReader:
             with open(self.path, "rb") as f:
                 return int(self._checked(self._buffer(f, span, buf + 3, self.token_dtype, 1, start + i), k, None)[0])
 
-        return TokenBatch(rows, offsets, flags, values, load, load_one)
+        load_types = None
+        if self.type_field >= 0:
+            def load_types():
+                with open(self.path, "rb") as f:
+                    return self._types(f, span, k, offsets)
+
+        return TokenBatch(rows, offsets, flags, values, load, load_one, load_types)
+
+    def _types(self, f, span: _Span, k: int, offsets: np.ndarray) -> np.ndarray:
+        """token_type_ids laid out like input_ids (null rows empty); lengths and values checked."""
+        node, buf = self.layout[self.type_field]
+        rows, nulls = span.nodes[node]
+        raw = self._buffer(f, span, buf + 1, "<i4", rows + 1).astype(np.int64)
+        spans = np.diff(raw)
+        valid = np.ones(rows, bool)
+        if nulls > 0:
+            bits = self._bits(f, span, buf, rows)
+            if bits is not None:
+                valid = bits.astype(bool)
+        lengths = spans * valid
+        want = np.diff(offsets)
+        if rows != len(want) or (lengths != want).any():
+            r = int(np.nonzero(lengths != want)[0][0]) if rows == len(want) else 0
+            raise ShardError(f"{self.path}: column \"{TYPE_COLUMN}\" (record batch {k}, row {r}) has {int(lengths[r])} "
+                             f"values but \"{TOKEN_COLUMN}\" has {int(want[r])}")
+        values = self._buffer(f, span, buf + 3, self.type_dtype, int(raw[-1] - raw[0]), int(raw[0]))
+        if not valid.all():
+            values = values[np.repeat(valid, spans)]
+        bad = np.nonzero((values != 0) & (values != 1))[0]
+        if bad.size:
+            r = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+            raise ShardError(f"{self.path}: token type {int(values[bad[0]])} (record batch {k}, row {r}) is not 0 (text) "
+                             "or 1 (image)")
+        return values.astype(np.uint8)
 
     def _checked(self, values: np.ndarray, k: int, offsets: Optional[np.ndarray]) -> np.ndarray:
         if values.size and (values.min() < 0 or values.max() >= self.vocab_size):
@@ -396,6 +450,41 @@ class ShardSet:
     splits: Dict[str, List[ShardInfo]]
     fingerprint: str
     verified: set = field(default_factory=set)
+    # index.json's "images" object as stored (codebook, codebook_sha256, patch, size, codes,
+    # image_token_offset, mask_token_id, type_column); None for text-only sets
+    images: Optional[dict] = None
+
+
+def image_vocab(text_vocab: int, codes: int) -> Dict[str, int]:
+    """The id rules of a shard set with images: text ids (EOT included) first, then the mask id, then
+    one id per codebook entry (code c is image_token_offset + c)."""
+    return {"mask_token_id": text_vocab, "image_token_offset": text_vocab + 1, "vocab_size": text_vocab + 1 + codes}
+
+
+def _check_images(index_path: str, images, text_vocab: int) -> int:
+    """The vocab_size an index.json `images` object implies; a bad object is one ShardError line."""
+    def bad(name: str, why: str) -> ShardError:
+        return ShardError(f'{index_path}: field "images.{name}" {why}')
+    if not isinstance(images, dict):
+        raise ShardError(f'{index_path}: field "images" must be an object')
+    if not isinstance(images.get("codebook"), str):
+        raise bad("codebook", "must be a string")
+    sha = images.get("codebook_sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise bad("codebook_sha256", "must be 64 hex digits or null")
+    for k in ("patch", "size", "codes"):
+        v = images.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise bad(k, "must be a positive integer")
+    if images["size"] % images["patch"]:
+        raise bad("size", f"({images['size']}) must be a multiple of images.patch ({images['patch']})")
+    ids = image_vocab(text_vocab, images["codes"])
+    for k in ("mask_token_id", "image_token_offset"):
+        if images.get(k) != ids[k]:
+            raise bad(k, f"must be {ids[k]}")
+    if images.get("type_column") != TYPE_COLUMN:
+        raise bad("type_column", f'must be "{TYPE_COLUMN}"')
+    return ids["vocab_size"]
 
 
 def _fingerprint(shards: List[ShardInfo]) -> str:
@@ -422,8 +511,13 @@ def open_shard_set(directory: str, tokenizer: Optional[str] = None) -> ShardSet:
     if raw.get("version") not in READABLE_VERSIONS:
         raise ShardError(f'{index_path}: field "version" is {raw.get("version")}; this reader reads 1 and 2')
     name = raw.get("tokenizer")
-    if name not in TOKENIZERS or raw.get("vocab_size") != TOKENIZERS[name][0]:
+    images = raw.get("images")
+    if name not in TOKENIZERS:
         raise ShardError(f'{index_path}: fields "tokenizer"/"vocab_size" must be byte/257 or gpt2/50257')
+    vocab = TOKENIZERS[name][0] if images is None else _check_images(index_path, images, TOKENIZERS[name][0])
+    if raw.get("vocab_size") != vocab:
+        what = "byte/257 or gpt2/50257" if images is None else f"{vocab} (images.image_token_offset + images.codes)"
+        raise ShardError(f'{index_path}: fields "tokenizer"/"vocab_size" must be {what}')
     if tokenizer is not None and tokenizer != name:
         raise ShardError(f'tokenizer mismatch: {directory} was tokenized with "{name}" but "{tokenizer}" was asked for')
     shards = []
@@ -442,9 +536,10 @@ def open_shard_set(directory: str, tokenizer: Optional[str] = None) -> ShardSet:
         if size != info.bytes:
             raise ShardError(f"{info.path}: {size} bytes but {index_path} says {info.bytes} (truncated or replaced)")
         shards.append(info)
-    vocab, eot = TOKENIZERS[name]
+    eot = TOKENIZERS[name][1]
     return ShardSet(directory, name, vocab, eot, shards,
-                    {sp: [s for s in shards if s.split == sp] for sp in ("train", "val")}, _fingerprint(shards))
+                    {sp: [s for s in shards if s.split == sp] for sp in ("train", "val")}, _fingerprint(shards),
+                    images=images)
 
 
 def verify_shard(shard_set: ShardSet, shard: ShardInfo) -> None:
@@ -471,8 +566,9 @@ def split_joins(shards: List[ShardInfo], vocab_size: int) -> List[bool]:
             for i, s in enumerate(shards)]
 
 
-def read_rows(shard_set: ShardSet, split: str = "train"):
-    """Every row of a split in stored order: (ids, continuation, ends); checksums verified."""
+def read_rows(shard_set: ShardSet, split: str = "train", with_types: bool = False):
+    """Every row of a split in stored order: (ids, continuation, ends), or with_types (ids, types,
+    continuation, ends) where types is None for a shard without token_type_ids; checksums verified."""
     shards = shard_set.splits[split]
     joins = split_joins(shards, shard_set.vocab_size)
     for i, shard in enumerate(shards):
@@ -482,4 +578,9 @@ def read_rows(shard_set: ShardSet, split: str = "train"):
         for k in range(reader.record_batch_count):
             b = reader.read(k)
             for r in range(b.rows):
-                yield (b.values[b.offsets[r]:b.offsets[r + 1]], reader.continues(b, k, r), reader.ends_document(b, k, r))
+                ids = b.values[b.offsets[r]:b.offsets[r + 1]]
+                if with_types:
+                    types = None if b.types is None else b.types[b.offsets[r]:b.offsets[r + 1]]
+                    yield ids, types, reader.continues(b, k, r), reader.ends_document(b, k, r)
+                else:
+                    yield ids, reader.continues(b, k, r), reader.ends_document(b, k, r)
