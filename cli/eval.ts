@@ -24,6 +24,7 @@ interface EvalFlags {
   tokenizer?: string;
   split?: string;
   plot?: string;
+  maskModality?: string;
   json?: boolean;
 }
 
@@ -48,11 +49,23 @@ function progressBar(): { update: (done: number, total: number) => void; stop: (
 const fmt = (x: number, digits = 4) => x.toFixed(digits);
 
 function printResult(r: EvalResult): void {
-  console.log(
+  if (r.objective === "mlm") {
+    const part = (m: "text" | "image") => {
+      const s = r.by_modality![m];
+      return s.tokens === 0 ? "" : ` | ${m}: ${s.tokens} tokens, loss ${fmt(s.loss!)}, accuracy ${fmt(s.accuracy!, 3)}`;
+    };
+    console.log(
+      `mlm pseudo-loss ${fmt(r.loss)} nats | pseudo-ppl ${fmt(r.ppl, 3)} | accuracy ${fmt(r.accuracy!, 3)} | ${r.tokens} tokens in ${r.windows} windows of ${r.seq_len}` +
+        (r.mask_modality ? ` | every ${r.mask_modality} token masked` : "") + part("text") + part("image"),
+    );
+  } else console.log(
     `loss ${fmt(r.loss)} nats | ppl ${fmt(r.ppl, 3)} | bpb ${fmt(r.bpb)} | ${r.tokens} tokens in ${r.windows} windows of ${r.seq_len}` +
       (r.split ? ` | ${r.documents} documents of the ${r.split} split` : ""),
   );
   if (!r.routing) return;
+  for (const [m, g] of Object.entries(r.routing_by_modality ?? {})) {
+    console.log(`routing of ${m} sub-tokens: activation ratio ${fmt(g.activation_ratio, 3)} | load cv ${fmt(g.load_cv, 3)} | dead ${fmt(g.dead_expert_frac, 3)}`);
+  }
   const g = r.routing;
   const entropy = (x: number | null) => (x === null ? "" : ` | entropy ${fmt(x, 3)} nats`);
   const distinct = (x: number | null) => (x === null ? "" : ` | distinct ${fmt(x, 3)}`);
@@ -70,16 +83,31 @@ function printResult(r: EvalResult): void {
   }
 }
 
+function parseModality(s: string | undefined): "image" | "text" | undefined {
+  if (s === undefined || s === "image" || s === "text") return s;
+  throw new UserError(`--mask-modality must be image or text, got "${s}"`);
+}
+
 function parseSplit(s: string | undefined): Split | undefined {
   if (s === undefined || s === "val" || s === "train") return s;
   throw new UserError(`--split must be val or train, got "${s}"`);
 }
 
-/** --plot: the expert-activation heatmap (MoE layers x experts) of this evaluation, as an SVG. */
-async function writeHeatmap(file: string, r: EvalResult, checkpoint: string): Promise<void> {
+/**
+ * --plot: the expert-activation heatmap (MoE layers x experts) of this evaluation, as an SVG; for an
+ * mlm evaluation also one per modality scored beside it (FILE.text.svg, FILE.image.svg).
+ */
+async function writeHeatmap(file: string, r: EvalResult, checkpoint: string): Promise<string[]> {
   if (!r.routing) throw new Error("a MoE model reported no routing");
   const title = `Expert activation: ${path.basename(checkpoint)}, ${r.tokens} tokens`;
   writeFileAtomic(file, await routingHeatmapSvg(r.routing, title));
+  const written = [file];
+  for (const [m, g] of Object.entries(r.routing_by_modality ?? {})) {
+    const each = file.replace(/\.svg$/, `.${m}.svg`);
+    writeFileAtomic(each, await routingHeatmapSvg(g, `Expert activation of ${m} sub-tokens: ${path.basename(checkpoint)}`));
+    written.push(each);
+  }
+  return written;
 }
 
 async function evalAction(flags: EvalFlags): Promise<void> {
@@ -100,14 +128,15 @@ async function evalAction(flags: EvalFlags): Promise<void> {
       routerEntropy: flags.entropy,
       tokenizer: flags.tokenizer,
       split: parseSplit(flags.split),
+      maskModality: parseModality(flags.maskModality),
       onProgress: progress.update,
     });
     progress.stop();
-    if (flags.plot) await writeHeatmap(flags.plot, result, checkpoint);
+    const plots = flags.plot ? await writeHeatmap(flags.plot, result, checkpoint) : [];
     if (flags.json) console.log(JSON.stringify(result));
     else {
       printResult(result);
-      if (flags.plot) console.log(`wrote ${flags.plot}`);
+      if (plots.length > 0) console.log(`wrote ${plots.join(", ")}`);
     }
   } finally {
     progress.stop();
@@ -117,7 +146,7 @@ async function evalAction(flags: EvalFlags): Promise<void> {
 export function registerEval(program: Command): void {
   program
     .command("eval")
-    .description("loss, perplexity, bits per byte and routing metrics of a checkpoint on a text file or a shard set")
+    .description("loss, perplexity, bits per byte and routing metrics of a checkpoint on a text file or a shard set (mlm: pseudo-loss and masked-token accuracy per modality)")
     .requiredOption("--checkpoint <dir>", "checkpoint directory (config.json + weights), or a run directory or its `latest` file (its newest checkpoint)")
     .requiredOption("--data <path>", "UTF-8 .txt file (one document, read with the checkpoint's tokenizer), or a shard set directory / .arrow file (each document its own context)")
     .option("--split <name>", "shard sets: val or train (default: val when the set has one, else train)")
@@ -127,7 +156,8 @@ export function registerEval(program: Command): void {
     .option("--activation-threshold <x>", "routing: an expert is active when its share of the load is at least x (default 1/(4E))")
     .option("--tokenizer <name>", "byte or gpt2 (default: the checkpoint's, recorded by mhmoe train; else byte)")
     .option("--no-entropy", "skip the router entropy (saves reading router probabilities back)")
-    .option("--plot <file.svg>", "also write the expert-activation heatmap (MoE layers x experts, colour = share of sub-tokens) as an SVG")
+    .option("--plot <file.svg>", "also write the expert-activation heatmap (MoE layers x experts, colour = share of sub-tokens) as an SVG (mlm: and one per modality, FILE.text.svg and FILE.image.svg)")
+    .option("--mask-modality <m>", "mlm checkpoints: mask every image (or text) token and score only the other modality")
     .option("--json", "print the result as one JSON object")
     .action(evalAction);
 }

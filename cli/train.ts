@@ -79,7 +79,7 @@ export function registerTrain(program: Command): void {
       // (A resumed run keeps its own: the checkpoint's shards are checked against it when they are opened.)
       const data = resume ? null : await dataTokenizer(run.data, given("tokenizer") ? run.tokenizer : undefined);
       if (data) run.tokenizer = data.tokenizer;
-      const { config, note } = modelConfig({ preset: raw.preset as string | undefined, config: raw.config as string | undefined, set: raw.set as string[] }, data?.vocabSize ?? 0, base);
+      const { config, note } = modelConfig({ preset: raw.preset as string | undefined, config: raw.config as string | undefined, set: raw.set as string[] }, data?.vocabSize ?? 0, base, data ?? undefined);
       const opts: TrainOptions = { ...run, config, out: resolve((raw.out as string | undefined) ?? join("runs", timestamp())) };
       validateTrainOptions(opts);
       if (resume) {
@@ -139,7 +139,7 @@ async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: R
           barStarted = true;
           bar.update(r.step, { loss: r.loss.toFixed(4), tps: Math.round(r.tokens_per_s) });
         } else {
-          say({ event: "step", ...r }, `step ${r.step}/${o.steps}  loss ${r.loss.toFixed(4)}  lr ${r.lr.toExponential(2)}  grad norm ${r.grad_norm.toFixed(3)}  ${Math.round(r.tokens_per_s)} tok/s` +
+          say({ event: "step", ...r }, `step ${r.step}/${o.steps}  loss ${r.loss.toFixed(4)}${r.masked_accuracy !== undefined ? `  masked acc ${r.masked_accuracy.toFixed(3)}` : ""}  lr ${r.lr.toExponential(2)}  grad norm ${r.grad_norm.toFixed(3)}  ${Math.round(r.tokens_per_s)} tok/s` +
             `  ${gflops(r.flops_per_s)} GFLOP/s` + (r.routing ? `  active ${r.routing.activation_ratio.toFixed(2)}` : ""));
         }
       },

@@ -48,6 +48,8 @@ export interface LoaderPosition {
   rng: ShuffleState;
   /** the last token of the previous batch, which starts the next one (null before the first batch) */
   carry: number | null;
+  /** that token's type (0 text, 1 image); absent in positions saved before types existed: 0 */
+  carryType?: number;
   tokensSeen: number;
 }
 
@@ -80,6 +82,7 @@ export class Loader {
   private fileBatch = 0;
   private rows: Uint32Array | null = null;
   private carry: number | null = null;
+  private carryType = 0;
   private seen = 0;
   private shardsWithoutTokens = 0;
   private busy = false;
@@ -134,6 +137,7 @@ export class Loader {
       offset: c.offset,
       rng: [...c.rng] as ShuffleState,
       carry: this.carry,
+      ...(this.carryType ? { carryType: this.carryType } : {}),
       tokensSeen: this.seen,
     };
   }
@@ -147,6 +151,7 @@ export class Loader {
     if (position.shard >= this.shards.length) throw new UserError(`loader position: shard ${position.shard} is past the ${this.shards.length} ${this.split} shards`);
     this.order = await this.shardOrder(position.epoch);
     this.carry = position.carry;
+    this.carryType = position.carryType ?? 0;
     this.seen = position.tokensSeen;
     this.shardsWithoutTokens = 0;
     await this.loadCurrentBatch();
@@ -160,20 +165,37 @@ export class Loader {
 
   /** The next (B, T+1) batch, row-major. Await each call before the next. */
   async next(): Promise<Int32Array> {
+    return (await this.nextWithTypes()).ids;
+  }
+
+  /**
+   * The next (B, T+1) batch and its token types laid out the same way (0 text, EOT included; 1 image),
+   * from the shards' token_type_ids column; all 0 for shards without one. Await each call before the next.
+   */
+  async nextWithTypes(): Promise<{ ids: Int32Array; types: Uint8Array }> {
     if (this.busy) throw new Error("Loader.next() called again before the previous call finished");
     this.busy = true;
     try {
       const B = this.batchSize;
       const T = this.seqLen;
       const stream = new Int32Array(B * T + 1);
+      const streamTypes = new Uint8Array(B * T + 1);
       let filled = 0;
-      if (this.carry !== null) stream[filled++] = this.carry;
-      await this.fill(stream, filled);
+      if (this.carry !== null) {
+        streamTypes[filled] = this.carryType;
+        stream[filled++] = this.carry;
+      }
+      await this.fill(stream, filled, streamTypes);
       this.carry = stream[B * T];
+      this.carryType = streamTypes[B * T]!;
       this.seen += B * T;
       const out = new Int32Array(B * (T + 1));
-      for (let b = 0; b < B; b++) out.set(stream.subarray(b * T, b * T + T + 1), b * (T + 1));
-      return out;
+      const types = new Uint8Array(B * (T + 1));
+      for (let b = 0; b < B; b++) {
+        out.set(stream.subarray(b * T, b * T + T + 1), b * (T + 1));
+        types.set(streamTypes.subarray(b * T, b * T + T + 1), b * (T + 1));
+      }
+      return { ids: out, types };
     } finally {
       this.busy = false;
     }
@@ -200,7 +222,8 @@ export class Loader {
     return this.batch!.offsets[doc + 1] - this.batch!.offsets[doc];
   }
 
-  private async fill(stream: Int32Array, at: number): Promise<void> {
+  /** Fills stream[at..] (and its types: EOT is text, 0) from the cursor on. */
+  private async fill(stream: Int32Array, at: number, types: Uint8Array): Promise<void> {
     const eot = this.set.eot;
     while (at < stream.length) {
       if (!this.batch) await this.loadCurrentBatch();
@@ -220,11 +243,16 @@ export class Loader {
       }
       const take = Math.min(len - c.offset, stream.length - at);
       stream.set(batch.values.subarray(start + c.offset, start + c.offset + take), at);
+      if (batch.types) types.set(batch.types.subarray(start + c.offset, start + c.offset + take), at);
+      else types.fill(0, at, at + take);
       at += take;
       c.offset += take;
       this.shardsWithoutTokens = 0;
       if (c.offset === len && (!ends || at < stream.length)) {
-        if (ends) stream[at++] = eot; // a continuation row follows directly otherwise
+        if (ends) {
+          types[at] = 0;
+          stream[at++] = eot; // a continuation row follows directly otherwise
+        }
         c.row++;
         c.offset = 0;
       }
@@ -339,4 +367,5 @@ function checkPosition(p: LoaderPosition, set: ShardSet, split: Split): void {
   if (p.carry !== null && !(Number.isInteger(p.carry) && p.carry >= 0 && p.carry < set.vocabSize)) {
     throw new UserError(`loader position: field "carry" must be null or a token id`);
   }
+  if (p.carryType !== undefined && p.carryType !== 0 && p.carryType !== 1) throw new UserError(`loader position: field "carryType" must be 0 or 1`);
 }

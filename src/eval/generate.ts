@@ -281,9 +281,8 @@ function refuseMlm(dir: string): void {
 export async function generateFromCheckpoint(
   gpu: Gpu | (() => Promise<Gpu>), dir: string, prompt: string, given: CheckpointGenerateOptions = {},
 ): Promise<GenerateResult & { prompt: string }> {
-  refuseMlm(dir);
+  refuseMlm(dir); // before the weights are read
   const { config, params } = loadModelCheckpoint(dir);
-  if ((config as { objective?: unknown }).objective === "mlm") refuseMlm(dir);
   assertFiniteParams(params, dir, "generate from");
   const tokenizer = evalTokenizer(dir, given.tokenizer);
   let ids = tokenizer.encode(prompt);

@@ -20,6 +20,7 @@ import { batchIds, checkVocabulary, documentWindows, readEvalText, windowBatches
 import { assertSameTokenizer, getTokenizer, type Tokenizer } from "../data/tokenizer.ts";
 import { openShardSet, type Split } from "../data/shard-set.ts";
 import { readEvalDocuments } from "../data/shard-reader.ts";
+import { MlmScorer, MODALITIES, type ModalityScore, type Modality } from "./masked.ts";
 
 export const DEFAULT_EVAL_BATCH_SIZE = 8;
 
@@ -37,6 +38,8 @@ export interface EvalOptions {
   maxTokens?: number;
   /** shard sets: the split to score (default val when the set has one, else train) */
   split?: Split;
+  /** mlm: mask every token of this modality and score only the other */
+  maskModality?: Modality;
 }
 
 export interface EvalResult {
@@ -56,6 +59,16 @@ export interface EvalResult {
   batch_size: number;
   /** MoE models only */
   routing?: RoutingReport;
+  /** "mlm" for a masked-modelling checkpoint (loss and ppl are then the eval rule's pseudo-loss; bpb is null) */
+  objective?: "mlm";
+  /** mlm: share of scored tokens whose largest logit is the original token */
+  accuracy?: number;
+  /** mlm: tokens, loss and accuracy of each modality scored */
+  by_modality?: Record<Modality, ModalityScore>;
+  /** mlm: the modality masked throughout (--mask-modality), or null */
+  mask_modality?: Modality | null;
+  /** mlm MoE models: the routing metrics of each modality's sub-tokens (top-k assignments, before capacity) */
+  routing_by_modality?: Partial<Record<Modality, RoutingReport>>;
 }
 
 function checkOptions(c: ModelConfig, opts: EvalOptions, configFile: string): { T: number; B: number } {
@@ -65,6 +78,8 @@ function checkOptions(c: ModelConfig, opts: EvalOptions, configFile: string): { 
   if (T > c.max_position_embeddings) {
     throw new UserError(`--seq-len ${T} exceeds max_position_embeddings ${c.max_position_embeddings} of ${configFile}`);
   }
+  if (opts.maskModality !== undefined && c.objective !== "mlm") throw new UserError(`--mask-modality: ${configFile} is a ${c.objective} model; masking a modality is for mlm checkpoints`);
+  if (opts.maskModality !== undefined && !MODALITIES.includes(opts.maskModality)) throw new UserError(`--mask-modality must be image or text, got "${opts.maskModality}"`);
   const M = opts.maxTokens;
   if (M !== undefined && !(Number.isSafeInteger(M) && M >= 1)) throw new UserError(`--max-tokens must be a positive integer, got ${M}`);
   const th = opts.activationThreshold;
@@ -174,9 +189,10 @@ function documentsScored(text: EvalText, targets: number): number {
 
 /** Scores already-tokenized text (ids checked against the vocabulary by the caller). */
 export async function evaluateTokens(
-  gpu: Gpu, c: ModelConfig, params: Map<string, Float32Array>, text: EvalText, opts: EvalOptions, configFile = "config",
+  gpu: Gpu, c: ModelConfig, params: Map<string, Float32Array>, text: EvalText & { types?: Uint8Array | null }, opts: EvalOptions, configFile = "config",
 ): Promise<EvalResult> {
   const { T, B } = checkOptions(c, opts, configFile);
+  if (c.objective === "mlm") return evaluateMasked(gpu, c, params, text, opts, T, B);
   const W = uploadParams(gpu, c, params);
   const scorer = new WindowScorer(gpu, c, W);
   const tally = new RoutingTally();
@@ -202,6 +218,43 @@ export async function evaluateTokens(
     windows: r.windows, documents: documentsScored(text, r.targets), seq_len: T, batch_size: B,
   };
   if (!tally.empty) result.routing = tally.report(opts.activationThreshold);
+  return result;
+}
+
+/**
+ * An mlm checkpoint by the eval rule of masked.ts over the stream (documents each followed by EOT):
+ * pseudo-loss, accuracy, both per modality, and the routing metrics, overall and per modality.
+ */
+async function evaluateMasked(
+  gpu: Gpu, c: ModelConfig, params: Map<string, Float32Array>, text: EvalText & { types?: Uint8Array | null }, opts: EvalOptions, T: number, B: number,
+): Promise<EvalResult> {
+  const W = uploadParams(gpu, c, params);
+  const scorer = new MlmScorer(gpu, c, W);
+  const tally = new RoutingTally();
+  const byModality = { text: new RoutingTally(), image: new RoutingTally() };
+  const wantEntropy = opts.routerEntropy ?? true;
+  let r;
+  try {
+    r = await scorer.score({ tokens: text.tokens, types: text.types ?? null }, T, B, {
+      maxTargets: opts.maxTokens, hide: opts.maskModality, routingByModality: c.num_experts > 0 ? byModality : undefined,
+      onBatch: async (model, done, total) => {
+        for (const l of model.moeLayers) tally.add(await readLayerRouting(l, wantEntropy));
+        opts.onProgress?.(done, total);
+      },
+    });
+  } finally {
+    scorer.release();
+    W.release();
+  }
+  const result: EvalResult = {
+    loss: r.loss, tokens: r.targets, ppl: Math.exp(r.loss), bpb: NaN, bytes: text.bytes, windows: r.windows, documents: text.docStarts.length,
+    seq_len: T, batch_size: B, objective: "mlm", accuracy: r.accuracy, by_modality: r.by_modality, mask_modality: opts.maskModality ?? null,
+  };
+  if (!tally.empty) {
+    result.routing = tally.report(opts.activationThreshold);
+    result.routing_by_modality = {};
+    for (const m of MODALITIES) if (!byModality[m].empty) result.routing_by_modality[m] = byModality[m].report(opts.activationThreshold);
+  }
   return result;
 }
 
@@ -243,6 +296,8 @@ function trainedSeqLen(dir: string): number | undefined {
 export interface EvalData extends EvalText {
   /** shard sets: the split scored */
   split?: Split;
+  /** shard sets with images: per token, 0 text, 1 image */
+  types?: Uint8Array | null;
 }
 
 const utf8Length = (text: string) => Buffer.byteLength(text, "utf8");
@@ -252,19 +307,24 @@ const utf8Length = (text: string) => Buffer.byteLength(text, "utf8");
  * one, else train), read up to `maxTargets` targets; its tokenizer must be the checkpoint's. Bytes (for
  * bits per byte) are those of the documents' text, as a .txt file of the same text would count them.
  */
-async function readShardEvalData(dataPath: string, dir: string, opts: Pick<EvalOptions, "tokenizer" | "maxTokens" | "split">): Promise<EvalData> {
+async function readShardEvalData(dataPath: string, dir: string, config: ModelConfig, opts: Pick<EvalOptions, "tokenizer" | "maxTokens" | "split">): Promise<EvalData> {
   const recorded = recordedTokenizer(dir, opts.tokenizer);
   const set = await openShardSet(dataPath, { tokenizer: opts.tokenizer ?? recorded });
   assertSameTokenizer({ tokenizer: recorded ?? opts.tokenizer ?? "byte", where: `checkpoint ${dir}` }, { tokenizer: set.tokenizer, where: `shard set ${dataPath}` });
   const split: Split = opts.split ?? (set.splits.val.length > 0 ? "val" : "train");
   if (set.splits[split].length === 0) throw new UserError(`${dataPath}: the shard set has no ${split} split (--split ${split === "val" ? "train" : "val"})`);
   const docs = await readEvalDocuments(set, split, opts.maxTokens);
+  if (docs.types && !(config.type_vocab_size > 1)) {
+    throw new UserError(`${dataPath}: the shard set has image tokens (token_type_ids), but the checkpoint has no type embedding (type_vocab_size ${config.type_vocab_size})`);
+  }
   if (docs.docStarts.length === 0) throw new UserError(`${dataPath}: the ${split} split holds no document`);
   const tokenizer = getTokenizer(set.tokenizer);
   let bytes = 0;
   docs.docStarts.forEach((start, d) => {
     const end = (docs.docStarts[d + 1] ?? docs.tokens.length) - 1; // the EOT is not text
-    bytes += utf8Length(tokenizer.decode(docs.tokens.subarray(start, end)));
+    const ids = docs.tokens.subarray(start, end);
+    const types = docs.types?.subarray(start, end);
+    bytes += utf8Length(tokenizer.decode(types ? ids.filter((_, i) => types[i] === 0) : ids)); // image ids are not text
   });
   return { ...docs, bytes, split };
 }
@@ -284,7 +344,7 @@ export async function evaluateCheckpoint(
   checkOptions(config, opts, configFile);
   const isShardSet = dataPath.endsWith(".arrow") || (fs.existsSync(dataPath) && fs.statSync(dataPath).isDirectory());
   if (opts.split && !isShardSet) throw new UserError(`--split: ${dataPath} is a text file, not a shard set (a text file is scored whole)`);
-  const text: EvalData = isShardSet ? await readShardEvalData(dataPath, dir, opts) : readEvalText(dataPath, evalTokenizer(dir, opts.tokenizer));
+  const text: EvalData = isShardSet ? await readShardEvalData(dataPath, dir, config, opts) : readEvalText(dataPath, evalTokenizer(dir, opts.tokenizer));
   checkVocabulary(text.tokens, config.vocab_size, dataPath, configFile);
   // The device is opened only once every file has been checked, so a bad input fails fast.
   const device = typeof gpu === "function" ? await gpu() : gpu;

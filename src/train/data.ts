@@ -61,13 +61,17 @@ export async function openTrainData(data: string | undefined, tokenizer: string,
  * set's own (a `requested` tokenizer that differs is refused when the set is opened), else the requested
  * tokenizer, else byte.
  */
-export async function dataTokenizer(data: string | undefined, requested: string | undefined): Promise<{ tokenizer: string; vocabSize: number }> {
+export async function dataTokenizer(
+  data: string | undefined, requested: string | undefined,
+): Promise<{ tokenizer: string; vocabSize: number; maskTokenId: number; images: boolean }> {
   if (data && existsSync(data) && statSync(data).isDirectory() && (await isShardDir(data))) {
     const set = await openShardSet(data, { tokenizer: requested });
-    return { tokenizer: set.tokenizer, vocabSize: set.vocabSize };
+    const maskTokenId = set.images?.maskTokenId ?? getTokenizer(set.tokenizer).vocabSize;
+    return { tokenizer: set.tokenizer, vocabSize: set.vocabSize, maskTokenId, images: set.images !== null };
   }
   const t = getTokenizer(requested ?? "byte");
-  return { tokenizer: t.name, vocabSize: t.vocabSize };
+  // the mlm objective's mask id: the first id after the text ids (the byte tokenizer's 257)
+  return { tokenizer: t.name, vocabSize: t.vocabSize, maskTokenId: t.vocabSize, images: false };
 }
 
 /** The inputs' identity, as stable JSON: resolved paths, sizes and modification times, and the tokenizer. */

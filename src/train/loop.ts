@@ -16,6 +16,9 @@ import { Transformer } from "../model/transformer.ts";
 import { assertFiniteParams, loadModelCheckpoint } from "../model/load.ts";
 import { Loader, readEvalDocuments } from "../data/index.ts";
 import { WindowScorer } from "../eval/perplexity.ts";
+import { MlmScorer } from "../eval/masked.ts";
+import { trainingMask, type MaskingOptions } from "./masking.ts";
+import { mlmWeights } from "../model/transformer.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import { GpuAdamW } from "./optimizer.ts";
 import type { TrainOptions } from "./options.ts";
@@ -86,19 +89,26 @@ class TrainingRun {
   private readonly schedule: Schedule;
   /** the host side of a step's micro-batches, reused by every step */
   private readonly stepIds: Int32Array;
+  /** mlm: the micro-batches' loss weights, and how they are masked */
+  private readonly stepWeights: Float32Array | null;
+  private readonly masking: MaskingOptions | null;
   /** training FLOPs per token: 3x the forward's (docs/model.md) */
   private readonly flopsPerToken: number;
 
   private constructor(
     readonly gpu: Gpu, readonly o: TrainOptions, readonly hooks: TrainHooks, readonly dir: RunDir, readonly data: TrainData,
     readonly loader: Loader, readonly W: ParamStore, readonly G: ParamStore, readonly model: Transformer, readonly opt: GpuAdamW,
-    readonly runner: StepRunner, readonly held: { scorer: WindowScorer; text: HeldOut } | null, from: ResumeState | null,
+    readonly runner: StepRunner, readonly held: { scorer: WindowScorer | MlmScorer; text: HeldOut } | null, from: ResumeState | null,
   ) {
     this.step = from?.state.step ?? 0;
     this.unread = this.step + 1;
     this.skipped = from?.state.skippedSteps ?? 0;
     this.schedule = { kind: o.schedule, lr: o.lr, minLr: o.minLr, warmup: o.warmup, steps: o.steps };
-    this.stepIds = new Int32Array(o.gradAccum * o.batchSize * (o.seqLen + 1));
+    const mlm = o.config.objective === "mlm";
+    this.stepIds = new Int32Array(o.gradAccum * o.batchSize * (mlm ? 3 * o.seqLen : o.seqLen + 1));
+    this.stepWeights = mlm ? new Float32Array(o.gradAccum * o.batchSize * o.seqLen) : null;
+    const images = data.set.images;
+    this.masking = mlm ? { maskTokenId: o.config.mask_token_id, maskRatio: o.config.mask_ratio, imageGrid: images ? images.size / images.patch : null } : null;
     this.flopsPerToken = TRAINING_FLOPS_FACTOR * flopsPerToken(o.config, o.seqLen);
   }
 
@@ -114,6 +124,9 @@ class TrainingRun {
     if (data.set.tokenizer !== o.tokenizer) throw new UserError(`${data.source}: shards use tokenizer "${data.set.tokenizer}", the run uses "${o.tokenizer}"`);
     if (data.set.vocabSize > c.vocab_size) {
       throw new UserError(`${data.source}: tokenizer ${data.set.tokenizer} has ${data.set.vocabSize} ids, the model's vocab_size is ${c.vocab_size}`);
+    }
+    if (data.set.images && c.type_vocab_size < 2) {
+      throw new UserError(`${data.source}: the shards hold images (token_type_ids); set --set type_vocab_size=2 so the model can tell image tokens from text`);
     }
     if (from && from.state.data.fingerprint !== data.set.fingerprint) {
       throw new UserError(`cannot resume: the checkpoint's data (${from.state.data.dir}) is not the shard set given now (${data.source})`);
@@ -137,7 +150,7 @@ class TrainingRun {
         opt.setApplied(from.state.step - from.state.skippedSteps, o, from.state.adam);
       }
       const runner = new StepRunner(gpu, model, G, opt, o.gradAccum, o.logEvery);
-      const ev = evalTokens ? { scorer: new WindowScorer(gpu, c, W, model), text: evalTokens } : null;
+      const ev = evalTokens ? { scorer: c.objective === "mlm" ? new MlmScorer(gpu, c, W, model) : new WindowScorer(gpu, c, W, model), text: evalTokens } : null;
       return new TrainingRun(gpu, o, hooks, dir, data, loader, W, G, model, opt, runner, ev, from);
     });
   }
@@ -168,11 +181,31 @@ class TrainingRun {
   /** Loads the step's micro-batches, sets its lr, and submits it. */
   private async runStep(): Promise<void> {
     const o = this.o;
-    const A = o.gradAccum, rows = o.batchSize * (o.seqLen + 1);
+    const A = o.gradAccum, B = o.batchSize, T = o.seqLen;
     const ids = this.stepIds;
-    for (let a = 0; a < A; a++) ids.set(await this.loader.next(), a * rows);
+    if (this.masking) {
+      // mlm: the first T of each loader row (rows share one token, so these partition the stream),
+      // masked from the run's seed and the micro-batch's index: a resumed run masks as an unbroken one
+      const N = B * T;
+      for (let a = 0; a < A; a++) {
+        const next = await this.loader.nextWithTypes();
+        const window = new Int32Array(N), types = new Uint8Array(N);
+        for (let b = 0; b < B; b++) {
+          window.set(next.ids.subarray(b * (T + 1), b * (T + 1) + T), b * T);
+          types.set(next.types.subarray(b * (T + 1), b * (T + 1) + T), b * T);
+        }
+        const batch = trainingMask(window, types, B, T, o.seed, this.step * A + a, this.masking);
+        ids.set(batch.inputs, a * 3 * N);
+        ids.set(batch.targets, a * 3 * N + N);
+        ids.set(batch.types, a * 3 * N + 2 * N);
+        this.stepWeights!.set(mlmWeights(batch.targets), a * N);
+      }
+    } else {
+      const rows = B * (T + 1);
+      for (let a = 0; a < A; a++) ids.set(await this.loader.next(), a * rows);
+    }
     this.opt.prepareStep({ lr: learningRate(this.schedule, this.step + 1), beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.clip });
-    this.runner.run(this.step + 1, ids);
+    this.runner.run(this.step + 1, ids, this.stepWeights ?? undefined);
     this.step++;
     this.windowTokens += A * o.batchSize * o.seqLen;
   }
@@ -210,6 +243,7 @@ class TrainingRun {
       tokens_per_s: tokensPerS, flops_per_s: tokensPerS * this.flopsPerToken,
       tokens_seen: this.loader.tokensSeen, skipped_steps: this.skipped,
       routing: await routingStats(this.gpu, this.model.moeLayers),
+      ...(s.accuracy !== null ? { masked_accuracy: s.accuracy } : {}),
     };
     this.windowStart = performance.now();
     this.windowTokens = 0;
@@ -220,7 +254,10 @@ class TrainingRun {
   private async evaluate(): Promise<void> {
     const { scorer, text } = this.held!;
     const o = this.o;
-    const { loss } = await this.gpu.checked("evaluating", () => scorer.score(text, o.seqLen, o.batchSize, { maxTargets: text.maxTargets }));
+    const { loss } = await this.gpu.checked("evaluating", () =>
+      scorer instanceof MlmScorer
+        ? scorer.score({ tokens: text.tokens, types: text.types ?? null }, o.seqLen, o.batchSize, { maxTargets: text.maxTargets })
+        : scorer.score(text, o.seqLen, o.batchSize, { maxTargets: text.maxTargets }));
     const r = { step: this.step, eval_loss: loss, eval_ppl: Math.exp(loss) };
     this.dir.appendMetrics(r);
     this.hooks.onEval?.(r);
@@ -289,6 +326,8 @@ async function heldOutTokens(o: TrainOptions, data: TrainData, hooks: TrainHooks
 interface HeldOut {
   tokens: Int32Array;
   docStarts: number[];
+  /** shard sets with images: per token, 0 text, 1 image */
+  types?: Uint8Array | null;
   maxTargets: number;
 }
 

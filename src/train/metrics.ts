@@ -21,6 +21,8 @@ export interface StepRecord {
   skipped_steps: number;
   /** of the last micro-batch of the step (router_entropy null: probabilities are not read back in training); null for a dense model */
   routing: RoutingReport | null;
+  /** mlm only: the share of masked positions predicted exactly (their target's logit the largest), micro-batch mean */
+  masked_accuracy?: number;
 }
 
 /** Training FLOPs per forward FLOP: the backward costs about twice the forward. */

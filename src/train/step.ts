@@ -18,6 +18,8 @@ export interface StepScalars {
   aux: number;
   z: number;
   gradNorm: number;
+  /** mlm: the masked-token accuracy, averaged over the micro-batches */
+  accuracy: number | null;
 }
 
 export class StepRunner {
@@ -26,6 +28,9 @@ export class StepRunner {
   private readonly perMicro: number;
   private readonly perStep: number;
   private readonly idsPerBatch: number;
+  /** mlm: the micro-batches' loss weights, staged beside their ids */
+  private readonly weights: Tensor | null;
+  private readonly mlm: boolean;
 
   /** `slots`: steps the ring holds; the host must read them (readSteps) at least that often. */
   constructor(
@@ -33,25 +38,37 @@ export class StepRunner {
     readonly microBatches: number, readonly slots: number,
   ) {
     const { B, T } = model.opts;
-    this.idsPerBatch = B * (T + 1);
-    this.perMicro = 1 + 2 * model.moeLayers.length;
+    this.mlm = model.mlm;
+    this.idsPerBatch = this.mlm ? 3 * B * T : B * (T + 1);
+    this.perMicro = 1 + 2 * model.moeLayers.length + (this.mlm ? 1 : 0);
     this.perStep = microBatches * this.perMicro + 1;
     this.staging = empty(gpu, [microBatches * this.idsPerBatch], "i32", "train.staging_ids");
+    this.weights = this.mlm ? empty(gpu, [microBatches * B * T], "f32", "train.staging_weights") : null;
     this.ring = empty(gpu, [slots * this.perStep], "f32", "train.step_scalars");
   }
 
-  /** Encodes and submits step `step` (1-based) on `ids`, the A micro-batches' [B, T+1] rows back to back. */
-  run(step: number, ids: Int32Array): void {
+  /**
+   * Encodes and submits step `step` (1-based) on `ids`, the A micro-batches' [B, T+1] rows back to back
+   * (mlm: their [3, B, T] inputs, targets and types, with `weights`, their [B*T] loss weights).
+   */
+  run(step: number, ids: Int32Array, weights?: Float32Array): void {
     const { model, microBatches: A, idsPerBatch } = this;
     const base = ((step - 1) % this.slots) * this.perStep;
+    const N = model.opts.B * model.opts.T;
     writeAt(this.staging, ids);
+    if (this.weights) {
+      if (!weights) throw new Error("StepRunner.run: an mlm step needs its loss weights");
+      writeAt(this.weights, weights);
+    }
     const cmds = new Commands(this.gpu);
     this.grads.encodeZero(cmds);
     for (let a = 0; a < A; a++) {
       cmds.copy(this.staging, a * idsPerBatch, model.ids, 0, idsPerBatch);
+      if (this.weights) cmds.copy(this.weights, a * N, model.lossWeights!, 0, N);
       cmds.pass(model.forward, model.backward);
       const at = base + a * this.perMicro;
       cmds.copy(model.ceLoss, 0, this.ring, at, 1);
+      if (this.mlm) cmds.copy(model.maskedAccuracy!, 0, this.ring, at + this.perMicro - 1, 1);
       model.moeLayers.forEach((l, i) => {
         cmds.copy(l.auxLoss, 0, this.ring, at + 1 + 2 * i, 1);
         cmds.copy(l.zLoss, 0, this.ring, at + 2 + 2 * i, 1);
@@ -71,21 +88,23 @@ export class StepRunner {
     const out: StepScalars[] = [];
     for (let step = from; step <= to; step++) {
       const rec = vals.subarray(((step - 1) % this.slots) * this.perStep);
-      let ce = 0, aux = 0, z = 0;
+      let ce = 0, aux = 0, z = 0, accuracy = 0;
       for (let a = 0; a < A; a++) {
         ce += rec[a * this.perMicro]! / A;
+        if (this.mlm) accuracy += rec[a * this.perMicro + this.perMicro - 1]! / A;
         for (let i = 0; i < nMoe; i++) {
           aux += rec[a * this.perMicro + 1 + 2 * i]! / A;
           z += rec[a * this.perMicro + 2 + 2 * i]! / A;
         }
       }
-      out.push({ step, ce, aux, z, gradNorm: rec[A * this.perMicro]! });
+      out.push({ step, ce, aux, z, gradNorm: rec[A * this.perMicro]!, accuracy: this.mlm ? accuracy : null });
     }
     return out;
   }
 
   release(): void {
     this.staging.release();
+    this.weights?.release();
     this.ring.release();
   }
 }
