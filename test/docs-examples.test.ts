@@ -213,7 +213,7 @@ function runStep(doc: string, s: Step, cwd: string, n: number): void {
   const where = `${doc}:${s.line}`;
   if (s.kind === "synopsis") {
     const words = s.text.split(/\s+/);
-    const argv = words[0] === "mhmoe" ? [join(ROOT, "mhmoe"), ...words.slice(1, ["bench", "experiment"].includes(words[1]!) ? 3 : 2)] : [join(bin, "python3"), words[1]!];
+    const argv = words[0] === "mhmoe" ? [join(ROOT, "mhmoe"), ...words.slice(1, ["bench", "experiment", "data"].includes(words[1]!) ? 3 : 2)] : [join(bin, "python3"), words[1]!];
     const shown = [...new Set([...s.text.matchAll(/--[a-z][a-z0-9-]*/g)].map((m) => m[0]))].sort();
     expect(shown, `${where}: the synopsis lists the flags \`${words.slice(0, 2).join(" ")} --help\` lists`).toEqual(helpFlags(argv, cwd));
     return;
