@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { getGpu } from "../src/gpu/device.ts";
 import { runPaperExperiment, SCALES, type PaperScale } from "../src/experiments/paper.ts";
+import { runShapesExperiment, SHAPES_SCALES, type ShapesScale } from "../src/experiments/shapes.ts";
 import { UserError } from "../src/util/errors.ts";
 import { parseNumber } from "./flags.ts";
 
@@ -22,6 +23,25 @@ export function registerExperiment(program: Command): void {
       if (seeds && seeds.some((s) => !Number.isSafeInteger(s) || s < 0)) throw new UserError(`--seeds must be non-negative integers, got "${o.seeds}"`);
       const r = await runPaperExperiment(await getGpu(), {
         scale: o.scale as PaperScale, out: o.out, seeds, data: o.data, steps: o.steps ? parseNumber("--steps", o.steps, true) : undefined,
+        onInfo: o.json ? undefined : (line) => process.stderr.write(`${line}\n`),
+      });
+      if (o.json) console.log(JSON.stringify({ scale: r.scale, tokens_per_model: r.tokens_per_model, rows: r.rows }));
+      else console.log(`wrote ${r.markdown} and ${r.results} (${r.rows.length} runs)`);
+    });
+  experiment
+    .command("shapes")
+    .description("masked multimodal modelling on the built-in shapes corpus: SMoE vs MH-MoE at equal FLOPs, caption-word accuracy with and without the image, routing per modality; writes RESULTS.md")
+    .option("--scale <name>", "tiny (about a minute on a CPU) or small (the RESULTS.md figures: d=96, 800 steps per model)", "tiny")
+    .option("--seeds <list>", "comma-separated seeds (default: the scale's; small: 1,2)")
+    .option("--out <dir>", "where the corpus, shards, runs, results.json, RESULTS.md and the heatmaps go", "experiments/shapes")
+    .option("--steps <n>", "training steps per model (default: the scale's)")
+    .option("--json", "print results.json's rows as one JSON object at the end")
+    .action(async (o: { scale: string; seeds?: string; out: string; steps?: string; json?: boolean }) => {
+      if (!(o.scale in SHAPES_SCALES)) throw new UserError(`--scale must be one of ${Object.keys(SHAPES_SCALES).join(", ")}, got "${o.scale}"`);
+      const seeds = o.seeds?.split(",").map((s) => parseNumber("--seeds", s.trim(), false));
+      if (seeds && seeds.some((s) => !Number.isSafeInteger(s) || s < 0)) throw new UserError(`--seeds must be non-negative integers, got "${o.seeds}"`);
+      const r = await runShapesExperiment(await getGpu(), {
+        scale: o.scale as ShapesScale, out: o.out, seeds, steps: o.steps ? parseNumber("--steps", o.steps, true) : undefined,
         onInfo: o.json ? undefined : (line) => process.stderr.write(`${line}\n`),
       });
       if (o.json) console.log(JSON.stringify({ scale: r.scale, tokens_per_model: r.tokens_per_model, rows: r.rows }));

@@ -147,6 +147,46 @@ describe("LM head and loss in row chunks", () => {
   });
 });
 
+describe("mlm: LM head and weighted loss in row chunks", () => {
+  // The weighted loss reads each row's weight at rowBase + row and writes its accuracy flag into the
+  // chunk's own rows: chunks must give the whole's loss, accuracy and gradients.
+  const c = presetConfig("mhmoe", {
+    vocab_size: 2048, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 48,
+    max_position_embeddings: 128, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2,
+    objective: "mlm", mask_token_id: 2047, type_vocab_size: 2,
+  });
+  const B = 2, T = 80, N = B * T;
+  const original = Int32Array.from({ length: N }, (_, i) => (i * 7919 + 13) % 2047);
+  const masked = (n: number) => n % 3 === 1;
+  const batch = {
+    inputs: original.map((id, n) => (masked(n) ? 2047 : id)),
+    targets: original.map((id, n) => (masked(n) ? id : -1)),
+    types: Int32Array.from({ length: N }, (_, n) => (n % T < 16 ? 1 : 0)),
+  };
+
+  async function run(gpu: Gpu, logitsBytes?: number) {
+    const W = uploadParams(gpu, c, initParams(c, 12));
+    const G = ParamStore.allocate(gpu, c, "grad");
+    const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, logitsBytes });
+    model.setMlmBatch(batch);
+    await model.run();
+    const out = { chunked: model.logitsChunked, loss: await model.readScalar(model.ceLoss), accuracy: await model.readScalar(model.maskedAccuracy!), grads: await G.download() };
+    model.release(); G.release(); W.release();
+    return out;
+  }
+
+  test("chunks of 64 rows give the masked loss, accuracy and every gradient of the whole", async () => {
+    const gpu = await getGpu();
+    const whole = await run(gpu);
+    const chunked = await run(gpu, 64 * 2048 * 4);
+    expect([whole.chunked, chunked.chunked]).toEqual([false, true]);
+    expect(chunked.loss).toBe(whole.loss);
+    expect(chunked.accuracy).toBe(whole.accuracy);
+    expect(Math.abs(whole.loss - Math.log(2048))).toBeLessThan(0.5); // an untrained model: near uniform over the scored rows
+    expect(worstScaledDifference(whole.grads, chunked.grads)).toBeLessThan(1e-5);
+  });
+});
+
 describe("vocabulary matrices larger than one binding", () => {
   for (const tied of [false, true]) {
     test(`embedding and LM head in row parts (${tied ? "tied" : "untied"}): the loss and gradients of the whole matrices`, async () => {
