@@ -55,6 +55,25 @@ describe("masking rules", () => {
     expect(trainingMask(ids, types, B, T, 7, 3, mask).targets).not.toEqual(trainingMask(ids, types, B, T, 8, 3, mask).targets);
   });
 
+  test("training with unit word: about half the words are masked or kept whole, the rest byte by byte; about mask_ratio of all", () => {
+    const text = "a red circle above a blue square, and a green triangle on the left. ".repeat(8);
+    const ids = Int32Array.from(Buffer.from(text));
+    const T = ids.length;
+    let bytes = 0, maskedBytes = 0, long = 0, wholeMasked = 0;
+    for (let index = 0; index < 60; index++) {
+      const b = trainingMask(ids, null, 1, T, 3, index, { ...mask, maskRatio: 0.3, unit: "word" });
+      for (const m of text.matchAll(/[a-z]+/g)) {
+        const state = Array.from({ length: m[0].length }, (_, j) => b.targets[m.index! + j]! >= 0);
+        bytes += state.length;
+        maskedBytes += state.filter(Boolean).length;
+        if (state.length >= 5) (long++, (wholeMasked += state.every(Boolean) ? 1 : 0));
+      }
+    }
+    expect(Math.abs(maskedBytes / bytes - 0.3)).toBeLessThan(0.03);
+    // a word of 5+ bytes is masked whole about 0.5*0.3 of the time (0.3^5 < 0.003 byte by byte)
+    expect(Math.abs(wholeMasked / long - 0.15)).toBeLessThan(0.04);
+  });
+
   test("eval: over the m passes every token is scored exactly once; --mask-modality hides one type throughout", () => {
     const window = Int32Array.from({ length: 30 }, (_, i) => 10 + i);
     const types = Uint8Array.from({ length: 30 }, (_, i) => (i < 12 ? 1 : 0));

@@ -108,7 +108,7 @@ class TrainingRun {
     this.stepIds = new Int32Array(o.gradAccum * o.batchSize * (mlm ? 3 * o.seqLen : o.seqLen + 1));
     this.stepWeights = mlm ? new Float32Array(o.gradAccum * o.batchSize * o.seqLen) : null;
     const images = data.set.images;
-    this.masking = mlm ? { maskTokenId: o.config.mask_token_id, maskRatio: o.config.mask_ratio, imageGrid: images ? images.size / images.patch : null } : null;
+    this.masking = mlm ? { maskTokenId: o.config.mask_token_id, maskRatio: o.config.mask_ratio, imageGrid: images ? images.size / images.patch : null, unit: o.maskUnit } : null;
     this.flopsPerToken = TRAINING_FLOPS_FACTOR * flopsPerToken(o.config, o.seqLen);
   }
 

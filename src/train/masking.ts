@@ -21,12 +21,25 @@ export interface MaskingOptions {
   maskRatio: number;
   /** patches per side of an image (index.json's size / patch); null: image runs are cut as one row */
   imageGrid: number | null;
+  /**
+   * "token" (default): each text position alone. "word" (byte tokenizer): each word (a run of ASCII
+   * letters and digits and UTF-8 bytes >= 0x80) is, with probability 1/2, one unit (masked or kept whole)
+   * and otherwise masked byte by byte, so training sees both whole words and the eval rule's scattered
+   * bytes hidden; other text positions alone.
+   */
+  unit?: "token" | "word";
+}
+
+/** A byte that belongs to a word: an ASCII letter or digit, or part of a UTF-8 multi-byte character. */
+function isWordByte(id: number): boolean {
+  return (id >= 48 && id <= 57) || (id >= 65 && id <= 90) || (id >= 97 && id <= 122) || (id >= 128 && id < 256);
 }
 
 /**
  * The masked micro-batch `index` (0-based over the run: step * gradAccum + micro-batch) of a run seeded
  * `seed`. ids are [B, T] windows (the first T of each of the loader's T+1 rows), types the same shape
- * (null: all text). Text positions (type 0) are masked independently with probability maskRatio; each
+ * (null: all text). Text positions (type 0) are masked independently with probability maskRatio (with
+ * unit "word", each word as one: a word cut by the window's edge counts as the part inside it); each
  * image (a run of type-1 positions) is masked block-wise until about IMAGE_MASK_RATIO of its patches in
  * the window are (blockMask).
  */
@@ -41,6 +54,15 @@ export function trainingMask(ids: Int32Array, types: Uint8Array | null, B: numbe
         let end = t;
         while (end < T && types[row + end] === IMAGE_TYPE) end++;
         blockMask(masked, row + t, end - t, t === 0, o.imageGrid, rng);
+        t = end;
+      } else if (o.unit === "word" && isWordByte(ids[row + t]!)) {
+        let end = t;
+        while (end < T && (!types || types[row + end] !== IMAGE_TYPE) && isWordByte(ids[row + end]!)) end++;
+        if (uniform(rng) < 0.5) {
+          if (uniform(rng) < o.maskRatio) masked.fill(1, row + t, row + end);
+        } else {
+          for (let j = t; j < end; j++) if (uniform(rng) < o.maskRatio) masked[row + j] = 1;
+        }
         t = end;
       } else {
         if (uniform(rng) < o.maskRatio) masked[row + t] = 1;

@@ -38,6 +38,8 @@ export interface TrainOptions {
   /** 0: keep all */
   keep: number;
   skipNonfinite: boolean;
+  /** mlm: what training masks as one unit of text, a token or a word (byte tokenizer; docs/model.md) */
+  maskUnit: "token" | "word";
 }
 
 export const TRAIN_DEFAULTS = {
@@ -64,6 +66,7 @@ export const TRAIN_DEFAULTS = {
   checkpointEvery: 0,
   keep: 3,
   skipNonfinite: false,
+  maskUnit: "token" as "token" | "word",
 };
 
 export function validateTrainOptions(o: TrainOptions): void {
@@ -85,6 +88,9 @@ export function validateTrainOptions(o: TrainOptions): void {
   if (o.valFraction !== undefined && !(o.valFraction >= 0 && o.valFraction < 1)) throw new UserError(`--val-fraction must be in [0, 1), got ${o.valFraction}`);
   if (o.minLr > o.lr) throw new UserError(`--min-lr (${o.minLr}) must not exceed --lr (${o.lr})`);
   if (!["cosine", "linear", "constant"].includes(o.schedule)) throw new UserError(`--schedule must be cosine, linear or constant, got ${o.schedule}`);
+  if (o.maskUnit !== "token" && o.maskUnit !== "word") throw new UserError(`--mask-unit must be token or word, got ${o.maskUnit}`);
+  if (o.maskUnit === "word" && o.config.objective !== "mlm") throw new UserError("--mask-unit is for the mlm objective (--set objective=mlm)");
+  if (o.maskUnit === "word" && o.tokenizer !== "byte") throw new UserError(`--mask-unit word finds words in bytes: it needs the byte tokenizer, not ${o.tokenizer}`);
   if (o.seqLen > o.config.max_position_embeddings) {
     throw new UserError(`--seq-len ${o.seqLen} exceeds the model's max_position_embeddings ${o.config.max_position_embeddings}`);
   }
@@ -96,7 +102,7 @@ export const RESUME_CHANGEABLE = [
   "evalBatches", "evalData", "checkpointEvery", "keep", "skipNonfinite", "data",
 ] as const;
 /** Options that shape the data order and the step: a resumed run keeps them (the tokenizer and the data are checked against the checkpoint's). */
-const RESUME_FIXED = ["batchSize", "seqLen", "gradAccum", "seed", "valFraction"] as const;
+const RESUME_FIXED = ["batchSize", "seqLen", "gradAccum", "seed", "valFraction", "maskUnit"] as const;
 
 type RunOptions = Omit<TrainOptions, "config" | "out">;
 const flagOf = (key: string) => "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
