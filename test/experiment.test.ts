@@ -1,10 +1,12 @@
 // `mhmoe experiment paper --scale tiny` (src/experiments/paper.ts): the whole family trains, every run is a
 // normal mhmoe run, and RESULTS.md / results.json hold a row per model and seed with the papers' figures.
+// `mhmoe experiment shapes` (src/experiments/shapes.ts) the same way, for the masked multimodal task.
 import { describe, expect, test, beforeAll, afterAll } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { paperFamily, SCALES } from "../src/experiments/paper.ts";
+import { shapesFamily, SHAPES_SCALES } from "../src/experiments/shapes.ts";
 import { flopsPerToken } from "../src/model/config.ts";
 
 const ROOT = join(import.meta.dir, "..");
@@ -55,5 +57,40 @@ describe("experiment paper", () => {
     const again = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "experiment", "paper", "--scale", "tiny", "--out", out], { cwd: ROOT });
     expect(again.exitCode, again.stderr.toString()).toBe(0);
     expect(again.stderr.toString()).not.toContain("training ");
+  });
+});
+
+describe("experiment shapes", () => {
+  test("the family: an SMoE and an MH-MoE h=2 at equal FLOPs, both mlm with a type embedding", () => {
+    const [smoe, mh] = shapesFamily(SHAPES_SCALES.small, 320, 257);
+    expect([smoe!.name, mh!.name]).toEqual(["smoe", "mhmoe-h2"]);
+    const f = (c: typeof smoe.config) => flopsPerToken(c, 192);
+    expect(Math.abs(f(mh!.config) - f(smoe!.config)) / f(smoe!.config)).toBeLessThan(0.05);
+    for (const m of [smoe!, mh!]) expect([m.config.objective, m.config.mask_token_id, m.config.type_vocab_size]).toEqual(["mlm", 257, 2]);
+  });
+
+  test("--scale tiny (few steps) renders the corpus, trains both models as normal runs and writes the report", () => {
+    const out = join(dir, "shapes");
+    const p = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "experiment", "shapes", "--scale", "tiny", "--steps", "20", "--out", out, "--json"], { cwd: ROOT });
+    expect(p.exitCode, p.stderr.toString()).toBe(0);
+    const r = JSON.parse(p.stdout.toString().trim().split("\n").at(-1)!);
+    expect(r.rows.map((x: { model: string }) => x.model)).toEqual(["smoe", "mhmoe-h2"]);
+    for (const row of r.rows) {
+      expect(existsSync(join(row.run, "latest")), row.run).toBe(true);
+      expect(Number.isFinite(row.pseudo_loss)).toBe(true);
+      // both modalities scored and routed; the caption words asked with and without the image are the same ones
+      for (const k of ["text_accuracy", "image_accuracy", "text_accuracy_without_image", "activation_ratio_text", "activation_ratio_image"]) {
+        expect(row[k], k).toBeGreaterThanOrEqual(0);
+      }
+      expect(row.with_image.colour_words).toBeGreaterThan(0);
+      expect(row.with_image.shape_words).toBeGreaterThan(0);
+      expect(row.without_image.colour_words).toBe(row.with_image.colour_words);
+    }
+    const md = readFileSync(join(out, "RESULTS.md"), "utf8");
+    expect(md).toContain("| smoe |");
+    expect(md).toContain("| mhmoe-h2 |");
+    for (const f of ["results.json", "heatmap-smoe-text.svg", "heatmap-smoe-image.svg", "heatmap-mhmoe-h2-text.svg", "heatmap-mhmoe-h2-image.svg"]) {
+      expect(existsSync(join(out, f)), f).toBe(true);
+    }
   });
 });
