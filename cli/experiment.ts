@@ -16,16 +16,19 @@ export function registerExperiment(program: Command): void {
     .option("--out <dir>", "where the runs, results.json, RESULTS.md and the SVGs go", "experiments/paper")
     .option("--data <dir>", "a shard set with a validation split, instead of the embedded corpus")
     .option("--steps <n>", "training steps per model (default: the scale's)")
+    .option("--only <models>", "comma-separated models to train and score alone (to check a row of RESULTS.md): results.json only")
     .option("--json", "print results.json's rows as one JSON object at the end")
-    .action(async (o: { scale: string; seeds?: string; out: string; data?: string; steps?: string; json?: boolean }) => {
+    .action(async (o: { scale: string; seeds?: string; out: string; data?: string; steps?: string; only?: string; json?: boolean }) => {
       if (!(o.scale in SCALES)) throw new UserError(`--scale must be one of ${Object.keys(SCALES).join(", ")}, got "${o.scale}"`);
       const seeds = o.seeds?.split(",").map((s) => parseNumber("--seeds", s.trim(), false));
       if (seeds && seeds.some((s) => !Number.isSafeInteger(s) || s < 0)) throw new UserError(`--seeds must be non-negative integers, got "${o.seeds}"`);
       const r = await runPaperExperiment(await getGpu(), {
         scale: o.scale as PaperScale, out: o.out, seeds, data: o.data, steps: o.steps ? parseNumber("--steps", o.steps, true) : undefined,
+        only: o.only?.split(",").map((n) => n.trim()).filter(Boolean),
         onInfo: o.json ? undefined : (line) => process.stderr.write(`${line}\n`),
       });
       if (o.json) console.log(JSON.stringify({ scale: r.scale, tokens_per_model: r.tokens_per_model, rows: r.rows }));
+      else if (o.only) for (const row of r.rows) console.log(`${row.model} (seed ${row.seed}): val loss ${row.val_loss.toFixed(6)}, ppl ${row.val_ppl.toFixed(4)}; wrote ${r.results}`);
       else console.log(`wrote ${r.markdown} and ${r.results} (${r.rows.length} runs)`);
     });
   experiment

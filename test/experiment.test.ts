@@ -57,6 +57,14 @@ describe("experiment paper", () => {
     const again = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "experiment", "paper", "--scale", "tiny", "--out", out], { cwd: ROOT });
     expect(again.exitCode, again.stderr.toString()).toBe(0);
     expect(again.stderr.toString()).not.toContain("training ");
+    // --only reruns one row from scratch into a fresh directory (its own copy of the data): the same loss
+    const check = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "experiment", "paper", "--scale", "tiny", "--only", "dense", "--out", join(dir, "check"), "--json"], { cwd: ROOT });
+    expect(check.exitCode, check.stderr.toString()).toBe(0);
+    const rerun = JSON.parse(check.stdout.toString().trim().split("\n").at(-1)!).rows;
+    expect(rerun.map((x: { model: string }) => x.model)).toEqual(["dense"]);
+    const dense = r.rows.find((x: { model: string }) => x.model === "dense");
+    expect(Math.abs(rerun[0].val_loss - dense.val_loss) / dense.val_loss).toBeLessThan(1e-6);
+    expect(existsSync(join(dir, "check", "RESULTS.md"))).toBe(false);
   });
 });
 

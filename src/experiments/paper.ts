@@ -115,6 +115,8 @@ export interface PaperOptions {
   data?: string;
   /** override the scale's steps per model */
   steps?: number;
+  /** train and score only these models (rerunning a row to check it): results.json only, no RESULTS.md */
+  only?: string[];
   onInfo?: (line: string) => void;
 }
 
@@ -138,7 +140,10 @@ export async function runPaperExperiment(gpu: Gpu, o: PaperOptions): Promise<Pap
   const set = o.data ? await openShardSet(o.data) : await defaultShardSet({ dir: dataDir, valFraction: 0.05 });
   if (set.splits.val.length === 0) throw new UserError(`${dataDir}: the experiment needs a validation split (mhmoe tokenize --val-fraction)`);
   const vocab = Math.ceil(set.vocabSize / 64) * 64;
-  const family = paperFamily(spec, vocab);
+  const whole = paperFamily(spec, vocab);
+  const unknown = (o.only ?? []).filter((n) => !whole.some((m) => m.name === n));
+  if (unknown.length > 0) throw new UserError(`--only: no model ${unknown.join(", ")} at this scale (models: ${whole.map((m) => m.name).join(", ")})`);
+  const family = o.only ? whole.filter((m) => o.only!.includes(m.name)) : whole;
   const rows: PaperRow[] = [];
   const firstSeed = new Map<string, EvalResult>();
   // Claims 1-2 (the main comparison) repeat over every seed; the ablation and the heads sweep use the
@@ -172,10 +177,10 @@ export async function runPaperExperiment(gpu: Gpu, o: PaperOptions): Promise<Pap
   const result: PaperResult = {
     scale: o.scale, spec, tokens_per_model: spec.steps * spec.batchSize * spec.seqLen, data: o.data ?? "embedded corpus (byte tokenizer, 5% of documents held out)",
     rows, results: path.join(o.out, "results.json"), markdown: path.join(o.out, "RESULTS.md"),
-    pictures: await writePictures(o.out, family, spec.seeds[0]!, firstSeed),
+    pictures: o.only ? [] : await writePictures(o.out, family, spec.seeds[0]!, firstSeed),
   };
   writeFileAtomic(result.results, JSON.stringify(result, null, 2) + "\n");
-  writeResultsMarkdown(result);
+  if (!o.only) writeResultsMarkdown(result);
   return result;
 }
 
