@@ -74,6 +74,19 @@ describe("data shapes", () => {
     expect([...counts].sort()).toEqual([1, 2, 3]);
   });
 
+  test("--max-shapes caps the shapes per scene; 3 (the default) draws the same scenes as before", () => {
+    const one = scenesFor(5, 200, 1), two = scenesFor(5, 200, 2);
+    expect(new Set(one.map((s) => s.length))).toEqual(new Set([1]));
+    expect(new Set(two.map((s) => s.length))).toEqual(new Set([1, 2]));
+    expect(scenesFor(5, 50, 3)).toEqual(scenesFor(5, 50));
+    const dir = tempDir();
+    const s = writeShapes({ out: join(dir, "one"), n: 30, seed: 2, maxShapes: 1 });
+    expect(s.max_shapes).toBe(1);
+    const lines = captions(join(dir, "one"));
+    expect(lines.map((l) => l.caption)).toEqual(scenesFor(2, 30, 1).map(captionOf));
+    for (const { caption } of lines) expect(words(caption, COLOUR_NAMES).length).toBe(1);
+  });
+
   test("the caption's wording: one shape, two in a row or column, two apart, three", () => {
     expect(captionOf([{ cell: 4, colour: "red", kind: "circle" }])).toBe("a red circle in the centre");
     expect(captionOf([{ cell: 3, colour: "green", kind: "triangle" }])).toBe("a green triangle on the left");
@@ -93,6 +106,8 @@ describe("data shapes", () => {
     expect(readdirSync(join(dir, "full"))).toEqual(["keep.txt"]);
     expect(() => writeShapes({ out: join(dir, "x"), n: 0, seed: 0 })).toThrow("--n must be a positive integer");
     expect(() => writeShapes({ out: join(dir, "x"), n: 1, seed: 0, size: 8 })).toThrow("--size must be an integer from 12");
+    expect(() => writeShapes({ out: join(dir, "x"), n: 1, seed: 0, maxShapes: 4 })).toThrow("--max-shapes must be 1, 2 or 3, got 4");
+    expect(() => writeShapes({ out: join(dir, "x"), n: 1, seed: 0, maxShapes: 0 })).toThrow("--max-shapes must be 1, 2 or 3, got 0");
     expect(existsSync(join(dir, "x"))).toBe(false);
     mkdirSync(join(dir, "empty"));
     writeShapes({ out: join(dir, "empty"), n: 1, seed: 0 });

@@ -1,6 +1,6 @@
 /**
  * `mhmoe data shapes`: a toy image-text corpus a small model can learn from in minutes. Each scene is
- * one to three coloured shapes (circle, square, triangle) in distinct cells of a 3x3 grid on a plain
+ * one to three (--max-shapes) coloured shapes (circle, square, triangle) in distinct cells of a 3x3 grid on a plain
  * light grey background, drawn without anti-aliasing, with a caption in plain words that names each
  * shape's colour and kind and where it is. The caption is a function of the picture alone: shapes
  * are described in reading order (by cell, top left first) and the wording depends only on their
@@ -50,9 +50,11 @@ export interface Shape {
 /** One scene's shapes, in reading order (ascending cell). */
 export type Scene = Shape[];
 
-/** The next scene from the stream: 1-3 shapes in distinct cells, each colour and kind uniform. */
-export function drawScene(rng: Rng): Scene {
-  const count = 1 + rng.int(3);
+export const MAX_SHAPES = 3;
+
+/** The next scene from the stream: 1 to maxShapes (1-3) shapes in distinct cells, each colour and kind uniform. */
+export function drawScene(rng: Rng, maxShapes = MAX_SHAPES): Scene {
+  const count = 1 + rng.int(maxShapes);
   const cells = Array.from({ length: GRID * GRID }, (_, i) => i);
   for (let i = 0; i < count; i++) {
     const j = i + rng.int(cells.length - i);
@@ -114,6 +116,8 @@ export interface ShapesOptions {
   n: number;
   seed: number;
   size?: number;
+  /** at most this many shapes per scene (1-3, default 3): 1 gives the easiest image-text task */
+  maxShapes?: number;
 }
 
 export interface ShapesSummary {
@@ -121,6 +125,7 @@ export interface ShapesSummary {
   images: number;
   size: number;
   seed: number;
+  max_shapes: number;
   captions: string;
   seconds: number;
 }
@@ -130,14 +135,16 @@ export function sceneFileName(i: number, n: number): string {
   return `shape-${String(i).padStart(Math.max(5, String(n - 1).length), "0")}.png`;
 }
 
-function checkShapesOptions(o: ShapesOptions): number {
+function checkShapesOptions(o: ShapesOptions): { size: number; maxShapes: number } {
   const size = o.size ?? DEFAULT_SHAPES_SIZE;
+  const maxShapes = o.maxShapes ?? MAX_SHAPES;
+  if (!Number.isSafeInteger(maxShapes) || maxShapes < 1 || maxShapes > MAX_SHAPES) throw new UserError(`--max-shapes must be 1, 2 or 3, got ${o.maxShapes}`);
   if (!Number.isSafeInteger(o.n) || o.n < 1) throw new UserError(`--n must be a positive integer, got ${o.n}`);
   if (!Number.isSafeInteger(o.seed) || o.seed < 0) throw new UserError(`--seed must be a non-negative integer, got ${o.seed}`);
   if (!Number.isSafeInteger(size) || size < MIN_SHAPES_SIZE || size > MAX_SHAPES_SIZE) {
     throw new UserError(`--size must be an integer from ${MIN_SHAPES_SIZE} to ${MAX_SHAPES_SIZE}, got ${o.size}`);
   }
-  return size;
+  return { size, maxShapes };
 }
 
 /**
@@ -147,7 +154,7 @@ function checkShapesOptions(o: ShapesOptions): number {
  */
 export function writeShapes(o: ShapesOptions): ShapesSummary {
   const started = performance.now();
-  const size = checkShapesOptions(o);
+  const { size, maxShapes } = checkShapesOptions(o);
   const info = (() => {
     try {
       return statSync(o.out);
@@ -161,7 +168,7 @@ export function writeShapes(o: ShapesOptions): ShapesSummary {
   writeDirAtomic(o.out, (tmp) => {
     const lines: string[] = [];
     for (let i = 0; i < o.n; i++) {
-      const scene = drawScene(rng);
+      const scene = drawScene(rng, maxShapes);
       const file = sceneFileName(i, o.n);
       writeFileSync(join(tmp, file), encodePng(renderScene(scene, size)));
       lines.push(JSON.stringify({ image: file, caption: captionOf(scene) }));
@@ -169,11 +176,11 @@ export function writeShapes(o: ShapesOptions): ShapesSummary {
     writeFileSync(join(tmp, CAPTIONS_FILE), lines.join("\n") + "\n");
   });
   const seconds = (performance.now() - started) / 1000;
-  return { out: o.out, images: o.n, size, seed: o.seed, captions: join(o.out, CAPTIONS_FILE), seconds: +seconds.toFixed(3) };
+  return { out: o.out, images: o.n, size, seed: o.seed, max_shapes: maxShapes, captions: join(o.out, CAPTIONS_FILE), seconds: +seconds.toFixed(3) };
 }
 
 /** The scenes writeShapes draws for a seed, without writing anything (tests, and anyone checking a corpus). */
-export function scenesFor(seed: number, n: number): Scene[] {
+export function scenesFor(seed: number, n: number, maxShapes = MAX_SHAPES): Scene[] {
   const rng = new Rng(seed);
-  return Array.from({ length: n }, () => drawScene(rng));
+  return Array.from({ length: n }, () => drawScene(rng, maxShapes));
 }
