@@ -13,6 +13,7 @@ import { encodePng, imagePatches } from "../src/data/images.ts";
 import { writeShapes } from "../src/data/shapes.ts";
 import { runTokenizeImages } from "../src/data/tokenize-images.ts";
 import { openShardSet, readEvalDocuments, readShardDocuments, readShardRows, runTokenize, type IndexJson } from "../src/data/index.ts";
+import { formatReport, inspectPath, type ShardSetReport } from "../src/eval/inspect.ts";
 import { Rng } from "../src/util/rng.ts";
 import { UserError } from "../src/util/errors.ts";
 import { tempDir, writeJsonl, writeText } from "./fixtures/data.ts";
@@ -112,6 +113,10 @@ describe("tokenize --images", () => {
     expect(ev.types!.length).toBe(ev.tokens.length);
     for (let i = 0; i < ev.tokens.length; i++) expect(ev.types![i]).toBe(ev.tokens[i]! >= 258 ? 1 : 0);
     expect(ev.tokens[ev.tokens.length - 1]).toBe(256);
+    // inspect reports the images object beside the tokenizer
+    const report = (await inspectPath(out)) as ShardSetReport;
+    expect(report.images).toEqual({ codebook: book, patch: 8, size: 32, codes: 16, image_token_offset: 258, mask_token_id: 257, patches_per_image: 16 });
+    expect(formatReport(report)).toContain(`images: 32x32 pixels in 8x8 patches (16 ids each), 16 codes as ids 258-273, mask id 257, codebook ${book}`);
   });
 
   test("without captions: every image in sorted order, image ids only; gpt2 captions move the offsets", async () => {

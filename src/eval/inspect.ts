@@ -82,6 +82,8 @@ export interface ShardSetReport {
   /** null: a Hugging Face set does not record one (pass --tokenizer) */
   tokenizer: string | null;
   vocab_size: number | null;
+  /** image–text shards: index.json's images object (codebook, patch, size, codes, image ids, mask id); null for text */
+  images: { codebook: string; patch: number; size: number; codes: number; image_token_offset: number; mask_token_id: number; patches_per_image: number } | null;
   splits: Record<Split, { shards: number; documents: number | null; tokens: number | null; bytes: number }>;
   shards: ShardReport[];
   verified: boolean;
@@ -230,6 +232,12 @@ export async function inspectShardSet(path: string, tokenizer?: string): Promise
   };
   return {
     kind: "shards", path, format: set.format, tokenizer: known ? set.tokenizer : null, vocab_size: known ? set.vocabSize : null,
+    images: set.images
+      ? {
+        codebook: set.images.codebook, patch: set.images.patch, size: set.images.size, codes: set.images.codes,
+        image_token_offset: set.images.imageTokenOffset, mask_token_id: set.images.maskTokenId, patches_per_image: set.images.patchesPerImage,
+      }
+      : null,
     splits: { train: split("train"), val: split("val") }, shards, verified: shards.every((s) => s.checksum !== "failed"),
   };
 }
@@ -313,6 +321,11 @@ export function formatReport(r: InspectReport): string {
     out.push(r.tokenizer === null
       ? "tokenizer: not recorded (Hugging Face files; pass --tokenizer byte|gpt2)"
       : `tokenizer: ${r.tokenizer}, vocab size ${int(r.vocab_size!)}`);
+    if (r.images) {
+      const m = r.images;
+      out.push(`images: ${m.size}x${m.size} pixels in ${m.patch}x${m.patch} patches (${m.patches_per_image} ids each), ${m.codes} codes as ids ` +
+        `${m.image_token_offset}-${m.image_token_offset + m.codes - 1}, mask id ${m.mask_token_id}, codebook ${m.codebook}`);
+    }
     for (const name of ["train", "val"] as const) {
       const s = r.splits[name];
       const n = (v: number | null) => (v === null ? "?" : int(v));
