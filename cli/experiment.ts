@@ -38,13 +38,15 @@ export function registerExperiment(program: Command): void {
     .option("--seeds <list>", "comma-separated seeds (default: the scale's; small: 1,2)")
     .option("--out <dir>", "where the corpus, shards, runs, results.json, RESULTS.md and the heatmaps go", "experiments/shapes")
     .option("--steps <n>", "training steps per model (default: the scale's)")
+    .option("--only <models>", "comma-separated models (smoe, mhmoe-h2) to train and score alone: results.json only")
     .option("--json", "print results.json's rows as one JSON object at the end")
-    .action(async (o: { scale: string; seeds?: string; out: string; steps?: string; json?: boolean }) => {
+    .action(async (o: { scale: string; seeds?: string; out: string; steps?: string; only?: string; json?: boolean }) => {
       if (!(o.scale in SHAPES_SCALES)) throw new UserError(`--scale must be one of ${Object.keys(SHAPES_SCALES).join(", ")}, got "${o.scale}"`);
       const seeds = o.seeds?.split(",").map((s) => parseNumber("--seeds", s.trim(), false));
       if (seeds && seeds.some((s) => !Number.isSafeInteger(s) || s < 0)) throw new UserError(`--seeds must be non-negative integers, got "${o.seeds}"`);
       const r = await runShapesExperiment(await getGpu(), {
         scale: o.scale as ShapesScale, out: o.out, seeds, steps: o.steps ? parseNumber("--steps", o.steps, true) : undefined,
+        only: o.only?.split(",").map((n) => n.trim()).filter(Boolean),
         onInfo: o.json ? undefined : (line) => process.stderr.write(`${line}\n`),
       });
       if (o.json) console.log(JSON.stringify({ scale: r.scale, tokens_per_model: r.tokens_per_model, rows: r.rows }));

@@ -77,6 +77,24 @@ describe("experiment shapes", () => {
     for (const m of [smoe!, mh!]) expect([m.config.objective, m.config.mask_token_id, m.config.type_vocab_size]).toEqual(["mlm", 257, 2]);
   });
 
+  test("--scale tiny --only mhmoe-h2: the trained MH-MoE reads colours and shapes from the image", () => {
+    // The cross-modal effect at toy size: one shape per scene, 800 steps (about five minutes here). The
+    // same words are asked with the image and with every image token masked; chance is 0.5 for both.
+    const out = join(dir, "shapes-effect");
+    const p = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "experiment", "shapes", "--scale", "tiny", "--only", "mhmoe-h2", "--out", out, "--json"], { cwd: ROOT });
+    expect(p.exitCode, p.stderr.toString()).toBe(0);
+    const [row] = JSON.parse(p.stdout.toString().trim().split("\n").at(-1)!).rows;
+    expect(row.model).toBe("mhmoe-h2");
+    expect(row.with_image.colour_words).toBeGreaterThanOrEqual(80);
+    expect(row.with_image.shape_words).toBeGreaterThanOrEqual(80);
+    expect(row.with_image.colour).toBeGreaterThanOrEqual(0.9);
+    expect(row.without_image.colour).toBeLessThanOrEqual(0.7);
+    expect(row.with_image.shape - row.without_image.shape).toBeGreaterThanOrEqual(0.15);
+    // --only writes results.json alone
+    expect(existsSync(join(out, "results.json"))).toBe(true);
+    expect(existsSync(join(out, "RESULTS.md"))).toBe(false);
+  });
+
   test("--scale tiny (few steps) renders the corpus, trains both models as normal runs and writes the report", () => {
     const out = join(dir, "shapes");
     const p = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "experiment", "shapes", "--scale", "tiny", "--steps", "20", "--out", out, "--json"], { cwd: ROOT });

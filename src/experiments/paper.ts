@@ -24,6 +24,7 @@ import { readRunMetrics, renderSvg, routingHeatmapSvg, runChartSpecs } from "../
 import { writeFileAtomic } from "../io/atomic.ts";
 import { UserError } from "../util/errors.ts";
 import { writeResultsMarkdown } from "./paper-report.ts";
+import { finishedStep, selectModels } from "./runs.ts";
 
 export type PaperScale = "tiny" | "small" | "full";
 
@@ -141,9 +142,7 @@ export async function runPaperExperiment(gpu: Gpu, o: PaperOptions): Promise<Pap
   if (set.splits.val.length === 0) throw new UserError(`${dataDir}: the experiment needs a validation split (mhmoe tokenize --val-fraction)`);
   const vocab = Math.ceil(set.vocabSize / 64) * 64;
   const whole = paperFamily(spec, vocab);
-  const unknown = (o.only ?? []).filter((n) => !whole.some((m) => m.name === n));
-  if (unknown.length > 0) throw new UserError(`--only: no model ${unknown.join(", ")} at this scale (models: ${whole.map((m) => m.name).join(", ")})`);
-  const family = o.only ? whole.filter((m) => o.only!.includes(m.name)) : whole;
+  const family = selectModels(whole, o.only);
   const rows: PaperRow[] = [];
   const firstSeed = new Map<string, EvalResult>();
   // Claims 1-2 (the main comparison) repeat over every seed; the ablation and the heads sweep use the
@@ -182,16 +181,6 @@ export async function runPaperExperiment(gpu: Gpu, o: PaperOptions): Promise<Pap
   writeFileAtomic(result.results, JSON.stringify(result, null, 2) + "\n");
   if (!o.only) writeResultsMarkdown(result);
   return result;
-}
-
-/** The step a run's newest checkpoint holds (0 when it has none), so a rerun resumes finished models for free. */
-async function finishedStep(run: string): Promise<number> {
-  try {
-    const latest = fs.readFileSync(path.join(run, "latest"), "utf8").trim();
-    return JSON.parse(fs.readFileSync(path.join(run, latest, "trainer_state.json"), "utf8")).step ?? 0;
-  } catch {
-    return 0;
-  }
 }
 
 function rowOf(m: PaperModel, seed: number, run: string, seqLen: number, ev: EvalResult): PaperRow {
