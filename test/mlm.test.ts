@@ -2,7 +2,7 @@
 // masked-token accuracy) and `mhmoe eval` on checkpoints written by the PyTorch twin, which must give the
 // twin's loss under the eval rule of docs/model.md.
 import { describe, test, expect, beforeAll, afterAll } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
@@ -10,6 +10,9 @@ import { train } from "../src/train/loop.ts";
 import { loadModelCheckpoint } from "../src/model/load.ts";
 import { presetConfig, type ModelConfig } from "../src/model/config.ts";
 import { runTokenize } from "../src/data/index.ts";
+import { writeShapes } from "../src/data/shapes.ts";
+import { trainCodebook } from "../src/data/codebook.ts";
+import { runTokenizeImages } from "../src/data/tokenize-images.ts";
 import { evalMask, evalPeriod, trainingMask } from "../src/train/masking.ts";
 import { CLI, PROSE, ROOT, TINY_FIELDS, tinyOptions } from "./fixtures/train/tiny.ts";
 
@@ -148,4 +151,42 @@ describe("mhmoe eval on mlm checkpoints written by the PyTorch twin", () => {
       expect(r.bpb).toBeNull();
     });
   }
+});
+
+describe("mlm refusals: one line, exit 1, nothing trained", () => {
+  const run = (...args: string[]) => {
+    const p = Bun.spawnSync([process.execPath, CLI, ...args], { cwd: tmp, stdout: "pipe", stderr: "pipe" });
+    return { code: p.exitCode, err: p.stderr.toString().trim().split("\n").filter((l) => l.startsWith("error:")) };
+  };
+
+  test("train: --mask-unit without mlm, with gpt2, unknown, image shards with no type embedding; eval: the same shards on a clm checkpoint, --mask-modality on clm", async () => {
+    const images = join(tmp, "refuse-images"), book = join(tmp, "refuse-cb.safetensors"), shards = join(tmp, "refuse-shards");
+    writeShapes({ out: images, n: 8, seed: 0, size: 24, maxShapes: 1 });
+    trainCodebook({ images, patch: 8, size: 24, codes: 8, out: book, seed: 0 });
+    await runTokenizeImages({ images, captions: join(images, "captions.jsonl"), codebook: book, out: shards, valFraction: 0.25 });
+    const cases: [string[], string][] = [
+      [["--mask-unit", "word"], "error: --mask-unit is for the mlm objective (--set objective=mlm)"],
+      [["--mask-unit", "word", "--set", "objective=mlm", "--tokenizer", "gpt2"], "error: --mask-unit word finds words in bytes: it needs the byte tokenizer, not gpt2"],
+      [["--mask-unit", "sentence", "--set", "objective=mlm"], "error: --mask-unit must be token or word, got sentence"],
+      [["--data", shards, "--set", "objective=mlm", "--set", "type_vocab_size=0"],
+        `error: ${shards}: the shards hold images (token_type_ids); set --set type_vocab_size=2 so the model can tell image tokens from text`],
+    ];
+    cases.forEach(([args, line], i) => {
+      const out = join(tmp, `refused-${i}`);
+      const r = run("train", "--steps", "1", "--out", out, ...args);
+      expect(r.code, args.join(" ")).toBe(1);
+      expect(r.err).toEqual([line]);
+      expect(existsSync(join(out, "latest")), out).toBe(false);
+    });
+
+    // eval: a clm checkpoint has no type embedding for image shards and no modality to mask
+    const clm = await train(gpu, tinyOptions({ config: presetConfig("dense", { hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, vocab_size: 320 }), data: prose, steps: 1, out: join(tmp, "clm") }));
+    const noTypes = run("eval", "--checkpoint", clm.checkpoint!, "--data", shards);
+    expect(noTypes.code).toBe(1);
+    expect(noTypes.err).toEqual([`error: ${shards}: the shard set has image tokens (token_type_ids), but the checkpoint has no type embedding (type_vocab_size 0)`]);
+    const hide = run("eval", "--checkpoint", clm.checkpoint!, "--data", prose, "--mask-modality", "image");
+    expect(hide.code).toBe(1);
+    expect(hide.err.length).toBe(1);
+    expect(hide.err[0]).toMatch(/^error: --mask-modality: .* is a clm model; masking a modality is for mlm checkpoints$/);
+  });
 });

@@ -197,7 +197,7 @@ async function shapesShards(out: string, s: ShapesSpec, onInfo?: (line: string) 
   const imagesDir = path.join(data, "images"), codebook = path.join(data, "codebook.safetensors"), shards = path.join(data, "shards");
   fs.mkdirSync(data, { recursive: true });
   if (!fs.existsSync(path.join(imagesDir, CAPTIONS_FILE))) {
-    onInfo?.(`rendering ${s.scenes} scenes of 1 to ${s.maxShapes} shapes into ${imagesDir}`);
+    onInfo?.(`rendering ${s.scenes} scenes of ${s.maxShapes === 1 ? "one shape" : `one to ${s.maxShapes} shapes`} into ${imagesDir}`);
     writeShapes({ out: imagesDir, n: s.scenes, seed: 0, size: s.size, maxShapes: s.maxShapes });
   }
   if (!fs.existsSync(codebook)) {
