@@ -8,6 +8,7 @@ import { ShaderError } from "../src/gpu/kernel.ts";
 import { registerInspect } from "./inspect.ts";
 import { registerBench } from "./bench.ts";
 import { registerGenerate } from "./generate.ts";
+import { registerFill } from "./fill.ts";
 import { registerPlot } from "./plot.ts";
 import { registerDashboard } from "./dashboard.ts";
 import { registerExperiment } from "./experiment.ts";
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerData(program);
   registerCodebook(program);
   registerGenerate(program);
+  registerFill(program);
   registerInspect(program);
   registerPlan(program);
   registerPlot(program);
