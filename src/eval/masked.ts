@@ -11,6 +11,7 @@ import { read, readInt } from "../gpu/tensor.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { Transformer, type MlmBatch } from "../model/transformer.ts";
 import type { ParamStore } from "../model/weights.ts";
+import { PlanCache } from "./plans.ts";
 import { UserError } from "../util/errors.ts";
 import { evalMask, evalPeriod } from "../train/masking.ts";
 import { RoutingTally, type LayerBatchRouting } from "./routing.ts";
@@ -61,13 +62,11 @@ interface Sequence {
 
 /** Scores streams by the mlm rule on one set of GPU weights, keeping a plan per batch shape for the next call. */
 export class MlmScorer {
-  private plans = new Map<string, Transformer>();
-  private readonly shared: Transformer | null;
+  private readonly plans: PlanCache;
 
   constructor(readonly gpu: Gpu, readonly config: ModelConfig, readonly weights: ParamStore, shared?: Transformer) {
     if (config.objective !== "mlm") throw new Error("MlmScorer: the model's objective is not mlm");
-    this.shared = shared ?? null;
-    if (shared) this.plans.set(`${shared.opts.B}x${shared.opts.T}`, shared);
+    this.plans = new PlanCache(gpu, config, weights, shared);
   }
 
   async score(stream: MlmStream, T: number, B: number, opts: MlmScoreOptions = {}): Promise<MlmScore> {
@@ -87,7 +86,7 @@ export class MlmScorer {
         let j = i;
         while (j < seqs.length && j - i < B && seqs[j]!.length === length) j++;
         const group = seqs.slice(i, j);
-        const model = await this.plan(group.length, length);
+        const model = await this.plans.get(group.length, length);
         const batch = packBatch(group, stream, m, c.mask_token_id, hide);
         model.setMlmBatch(batch);
         await model.run(false);
@@ -106,11 +105,11 @@ export class MlmScorer {
         if (opts.routingByModality) for (const l of model.moeLayers) await tallyByModality(l, batch.types, opts.routingByModality);
         windowsDone += group.filter((q) => q.offset === m - 1).length;
         await opts.onBatch?.(model, windowsDone, windows.length);
-        if (j < seqs.length && seqs[j]!.length !== length) this.releaseShort(T);
+        if (j < seqs.length && seqs[j]!.length !== length) this.plans.releaseShort(T);
         i = j;
       }
     } finally {
-      this.releaseShort(T);
+      this.plans.releaseShort(T);
     }
     const tokens = sums.reduce((a, s) => a + s.tokens, 0);
     if (tokens === 0) throw new UserError(`no ${opts.hide === "image" ? "text" : "image"} token to score with every ${opts.hide} token masked`);
@@ -121,28 +120,8 @@ export class MlmScorer {
     return { loss: nll / tokens, targets: tokens, windows: windows.length, accuracy: correct / tokens, by_modality: { text: by(0), image: by(1) } };
   }
 
-  private releaseShort(T: number): void {
-    for (const [key, model] of this.plans) {
-      if (model.opts.T !== T && model !== this.shared) {
-        model.release();
-        this.plans.delete(key);
-      }
-    }
-  }
-
-  private async plan(B: number, T: number): Promise<Transformer> {
-    const key = `${B}x${T}`;
-    let model = this.plans.get(key);
-    if (!model) {
-      model = await Transformer.plan(this.gpu, this.config, this.weights, { B, T });
-      this.plans.set(key, model);
-    }
-    return model;
-  }
-
   release(): void {
-    for (const m of this.plans.values()) if (m !== this.shared) m.release();
-    this.plans.clear();
+    this.plans.release();
   }
 }
 

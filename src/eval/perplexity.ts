@@ -21,6 +21,7 @@ import { assertSameTokenizer, getTokenizer, type Tokenizer } from "../data/token
 import { openShardSet, type Split } from "../data/shard-set.ts";
 import { readEvalDocuments } from "../data/shard-reader.ts";
 import { MlmScorer, MODALITIES, type ModalityScore, type Modality } from "./masked.ts";
+import { PlanCache } from "./plans.ts";
 
 export const DEFAULT_EVAL_BATCH_SIZE = 8;
 
@@ -93,8 +94,7 @@ function checkOptions(c: ModelConfig, opts: EvalOptions, configFile: string): { 
  * stream, a training run scores its held-out tokens at every evaluation with the weights it trains.
  */
 export class WindowScorer {
-  private plans = new Map<string, Transformer>();
-  private readonly shared: Transformer | null;
+  private readonly plans: PlanCache;
 
   /**
    * `shared`: a model already planned on these weights (a training run's, whose forward is the eval
@@ -102,8 +102,7 @@ export class WindowScorer {
    * plans, and the scorer never releases it. At real sizes that saves a second set of activations.
    */
   constructor(readonly gpu: Gpu, readonly config: ModelConfig, readonly weights: ParamStore, shared?: Transformer) {
-    this.shared = shared ?? null;
-    if (shared) this.plans.set(`${shared.opts.B}x${shared.opts.T}`, shared);
+    this.plans = new PlanCache(gpu, config, weights, shared);
   }
 
   /**
@@ -122,8 +121,8 @@ export class WindowScorer {
       for (const [i, batch] of batches.entries()) {
         // Batches come grouped by length: a shorter length's plans are done with once the next length
         // starts, so at most one short shape is planned at a time (documents end in up to T-1 lengths).
-        if (i > 0 && batches[i - 1]!.T !== batch.T) this.releaseShort(T);
-        const model = await this.plan(batch.starts.length, batch.T);
+        if (i > 0 && batches[i - 1]!.T !== batch.T) this.plans.releaseShort(T);
+        const model = await this.plans.get(batch.starts.length, batch.T);
         model.setBatch(batchIds(text.tokens, batch));
         await model.run(false);
         const positions = batch.starts.length * batch.T;
@@ -134,34 +133,13 @@ export class WindowScorer {
         await opts.onBatch?.(model, windowsDone, windows.length);
       }
     } finally {
-      this.releaseShort(T);
+      this.plans.releaseShort(T);
     }
     return { loss: nll / scored, targets: scored, windows: windows.length };
   }
 
-  /** Releases every plan shorter than the full window length T (the shared model never). */
-  private releaseShort(T: number): void {
-    for (const [key, model] of this.plans) {
-      if (model.opts.T !== T && model !== this.shared) {
-        model.release();
-        this.plans.delete(key);
-      }
-    }
-  }
-
-  private async plan(B: number, T: number): Promise<Transformer> {
-    const key = `${B}x${T}`;
-    let model = this.plans.get(key);
-    if (!model) {
-      model = await Transformer.plan(this.gpu, this.config, this.weights, { B, T });
-      this.plans.set(key, model);
-    }
-    return model;
-  }
-
   release(): void {
-    for (const m of this.plans.values()) if (m !== this.shared) m.release();
-    this.plans.clear();
+    this.plans.release();
   }
 }
 
