@@ -115,6 +115,14 @@ describe("experiment shapes", () => {
     const md = readFileSync(join(out, "RESULTS.md"), "utf8");
     expect(md).toContain("| smoe |");
     expect(md).toContain("| mhmoe-h2 |");
+    // fill-in-the-mask examples: each caption's colour and shape words masked, filled by both models with and without the image
+    expect(md).toContain("## Fill-in-the-mask");
+    const results = JSON.parse(readFileSync(join(out, "results.json"), "utf8"));
+    expect(results.examples.length).toBe(6);
+    for (const e of results.examples) {
+      expect(e.masked).toBe(e.caption.replace(/[a-z]+/g, (w: string) => (/^(red|green|blue|yellow|purple|circle|square|triangle)$/.test(w) ? "_".repeat(w.length) : w)));
+      for (const name of ["smoe", "mhmoe-h2"]) for (const t of [e.fills[name].with_image, e.fills[name].without_image]) expect(t.length).toBeGreaterThan(0);
+    }
     for (const f of ["results.json", "heatmap-smoe-text.svg", "heatmap-smoe-image.svg", "heatmap-mhmoe-h2-text.svg", "heatmap-mhmoe-h2-image.svg"]) {
       expect(existsSync(join(out, f)), f).toBe(true);
     }

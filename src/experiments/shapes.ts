@@ -26,6 +26,7 @@ import { train } from "../train/loop.ts";
 import { resolveModelDir } from "../train/checkpoint.ts";
 import { TRAIN_DEFAULTS, type TrainOptions } from "../train/options.ts";
 import { evaluateCheckpoint, type EvalResult } from "../eval/perplexity.ts";
+import { fillFromCheckpoint } from "../eval/fill.ts";
 import { routingHeatmapSvg } from "../eval/charts.ts";
 import type { Modality } from "../eval/masked.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
@@ -130,6 +131,17 @@ export interface ShapesResult {
   results: string;
   markdown: string;
   pictures: string[];
+  /** fill-in-the-mask on scenes drawn with another seed, by each model's first seed (none with --only) */
+  examples: FillExample[];
+}
+
+export interface FillExample {
+  image: string;
+  caption: string;
+  /** the caption with its colour and shape words masked, one mask character per letter */
+  masked: string;
+  /** model name -> the filled text with the image, and with every image token masked */
+  fills: Record<string, { with_image: string; without_image: string }>;
 }
 
 export interface ShapesOptions {
@@ -152,6 +164,7 @@ export async function runShapesExperiment(gpu: Gpu, o: ShapesOptions): Promise<S
   const family = selectModels(shapesFamily(spec, vocab, images.maskTokenId), o.only);
   const rows: ShapesRow[] = [];
   const routing = new Map<string, EvalResult>();
+  const firstRuns = new Map<string, string>();
   for (const seed of spec.seeds) {
     for (const m of family) {
       const run = path.join(o.out, "runs", `${m.name}-s${seed}`);
@@ -168,7 +181,7 @@ export async function runShapesExperiment(gpu: Gpu, o: ShapesOptions): Promise<S
       const ev = await evaluateCheckpoint(gpu, ckpt, set.dir, { seqLen: spec.seqLen, split: "val" });
       const hidden = await evaluateCheckpoint(gpu, ckpt, set.dir, { seqLen: spec.seqLen, split: "val", maskModality: "image" });
       const words = await captionWordAccuracy(gpu, ckpt, set, spec.seqLen, spec.batchSize);
-      if (seed === spec.seeds[0]) routing.set(m.name, ev);
+      if (seed === spec.seeds[0]) routing.set(m.name, ev), firstRuns.set(m.name, ckpt);
       const r = ev.routing_by_modality ?? {};
       rows.push({
         model: m.name, seed, run, params: countParams(m.config), active_params: countActiveParams(m.config),
@@ -185,10 +198,37 @@ export async function runShapesExperiment(gpu: Gpu, o: ShapesOptions): Promise<S
   const result: ShapesResult = {
     scale: o.scale, spec, tokens_per_model: spec.steps * spec.batchSize * spec.seqLen, rows,
     results: path.join(o.out, "results.json"), markdown: path.join(o.out, "RESULTS.md"), pictures: o.only ? [] : await writeHeatmaps(o.out, routing),
+    examples: o.only ? [] : await fillExamples(gpu, o.out, spec, firstRuns),
   };
   writeFileAtomic(result.results, JSON.stringify(result, null, 2) + "\n");
   if (!o.only) writeFileAtomic(result.markdown, shapesMarkdown(result));
   return result;
+}
+
+const FILL_EXAMPLES = 6;
+
+/**
+ * Fill-in-the-mask on a few scenes drawn with another seed (OUT/data/examples): each caption's colour and
+ * shape words are masked letter by letter and filled by each model (mhmoe fill), with the image and with
+ * every image token masked. With one shape per scene every scene also occurs in the corpus: these show
+ * what the models do, the held-out scores measure it.
+ */
+async function fillExamples(gpu: Gpu, out: string, s: ShapesSpec, runs: Map<string, string>): Promise<FillExample[]> {
+  const dir = path.join(out, "data", "examples");
+  const codebook = path.join(out, "data", "codebook.safetensors");
+  if (!fs.existsSync(path.join(dir, CAPTIONS_FILE))) writeShapes({ out: dir, n: FILL_EXAMPLES, seed: 1, size: s.size, maxShapes: s.maxShapes });
+  const pairs = fs.readFileSync(path.join(dir, CAPTIONS_FILE), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { image: string; caption: string });
+  const examples: FillExample[] = [];
+  for (const { image, caption } of pairs) {
+    const masked = caption.replace(/[a-z]+/g, (w) => (COLOURS.has(w) || KINDS.has(w) ? "_".repeat(w.length) : w));
+    const fills: FillExample["fills"] = {};
+    for (const [name, ckpt] of runs) {
+      const fill = async (maskImage: boolean) => (await fillFromCheckpoint(gpu, ckpt, masked, { image: path.join(dir, image), codebook, maskImage })).text;
+      fills[name] = { with_image: await fill(false), without_image: await fill(true) };
+    }
+    examples.push({ image: path.join("data", "examples", image), caption, masked, fills });
+  }
+  return examples;
 }
 
 /** The corpus, codebook and shard set under OUT/data, each made once (a rerun reuses them). */
@@ -377,5 +417,16 @@ export function shapesMarkdown(r: ShapesResult): string {
       `(${r.pictures.map((p) => `\`${path.basename(p)}\``).join(", ")}) show which experts image and text sub-tokens use.`,
     "- Scale: about ten minutes of CPU training per model. The figures say whether the cross-modal effect and the routing pattern appear at all at this size, not how large they are at the paper's.",
   );
+  if (r.examples.length > 0) {
+    const names = Object.keys(r.examples[0]!.fills);
+    lines.push(
+      "", "## Fill-in-the-mask", "",
+      `\`mhmoe fill\` on ${r.examples.length} scenes drawn with another seed (\`data/examples\`; with one shape per scene they also occur in the corpus), ` +
+        "each caption's colour and shape words masked letter by letter, filled by the first seed's models with the image and with every image token masked:", "",
+      `| caption | masked | ${names.map((n) => `${n} (image) | ${n} (no image)`).join(" | ")} |`,
+      `|---|---|${names.map(() => "---|---").join("|")}|`,
+      ...r.examples.map((e) => `| ${e.caption} | \`${e.masked}\` | ${names.map((n) => `${e.fills[n]!.with_image} | ${e.fills[n]!.without_image}`).join(" | ")} |`),
+    );
+  }
   return lines.join("\n") + "\n";
 }
