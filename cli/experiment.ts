@@ -34,7 +34,7 @@ export function registerExperiment(program: Command): void {
   experiment
     .command("shapes")
     .description("masked multimodal modelling on the built-in shapes corpus: SMoE vs MH-MoE at equal FLOPs, caption-word accuracy with and without the image, routing per modality; writes RESULTS.md")
-    .option("--scale <name>", "tiny (about a minute on a CPU) or small (the RESULTS.md figures: d=96, 800 steps per model)", "tiny")
+    .option("--scale <name>", "tiny (one layer, 800 steps per model: about five minutes each on a CPU) or small (two layers, 1000 steps, seeds 1,2: the RESULTS.md figures)", "tiny")
     .option("--seeds <list>", "comma-separated seeds (default: the scale's; small: 1,2)")
     .option("--out <dir>", "where the corpus, shards, runs, results.json, RESULTS.md and the heatmaps go", "experiments/shapes")
     .option("--steps <n>", "training steps per model (default: the scale's)")
