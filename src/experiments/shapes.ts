@@ -206,18 +206,27 @@ export async function runShapesExperiment(gpu: Gpu, o: ShapesOptions): Promise<S
 }
 
 const FILL_EXAMPLES = 6;
+/** scenes drawn for the examples, of which the first FILL_EXAMPLES whose words their length does not give away are used */
+const FILL_CANDIDATES = 200;
 
 /**
  * Fill-in-the-mask on a few scenes drawn with another seed (OUT/data/examples): each caption's colour and
  * shape words are masked letter by letter and filled by each model (mhmoe fill), with the image and with
- * every image token masked. With one shape per scene every scene also occurs in the corpus: these show
- * what the models do, the held-out scores measure it.
+ * every image token masked. The scenes are the first whose colour and shape names share their length with
+ * another (yellow or purple, circle or square), as the word accuracy asks, so the text alone cannot tell.
+ * With one shape per scene every scene also occurs in the corpus: these show what the models do, the
+ * held-out scores measure it.
  */
 async function fillExamples(gpu: Gpu, out: string, s: ShapesSpec, runs: Map<string, string>): Promise<FillExample[]> {
   const dir = path.join(out, "data", "examples");
   const codebook = path.join(out, "data", "codebook.safetensors");
-  if (!fs.existsSync(path.join(dir, CAPTIONS_FILE))) writeShapes({ out: dir, n: FILL_EXAMPLES, seed: 1, size: s.size, maxShapes: s.maxShapes });
-  const pairs = fs.readFileSync(path.join(dir, CAPTIONS_FILE), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { image: string; caption: string });
+  if (!fs.existsSync(path.join(dir, CAPTIONS_FILE))) writeShapes({ out: dir, n: FILL_CANDIDATES, seed: 1, size: s.size, maxShapes: s.maxShapes });
+  const ambiguous = (caption: string) => {
+    const names = [...caption.matchAll(/[a-z]+/g)].map((m) => m[0]).filter((w) => COLOURS.has(w) || KINDS.has(w));
+    return names.every((w) => sameLength(COLOURS.has(w) ? COLOUR_NAMES : SHAPE_KINDS, w).length > 1);
+  };
+  const pairs = fs.readFileSync(path.join(dir, CAPTIONS_FILE), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { image: string; caption: string })
+    .filter((p) => ambiguous(p.caption)).slice(0, FILL_EXAMPLES);
   const examples: FillExample[] = [];
   for (const { image, caption } of pairs) {
     const masked = caption.replace(/[a-z]+/g, (w) => (COLOURS.has(w) || KINDS.has(w) ? "_".repeat(w.length) : w));
@@ -421,8 +430,10 @@ export function shapesMarkdown(r: ShapesResult): string {
     const names = Object.keys(r.examples[0]!.fills);
     lines.push(
       "", "## Fill-in-the-mask", "",
-      `\`mhmoe fill\` on ${r.examples.length} scenes drawn with another seed (\`data/examples\`; with one shape per scene they also occur in the corpus), ` +
-        "each caption's colour and shape words masked letter by letter, filled by the first seed's models with the image and with every image token masked:", "",
+      `\`mhmoe fill\` on ${r.examples.length} scenes drawn with another seed (\`data/examples\`; with one shape per scene they also occur in the corpus) ` +
+        "whose colour and shape names share their length with another (yellow or purple, circle or square), so the text alone cannot tell them: " +
+        "each caption's colour and shape words masked letter by letter, filled by the first seed's models with the image and with every image token masked. " +
+        "Each pass of `fill` fixes the one masked letter the model is surest of, so a model unsure of a word's first letters can fill it with other bytes.", "",
       `| caption | masked | ${names.map((n) => `${n} (image) | ${n} (no image)`).join(" | ")} |`,
       `|---|---|${names.map(() => "---|---").join("|")}|`,
       ...r.examples.map((e) => `| ${e.caption} | \`${e.masked}\` | ${names.map((n) => `${e.fills[n]!.with_image} | ${e.fills[n]!.without_image}`).join(" | ")} |`),
