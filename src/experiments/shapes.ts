@@ -398,7 +398,11 @@ export function shapesMarkdown(r: ShapesResult): string {
     "Caption colour and shape words are masked whole (every byte), one word per sequence. A masked word still shows its length, " +
       "so only the words that share it with another name are asked (yellow or purple; circle or square), and the answer is the name " +
       "of that length with the highest log-probability over the masked bytes: chance, and the best the text alone can do, is 0.5.",
-    "\"Without image\" masks every image token as well: the gap is what the image is worth.", "",
+    "\"Without image\" masks every image token as well: the gap is what the image is worth." +
+      (s.maxShapes === 1
+        ? " With one shape per scene there are only 135 scenes (5 colours, 3 kinds, 9 cells), so the held-out pairs show scenes the training pairs " +
+          "showed too: the gap measures whether a model reads the words off the image, not whether it generalises to new scenes."
+        : ""), "",
     "| model | params | active | FLOPs/token | pseudo-loss | text acc | image acc | text acc, no image | colour words (image / none) | shape words (image / none) | activation ratio (all / text / image) |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
   ];
