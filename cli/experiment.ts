@@ -6,6 +6,16 @@ import { runShapesExperiment, SHAPES_SCALES, type ShapesScale } from "../src/exp
 import { UserError } from "../src/util/errors.ts";
 import { parseNumber } from "./flags.ts";
 
+/** --seeds: comma-separated non-negative integers (undefined: the scale's). */
+function parseSeeds(list: string | undefined): number[] | undefined {
+  const seeds = list?.split(",").map((s) => parseNumber("--seeds", s.trim(), false));
+  if (seeds && seeds.some((s) => !Number.isSafeInteger(s) || s < 0)) throw new UserError(`--seeds must be non-negative integers, got "${list}"`);
+  return seeds;
+}
+
+/** --only: comma-separated model names (undefined: every model). */
+const modelList = (list: string | undefined) => list?.split(",").map((n) => n.trim()).filter(Boolean);
+
 export function registerExperiment(program: Command): void {
   const experiment = program.command("experiment").description("reproducible experiments made of normal mhmoe runs");
   experiment
@@ -20,11 +30,10 @@ export function registerExperiment(program: Command): void {
     .option("--json", "print results.json's rows as one JSON object at the end")
     .action(async (o: { scale: string; seeds?: string; out: string; data?: string; steps?: string; only?: string; json?: boolean }) => {
       if (!(o.scale in SCALES)) throw new UserError(`--scale must be one of ${Object.keys(SCALES).join(", ")}, got "${o.scale}"`);
-      const seeds = o.seeds?.split(",").map((s) => parseNumber("--seeds", s.trim(), false));
-      if (seeds && seeds.some((s) => !Number.isSafeInteger(s) || s < 0)) throw new UserError(`--seeds must be non-negative integers, got "${o.seeds}"`);
+      const seeds = parseSeeds(o.seeds);
       const r = await runPaperExperiment(await getGpu(), {
         scale: o.scale as PaperScale, out: o.out, seeds, data: o.data, steps: o.steps ? parseNumber("--steps", o.steps, true) : undefined,
-        only: o.only?.split(",").map((n) => n.trim()).filter(Boolean),
+        only: modelList(o.only),
         onInfo: o.json ? undefined : (line) => process.stderr.write(`${line}\n`),
       });
       if (o.json) console.log(JSON.stringify({ scale: r.scale, tokens_per_model: r.tokens_per_model, rows: r.rows }));
@@ -42,11 +51,10 @@ export function registerExperiment(program: Command): void {
     .option("--json", "print results.json's rows as one JSON object at the end")
     .action(async (o: { scale: string; seeds?: string; out: string; steps?: string; only?: string; json?: boolean }) => {
       if (!(o.scale in SHAPES_SCALES)) throw new UserError(`--scale must be one of ${Object.keys(SHAPES_SCALES).join(", ")}, got "${o.scale}"`);
-      const seeds = o.seeds?.split(",").map((s) => parseNumber("--seeds", s.trim(), false));
-      if (seeds && seeds.some((s) => !Number.isSafeInteger(s) || s < 0)) throw new UserError(`--seeds must be non-negative integers, got "${o.seeds}"`);
+      const seeds = parseSeeds(o.seeds);
       const r = await runShapesExperiment(await getGpu(), {
         scale: o.scale as ShapesScale, out: o.out, seeds, steps: o.steps ? parseNumber("--steps", o.steps, true) : undefined,
-        only: o.only?.split(",").map((n) => n.trim()).filter(Boolean),
+        only: modelList(o.only),
         onInfo: o.json ? undefined : (line) => process.stderr.write(`${line}\n`),
       });
       if (o.json) console.log(JSON.stringify({ scale: r.scale, tokens_per_model: r.tokens_per_model, rows: r.rows }));

@@ -141,8 +141,7 @@ export async function runPaperExperiment(gpu: Gpu, o: PaperOptions): Promise<Pap
   const set = o.data ? await openShardSet(o.data) : await defaultShardSet({ dir: dataDir, valFraction: 0.05 });
   if (set.splits.val.length === 0) throw new UserError(`${dataDir}: the experiment needs a validation split (mhmoe tokenize --val-fraction)`);
   const vocab = Math.ceil(set.vocabSize / 64) * 64;
-  const whole = paperFamily(spec, vocab);
-  const family = selectModels(whole, o.only);
+  const family = selectModels(paperFamily(spec, vocab), o.only);
   const rows: PaperRow[] = [];
   const firstSeed = new Map<string, EvalResult>();
   // Claims 1-2 (the main comparison) repeat over every seed; the ablation and the heads sweep use the
