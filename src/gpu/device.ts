@@ -110,11 +110,12 @@ export function getGpu(opts: AcquireOptions = {}): Promise<Gpu> {
 }
 
 /**
- * bun-webgpu packs the descriptor's feature list into a buffer of its own that the garbage collector can
- * free before Dawn reads it, so once in a while a valid request arrives as "Invalid feature required:
- * Value 558 is invalid for WGPUFeatureName". The same request with a fresh adapter then succeeds.
+ * bun-webgpu packs the device descriptor into buffers of its own that the garbage collector can free
+ * before Dawn reads them, so once in a while a valid request arrives garbled: "Invalid feature required:
+ * Value 558 is invalid for WGPUFeatureName", or "Unexpected chained struct of type SType::15 found on
+ * DeviceDescriptor chain" (seen once in CI). The same request with a fresh adapter then succeeds.
  */
-const GARBLED_DESCRIPTOR = /is invalid for WGPUFeatureName|Invalid feature required/;
+export const GARBLED_DESCRIPTOR = /is invalid for WGPUFeatureName|Invalid feature required|Unexpected chained struct .* on DeviceDescriptor chain/;
 const DEVICE_ATTEMPTS = 3;
 
 /**
