@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { getGpu } from "../src/gpu/device.ts";
 import { empty, read, submit, upload, zeros } from "../src/gpu/tensor.ts";
-import { planRmsNormBackward, planRmsNormForward } from "../src/ops/norm.ts";
+import { normWorkgroup, planRmsNormBackward, planRmsNormForward, rmsNormBackwardBlocks } from "../src/ops/norm.ts";
 import { rmsnormBackward, rmsnormForward } from "../src/reference/rmsnorm.ts";
 import { expectClose, randomArray } from "./harness.ts";
 import { expectBitIdentical, gpuFdCheck, probe, runAndRead } from "./ops-fd.ts";
@@ -26,7 +26,8 @@ async function forwardCase(N: number, d: number) {
   for (const t of [X, W, Y, R]) t.release();
 }
 
-async function backwardCase(N: number, d: number, accumulate: boolean) {
+/** Runs one backward against the reference; returns how many dispatches the plan has. */
+async function backwardCase(N: number, d: number, accumulate: boolean): Promise<number> {
   const gpu = await getGpu();
   const x = randomArray(N * d, 20 + N + d, 2);
   const w = randomArray(d, 21 + d);
@@ -37,13 +38,15 @@ async function backwardCase(N: number, d: number, accumulate: boolean) {
   const X = upload(gpu, x), W = upload(gpu, w), DY = upload(gpu, dy), R = upload(gpu, rstd);
   const DX = accumulate ? upload(gpu, dx0) : empty(gpu, [N, d]);
   const DW = upload(gpu, dw0);
-  submit(gpu, await planRmsNormBackward(gpu, { dy: DY, x: X, w: W, rstd: R, dx: DX, dw: DW, N, d, accumulateDx: accumulate }));
+  const plan = await planRmsNormBackward(gpu, { dy: DY, x: X, w: W, rstd: R, dx: DX, dw: DW, N, d, accumulateDx: accumulate });
+  submit(gpu, plan);
   const want = rmsnormBackward(dy, x, w, rstd, N, d);
   const wantDx = accumulate ? want.dx.map((v, i) => v + dx0[i]!) : want.dx;
   const wantDw = want.dw.map((v, i) => v + dw0[i]!);
   expectClose(await read(DX), wantDx, DX_TOL, `rmsnorm dx N=${N} d=${d}`);
   expectClose(await read(DW), wantDw, dwTol(N), `rmsnorm dw N=${N} d=${d}`);
   for (const t of [X, W, DY, R, DX, DW]) t.release();
+  return plan.length;
 }
 
 describe("rmsnorm kernels vs reference", () => {
@@ -52,6 +55,20 @@ describe("rmsnorm kernels vs reference", () => {
     test(`backward N=${N} d=${d}`, () => backwardCase(N, d, false));
   }
   test("backward adds dx into an existing residual gradient", () => backwardCase(37, 48, true));
+
+  // Several row blocks, the last one short, and d past a whole number of workgroup widths, with either
+  // tuning (MHMOE_TUNING=gpu: 256 threads, up to 256 blocks; lavapipe: 64 threads, up to 8 blocks).
+  test("backward over several row blocks (N not a multiple of the block, d not of the workgroup): 2 dispatches", async () => {
+    const gpu = await getGpu();
+    const N = 601, d = 300;
+    const { blocks, rowsPerBlock } = rmsNormBackwardBlocks(gpu, N);
+    expect(blocks).toBeGreaterThan(1);
+    expect(N % rowsPerBlock).not.toBe(0);
+    expect(d % normWorkgroup(gpu)).not.toBe(0);
+    expect(d).toBeGreaterThan(normWorkgroup(gpu));
+    expect(await backwardCase(N, d, false)).toBe(2);
+    expect(await backwardCase(N, d, true)).toBe(2);
+  });
 
   // Rows of magnitude 1e-4 .. 1e-2, so mean(x^2) runs from ~3e-9 (eps dominates) through ~eps to ~3e-5:
   // an eps 5% off moves rstd by 2.4% on the smallest rows; scaled by 10 or 0.1, dropped, or added outside

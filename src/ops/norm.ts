@@ -1,15 +1,29 @@
 /**
  * RMSNorm launchers (shaders/norm.wgsl). Forward saves rstd per row for the backward; the backward
  * writes dx (optionally adding into an existing residual gradient) and ADDS the weight gradient into dw
- * through a two-stage column reduction, so no float atomics and bit-identical results run to run.
+ * through a two-stage column reduction, so no float atomics and bit-identical results run to run. Two
+ * dispatches: rmsnorm_backward (dx, and per block of rows the dw partial sums) and colsum_reduce.
  */
 import type { Gpu } from "../gpu/device.ts";
 import { bindGroup, empty, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
-import { checkSize, columnBlocks, planColumnReduce } from "./elementwise.ts";
+import { checkSize, planColumnReduce } from "./elementwise.ts";
 
 /** Threads per row (a power of two): a CPU core handles a row best with few lanes, a GPU with many. */
 export function normWorkgroup(gpu: Gpu): number {
   return gpu.isCpu ? 64 : 256;
+}
+
+/**
+ * How the backward cuts the N rows into blocks of consecutive rows, one workgroup each (fixed per plan,
+ * hence deterministic). Each workgroup walks its rows one after another and colsum_reduce then adds
+ * `blocks` partial rows per column, so blocks trade row parallelism against the length of stage 2. A CPU
+ * core runs a workgroup as a loop and lavapipe has few cores: at most 8 blocks. A GPU needs many
+ * workgroups in flight: at most 256 (stage 2 then adds at most 256 values per column).
+ */
+export function rmsNormBackwardBlocks(gpu: Gpu, N: number): { blocks: number; rowsPerBlock: number } {
+  const want = Math.max(1, Math.min(N, gpu.isCpu ? 8 : 256));
+  const rowsPerBlock = Math.max(1, Math.ceil(N / want));
+  return { blocks: Math.max(1, Math.ceil(N / rowsPerBlock)), rowsPerBlock };
 }
 
 export interface RmsNormForwardArgs {
@@ -60,16 +74,12 @@ export async function planRmsNormBackward(gpu: Gpu, a: RmsNormBackwardArgs): Pro
   checkSize("rmsnorm backward dw", a.dw, a.d);
   checkSize("rmsnorm backward rstd", a.rstd, a.N);
   const WG = normWorkgroup(gpu);
-  const dxKernel = await gpu.kernel({ shader: "norm", entry: "rmsnorm_backward_dx", constants: { WG } });
-  const dxParams = uniform(gpu, [a.N, a.d, { f32: 0 }, { f32: a.accumulateDx ? 1 : 0 }], "rmsnorm_backward_dx.params");
-
-  const { blocks, rowsPerBlock } = columnBlocks(gpu, a.N);
+  const kernel = await gpu.kernel({ shader: "norm", entry: "rmsnorm_backward", constants: { WG } });
+  const { blocks, rowsPerBlock } = rmsNormBackwardBlocks(gpu, a.N);
   const partial = empty(gpu, [blocks, a.d], "f32", "rmsnorm_dw.partial");
-  const dwKernel = await gpu.kernel({ shader: "norm", entry: "rmsnorm_dw_partial", constants: { WG } });
-  const dwParams = uniform(gpu, [a.N, a.d, rowsPerBlock], "rmsnorm_dw_partial.params");
+  const params = uniform(gpu, [a.N, a.d, rowsPerBlock, blocks, { f32: a.accumulateDx ? 1 : 0 }], "rmsnorm_backward.params");
   return [
-    { kernel: dxKernel, bindGroup: bindGroup(gpu, dxKernel, [a.dy, a.x, a.w, a.rstd, a.dx, dxParams]), workgroups: grid1d(a.N, 1) },
-    { kernel: dwKernel, bindGroup: bindGroup(gpu, dwKernel, [a.dy, a.x, a.rstd, partial, dwParams]), workgroups: [Math.ceil(a.d / WG), blocks, 1] },
+    { kernel, bindGroup: bindGroup(gpu, kernel, [a.dy, a.x, a.w, a.rstd, a.dx, partial, params]), workgroups: grid1d(blocks, 1) },
     await planColumnReduce(gpu, { partial, out: a.dw, F: a.d, blocks, beta: 1 }),
   ];
 }
