@@ -91,3 +91,67 @@ describe("matmul kernel vs reference", () => {
     expect(() => expectClose(nn, tn, tol(4))).toThrow(/outside/);
   });
 });
+
+describe("matmul fused extras vs reference", () => {
+  // The reference computes each batch's product in float64, then the sum over batches, the residual and
+  // the bias are added in float64 too: the kernel's only error is still the f32 accumulation over K.
+  const VARIANTS: Variant[] = ["tiled", "vec4"];
+
+  for (const variant of VARIANTS) {
+    test(`${variant}: residual and bias epilogue, batched nt 2 x 21x12x20`, async () => {
+      const gpu = await getGpu();
+      const batch = 2, M = 21, N = 12, K = 20;
+      const a = randomArray(batch * M * K, 71), b = randomArray(batch * N * K, 72);
+      const r = randomArray(batch * M * N, 73), bias = randomArray(N, 74);
+      const [A, B, R, Bias, C] = [upload(gpu, a), upload(gpu, b), upload(gpu, r), upload(gpu, bias), zeros(gpu, [batch * M * N])];
+      submit(gpu, [await matmul(gpu, { layout: "nt", M, N, K, a: A, b: B, c: C, batch, residual: R, bias: Bias, variant })]);
+      const want = matmulRef("nt", a, b, M, N, K, batch);
+      for (let i = 0; i < want.length; i++) want[i] = want[i]! + r[i]! + bias[i % N]!;
+      expectClose(await read(C), want, tol(K), `${variant} residual + bias`);
+      for (const t of [A, B, R, Bias, C]) t.release();
+    });
+
+    for (const layout of ["nn", "tn"] as const) {
+      test(`${variant}: ${layout} batches summed into one C (beta 1), 3 x 16x8x12`, async () => {
+        const gpu = await getGpu();
+        const batch = 3, M = 16, N = 8, K = 12;
+        const a = randomArray(batch * M * K, 81), b = randomArray(batch * K * N, 82), c0 = randomArray(M * N, 83);
+        const [A, B, C] = [upload(gpu, a), upload(gpu, b), upload(gpu, c0)];
+        submit(gpu, [await matmul(gpu, { layout, M, N, K, a: A, b: B, c: C, batch, sumBatches: true, beta: 1, variant })]);
+        const each = matmulRef(layout, a, b, M, N, K, batch);
+        const want = Float32Array.from(c0);
+        for (let z = 0; z < batch; z++) for (let i = 0; i < M * N; i++) want[i] = want[i]! + each[z * M * N + i]!;
+        expectClose(await read(C), want, tol(batch * K), `${variant} ${layout} summed batches`);
+        for (const t of [A, B, C]) t.release();
+      });
+    }
+
+    for (const beta of [0, 1]) {
+      // M = 44 spans two row blocks of the GPU tiles' threads and a partial one; only the first column
+      // block sums A, so N = 72 > one column block checks that the others do not add it again.
+      test(`${variant}: tn bias gradient beside the weight gradient (beta ${beta}), 44x72x37`, async () => {
+        const gpu = await getGpu();
+        const M = 44, N = 72, K = 37;
+        const a = randomArray(K * M, 91), b = randomArray(K * N, 92), db0 = randomArray(M, 93);
+        const [A, B, C, DB] = [upload(gpu, a), upload(gpu, b), zeros(gpu, [M * N]), upload(gpu, db0)];
+        submit(gpu, [await matmul(gpu, { layout: "tn", M, N, K, a: A, b: B, c: C, biasGrad: DB, beta, variant })]);
+        expectClose(await read(C), matmulRef("tn", a, b, M, N, K), tol(K), `${variant} dW`);
+        const want = new Float32Array(M);
+        for (let m = 0; m < M; m++) {
+          let s = 0;
+          for (let k = 0; k < K; k++) s += a[k * M + m]!;
+          want[m] = s + beta * db0[m]!;
+        }
+        expectClose(await read(DB), want, tol(K), `${variant} bias gradient`);
+        for (const t of [A, B, C, DB]) t.release();
+      });
+    }
+  }
+
+  test("biasGrad is refused outside the tn layout", async () => {
+    const gpu = await getGpu();
+    const A = zeros(gpu, [16]);
+    await expect(matmul(gpu, { layout: "nn", M: 4, N: 4, K: 4, a: A, b: A, c: A, biasGrad: A })).rejects.toThrow(/biasGrad/);
+    A.release();
+  });
+});
