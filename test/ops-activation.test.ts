@@ -5,6 +5,7 @@ import { planGeluBackward, planGeluForward, planSwigluBackward, planSwigluForwar
 import { geluTanhBackward, geluTanhForward, swigluBackward, swigluForward } from "../src/reference/activations.ts";
 import { expectClose, randomArray } from "./harness.ts";
 import { expectBitIdentical, gpuFdCheck, probe, runAndRead } from "./ops-fd.ts";
+import { shaderSource } from "../src/gpu/shaders.ts";
 
 // exp/tanh on the GPU are a few ulp from the host's; a handful of f32 products follow. Outputs reach
 // |1e4| at the extremes, hence mostly relative.
@@ -119,5 +120,13 @@ describe("activation kernels vs reference", () => {
     await gpuFdCheck("gelu dx", x, X, dx, async () => probe(await runAndRead(gpu, fwd, Y), w), { atol: 5e-5, rtol: 0 });
     expectBitIdentical(dx, await runAndRead(gpu, bwd, DX), "gelu dx");
     for (const t of [X, Y, W, DX]) t.release();
+  });
+
+  test("the activation math is one copy, shaders/lib/activation.wgsl, in both shaders that use it", () => {
+    for (const name of ["activation", "grouped_gemm"]) {
+      const src = shaderSource(name);
+      for (const fn of ["sigmoid", "geluGate", "geluGrad", "swiglu", "swigluDGate"]) expect(src.match(new RegExp(`fn ${fn}\\(`, "g"))?.length).toBe(1);
+    }
+    expect(shaderSource("lib/activation")).toContain("fn sigmoid(");
   });
 });

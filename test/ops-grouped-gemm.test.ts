@@ -1,10 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { read, submit, upload, write, type Dispatch, type Tensor } from "../src/gpu/tensor.ts";
-import { groupedMatmul, type GroupedLayout } from "../src/ops/grouped_gemm.ts";
+import { groupedMatmul, type GroupedFusion, type GroupedLayout } from "../src/ops/grouped_gemm.ts";
 import { planExpertFfnBackward, planExpertFfnForward, type ExpertAct } from "../src/ops/experts.ts";
 import { groupedMatmulRef } from "../src/reference/grouped_gemm.ts";
 import { groupedExpertBackward, groupedExpertForward, type ExpertWeights } from "../src/reference/experts.ts";
+import { geluTanhBackward, geluTanhForward, swigluBackward, swigluForward } from "../src/reference/activations.ts";
 import { exclusivePrefixSum } from "../src/reference/routing.ts";
 import { expectClose, randomArray } from "./harness.ts";
 
@@ -87,6 +88,125 @@ describe("grouped GEMM kernels vs reference", () => {
 });
 
 // ---------------------------------------------------------------------------------------------------------
+// Fused modes, each against the plain reference GEMM(s) and the reference activation. Activation outputs
+// are checked against the reference activation of the kernel's own pre-activations (the activation
+// kernels' tolerance, ops-activation.test.ts); the backward ones scale a GEMM result by an activation
+// derivative of at most 1.1 in magnitude for inputs in [-1, 1], hence the GEMM tolerance times 1.1 plus
+// the activation's relative one.
+
+const ACT_TOL = { atol: 1e-7, rtol: 2e-6 };
+const actBwdTol = (K: number) => ({ atol: 1.1 * tol(K).atol, rtol: 2e-6 });
+
+/** Fills a tensor of n elements with the sentinel, so untouched rows can be checked. */
+const sentinel = (gpu: Gpu, n: number) => upload(gpu, new Float32Array(n).fill(SENTINEL));
+
+async function runFused(
+  gpu: Gpu, kind: GroupedFusion["kind"], counts: number[], R: number, dIn: number, dOut: number, variant: "tiled" | "vec4",
+): Promise<void> {
+  const E = counts.length;
+  const offsets = exclusivePrefixSum(Int32Array.from(counts));
+  const valid = offsets[E]!;
+  const offsetsBuf = upload(gpu, Int32Array.from([7, 7, 7, ...offsets, 99]));
+  const tensors: Tensor[] = [offsetsBuf];
+  const t = (x: Tensor) => (tensors.push(x), x);
+  const what = `fused ${variant} ${kind} loads [${counts}] R=${R} in=${dIn} out=${dOut}`;
+  const tail = async (x: Tensor, width: number) =>
+    expect(Array.from((await read(x)).subarray(valid * width)).every((v) => v === SENTINEL)).toBe(true);
+  const plan = async (args: Partial<Parameters<typeof groupedMatmul>[1]>) =>
+    submit(gpu, [await groupedMatmul(gpu, { E, offsets: offsetsBuf, offsetsOffset: 3, variant, ...args } as Parameters<typeof groupedMatmul>[1])]);
+
+  if (kind === "pair") {
+    // C_e += A_e^T B_e and C2_e += A2_e^T B_e (beta 1), at offsets 4 and 8 of their tensors
+    const [M, N] = [dOut, dIn];
+    const a = withGarbageTail(randomArray(R * M, 31), valid, M), a2 = withGarbageTail(randomArray(R * M, 32), valid, M);
+    const b = withGarbageTail(randomArray(R * N, 33), valid, N);
+    const c = randomArray(4 + E * M * N, 34), c2 = randomArray(8 + E * M * N, 35);
+    const [C, C2] = [t(upload(gpu, c)), t(upload(gpu, c2))];
+    await plan({ layout: "tn", M, N, K: R, a: t(upload(gpu, a)), b: t(upload(gpu, b)), c: C, offC: 4, beta: 1,
+      fuse: { kind, a2: t(upload(gpu, a2)), c2: C2, offC2: 8 } });
+    const ref = (x: Float32Array, init: Float32Array) =>
+      groupedMatmulRef("tn", x.subarray(0, valid * M), b.subarray(0, valid * N), offsets, E, M, N, R, init, 1, 1);
+    expectClose((await read(C)).subarray(4), ref(a, c.subarray(4)), tol(valid), `${what} C`);
+    expectClose((await read(C2)).subarray(8), ref(a2, c2.subarray(8)), tol(valid), `${what} C2`);
+  } else {
+    // rows modes: A [R, K], stacked W [E, N, K] (nt) or [E, K, N] (nn) at element 4 of a flat buffer that
+    // also holds the second weights (gate / w2) after it, as the model's parameter chunks do
+    const nt = kind === "swiglu" || kind === "gelu";
+    const [N, K] = [dOut, dIn];
+    const layout = nt ? "nt" : "nn";
+    const a = withGarbageTail(randomArray(R * K, 41), valid, K);
+    const w = randomArray(E * N * K, 42), w2 = randomArray(E * N * K, 43);
+    const flatW = new Float32Array(4 + 2 * E * N * K);
+    flatW.set(w, 4);
+    flatW.set(w2, 4 + E * N * K);
+    const [A, W, C] = [t(upload(gpu, a)), t(upload(gpu, flatW)), t(sentinel(gpu, R * N))];
+    const product = (x: Float32Array, ws: Float32Array) => groupedMatmulRef(layout, x, ws, offsets, E, R, N, K).subarray(0, valid * N);
+    const base = { layout, M: R, N, K, a: A, b: W, c: C, offB: 4 } as const;
+    const rowsOf = async (x: Tensor) => (await read(x)).subarray(0, valid * N);
+    if (kind === "swiglu") {
+      const [G, Hd] = [t(sentinel(gpu, R * N)), t(sentinel(gpu, R * N))];
+      await plan({ ...base, fuse: { kind, gate: W, offGate: 4 + E * N * K, gatePre: G, hidden: Hd } });
+      const up = await rowsOf(C), gate = await rowsOf(G);
+      expectClose(up, product(a, w), tol(K), `${what} up`);
+      expectClose(gate, product(a, w2), tol(K), `${what} gate`);
+      expectClose(await rowsOf(Hd), swigluForward(gate, up), ACT_TOL, `${what} hidden`);
+      for (const x of [C, G, Hd]) await tail(x, N);
+    } else if (kind === "gelu") {
+      const Hd = t(sentinel(gpu, R * N));
+      await plan({ ...base, fuse: { kind, hidden: Hd } });
+      const pre = await rowsOf(C);
+      expectClose(pre, product(a, w), tol(K), `${what} pre`);
+      expectClose(await rowsOf(Hd), geluTanhForward(pre), ACT_TOL, `${what} hidden`);
+      for (const x of [C, Hd]) await tail(x, N);
+    } else if (kind === "sum") {
+      const a2 = withGarbageTail(randomArray(R * K, 44), valid, K);
+      await plan({ ...base, fuse: { kind, a2: t(upload(gpu, a2)), w2: W, offW2: 4 + E * N * K } });
+      const want = product(a, w).map((v, i) => v + product(a2, w2)[i]!);
+      expectClose(await rowsOf(C), want, tol(2 * K), `${what} C`);
+      await tail(C, N);
+    } else {
+      // swiglu_bwd / gelu_bwd: dh = A W_e, with the saved pre-activations in [-1, 1] and a NaN tail
+      const g = withGarbageTail(randomArray(R * N, 45), valid, N), u = withGarbageTail(randomArray(R * N, 46), valid, N);
+      const dh = product(a, w);
+      if (kind === "swiglu_bwd") {
+        const DG = t(sentinel(gpu, R * N));
+        await plan({ ...base, fuse: { kind, gatePre: t(upload(gpu, g)), upPre: t(upload(gpu, u)), dGatePre: DG } });
+        const want = swigluBackward(dh, g.subarray(0, valid * N), u.subarray(0, valid * N));
+        expectClose(await rowsOf(C), want.dup, actBwdTol(K), `${what} dUpPre`);
+        expectClose(await rowsOf(DG), want.dgate, actBwdTol(K), `${what} dGatePre`);
+        for (const x of [C, DG]) await tail(x, N);
+      } else {
+        await plan({ ...base, fuse: { kind, upPre: t(upload(gpu, u)) } });
+        expectClose(await rowsOf(C), geluTanhBackward(dh, u.subarray(0, valid * N)), actBwdTol(K), `${what} dUpPre`);
+        await tail(C, N);
+      }
+    }
+  }
+  for (const x of tensors) x.release();
+}
+
+describe("fused grouped GEMM modes vs reference", () => {
+  const kinds = ["swiglu", "gelu", "swiglu_bwd", "gelu_bwd", "sum", "pair"] as const;
+  for (const kind of kinds) {
+    // vec4 needs 4-aligned widths (20 is not a multiple of a thread's 8 columns); the tiled case has
+    // widths that are multiples of neither 4 nor a tile, and more rows than one tile
+    test(`vec4 ${kind}: uneven loads with empty experts`, async () => runFused(await getGpu(), kind, [0, 9, 0, 21, 3], 37, 12, 20, "vec4"));
+    test(`tiled ${kind}: unaligned widths 13 -> 19, 150 rows over 4 experts`, async () =>
+      runFused(await getGpu(), kind, [70, 1, 0, 66], 150, 13, 19, "tiled"));
+  }
+  test("an activation fusion refuses alpha/beta and a fusion on the wrong layout", async () => {
+    const gpu = await getGpu();
+    const [a, b, c, h] = [32, 32, 32, 32].map((n) => upload(gpu, new Float32Array(n)));
+    const o = upload(gpu, new Int32Array(3));
+    const base = { E: 2, M: 4, N: 4, K: 4, a: a!, b: b!, c: c!, offsets: o } as const;
+    await expect(groupedMatmul(gpu, { ...base, layout: "nt", beta: 1, fuse: { kind: "gelu", hidden: h! } })).rejects.toThrow(/alpha 1, beta 0/);
+    await expect(groupedMatmul(gpu, { ...base, layout: "nn", fuse: { kind: "gelu", hidden: h! } })).rejects.toThrow(/needs layout nt/);
+    await expect(groupedMatmul(gpu, { ...base, layout: "nt", fuse: { kind: "gelu", hidden: c! } })).rejects.toThrow(/shares memory/);
+    for (const x of [a, b, c, h, o]) x!.release();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
 
 interface FfnCase {
   E: number;
@@ -95,13 +215,53 @@ interface FfnCase {
   inner: number;
   act: ExpertAct;
   counts: number[];
+  /** weight gradients in a tensor per projection (as the model's stacks): SwiGLU's dUp and dGate share a launch */
+  split?: boolean;
 }
 
-/** The expert FFN on the GPU with its weights (and their gradients) inside one flat buffer, at offsets. */
+/**
+ * The weight gradients at element 8 + i * E * mat of one flat tensor (dUp, dDown, dGate), or split into a
+ * tensor per projection, each with the same 8-element padding; read and written in the flat layout.
+ */
+class Grads {
+  private ts: Tensor[];
+  constructor(private f: GpuFfn, init: Float32Array, readonly split: boolean) {
+    this.ts = split ? [0, 1, 2].map((i) => f.t(this.part(init, i))) : [f.t(init)];
+  }
+  private part(flat: Float32Array, i: number): Float32Array {
+    const n = this.f.c.E * this.f.mat;
+    const out = new Float32Array(8 + n);
+    out.set(flat.subarray(0, 8));
+    out.set(flat.subarray(8 + i * n, 8 + (i + 1) * n), 8);
+    return out;
+  }
+  ref(i: number): { tensor: Tensor; offset: number } {
+    return this.split ? { tensor: this.ts[i]!, offset: 8 } : { tensor: this.ts[0]!, offset: 8 + i * this.f.c.E * this.f.mat };
+  }
+  write(flat: Float32Array): void {
+    if (!this.split) return write(this.ts[0]!, flat);
+    this.ts.forEach((t, i) => write(t, this.part(flat, i)));
+  }
+  /** The flat layout; split tensors must all still hold the padding they started with (tensor 0's). */
+  async read(): Promise<Float32Array> {
+    if (!this.split) return read(this.ts[0]!);
+    const n = this.f.c.E * this.f.mat;
+    const out = new Float32Array(8 + 3 * n);
+    for (let i = 0; i < 3; i++) {
+      const v = await read(this.ts[i]!);
+      if (i === 0) out.set(v.subarray(0, 8));
+      else expect(Array.from(v.subarray(0, 8))).toEqual(Array.from(out.subarray(0, 8)));
+      out.set(v.subarray(8), 8 + i * n);
+    }
+    return out;
+  }
+}
+
+/** The expert FFN on the GPU with its weights inside one flat buffer, at offsets. */
 class GpuFfn {
   readonly tensors: Tensor[] = [];
-  private fwd: Dispatch[] = [];
-  private bwd: Dispatch[] = [];
+  fwd: Dispatch[] = [];
+  bwd: Dispatch[] = [];
   constructor(readonly gpu: Gpu, readonly c: FfnCase) {}
   get mat(): number {
     return this.c.inner * this.c.dSub;
@@ -111,10 +271,10 @@ class GpuFfn {
     this.tensors.push(x);
     return x;
   }
-  async plan(x: Tensor, offsets: Tensor, flatW: Tensor, flatG: Tensor, dy: Tensor, variant: "tiled" | "vec4") {
+  async plan(x: Tensor, offsets: Tensor, flatW: Tensor, grads: Grads, dy: Tensor, variant: "tiled" | "vec4") {
     const { E, R, dSub, inner, act } = this.c;
     const w = (i: number) => ({ tensor: flatW, offset: 4 + i * E * this.mat });
-    const g = (i: number) => ({ tensor: flatG, offset: 8 + i * E * this.mat });
+    const g = (i: number) => grads.ref(i);
     const silu = act === "silu";
     const buf = (n: number) => this.t(new Float32Array(n).fill(SENTINEL));
     this.y = buf(R * dSub);
@@ -167,24 +327,25 @@ async function setupFfn(gpu: Gpu, c: FfnCase, seed: number, variant: "tiled" | "
   const f = new GpuFfn(gpu, c);
   const x = f.t(inp.x);
   const flatW = f.t(inp.flatW);
-  const flatG = f.t(inp.gradInit);
-  await f.plan(x, f.t(inp.offsets), flatW, flatG, f.t(inp.dy), variant);
-  return { f, inp, x, flatW, flatG };
+  const grads = new Grads(f, inp.gradInit, c.split ?? false);
+  await f.plan(x, f.t(inp.offsets), flatW, grads, f.t(inp.dy), variant);
+  return { f, inp, x, flatW, grads };
 }
 
 const FFN_CASES: FfnCase[] = [
-  { E: 5, R: 37, dSub: 12, inner: 20, act: "silu", counts: [0, 9, 0, 21, 3] },
+  { E: 5, R: 37, dSub: 12, inner: 20, act: "silu", counts: [0, 9, 0, 21, 3], split: true },
   { E: 5, R: 37, dSub: 12, inner: 20, act: "gelu", counts: [4, 0, 0, 0, 30] },
   { E: 3, R: 19, dSub: 7, inner: 9, act: "silu", counts: [0, 19, 0] },
+  { E: 4, R: 23, dSub: 5, inner: 11, act: "gelu", counts: [6, 0, 13, 2], split: true },
 ];
 
 describe("expert FFN (grouped GEMMs + activation) vs reference", () => {
   for (const c of FFN_CASES) {
     for (const variant of ["tiled", "vec4"] as const) {
       if (variant === "vec4" && (c.dSub % 4 || c.inner % 4)) continue;
-      test(`${variant} ${c.act} E=${c.E} R=${c.R} dSub=${c.dSub} inner=${c.inner} loads [${c.counts}]`, async () => {
+      test(`${variant} ${c.act} E=${c.E} R=${c.R} dSub=${c.dSub} inner=${c.inner} loads [${c.counts}]${c.split ? " split grads" : ""}`, async () => {
         const gpu = await getGpu();
-        const { f, inp, flatG } = await setupFfn(gpu, c, 100 + c.R, variant);
+        const { f, inp, grads: gpuGrads } = await setupFfn(gpu, c, 100 + c.R, variant);
         const { valid, mat, E } = { ...inp, E: c.E };
         f.forward();
         f.backward();
@@ -203,7 +364,7 @@ describe("expert FFN (grouped GEMMs + activation) vs reference", () => {
         expectClose(dx.subarray(0, valid * c.dSub), grads.dx, t, "dx");
         expect(Array.from(dx.subarray(valid * c.dSub)).every((v) => v === SENTINEL)).toBe(true);
         // weight gradients were accumulated onto gradInit; the flat buffer's padding is untouched
-        const g = await read(flatG);
+        const g = await gpuGrads.read();
         const accumulated = (i: number, d: Float32Array) => d.map((v, j) => v + inp.gradInit[8 + i * E * mat + j]!);
         expectClose(g.subarray(8, 8 + E * mat), accumulated(0, grads.dUp), tw, "dUp");
         expectClose(g.subarray(8 + E * mat, 8 + 2 * E * mat), accumulated(1, grads.dDown), tw, "dDown");
@@ -230,9 +391,9 @@ describe("expert FFN backward by finite differences of the GPU forward", () => {
   for (const act of ["silu", "gelu"] as const) {
     test(`${act}: dx, dUp, dDown${act === "silu" ? ", dGate" : ""}`, async () => {
       const gpu = await getGpu();
-      const c: FfnCase = { E: 3, R: 9, dSub: 4, inner: 8, act, counts: [3, 0, 5] };
-      const { f, inp, x, flatW, flatG } = await setupFfn(gpu, c, 7, "tiled");
-      write(flatG, new Float32Array(inp.gradInit.length));
+      const c: FfnCase = { E: 3, R: 9, dSub: 4, inner: 8, act, counts: [3, 0, 5], split: true };
+      const { f, inp, x, flatW, grads } = await setupFfn(gpu, c, 7, "tiled");
+      grads.write(new Float32Array(inp.gradInit.length));
       const rowsD = inp.valid * c.dSub;
       // L = sum over valid rows of y * dy, so dL/dy = dy and backward gives the gradients of L
       const loss = async (): Promise<number> => {
@@ -245,7 +406,7 @@ describe("expert FFN backward by finite differences of the GPU forward", () => {
       await loss();
       f.backward();
       const dx = await read(f.dx);
-      const g = await read(flatG);
+      const g = await grads.read();
       const probes: [string, Tensor, Float32Array, number, ArrayLike<number>, number][] = [
         ["dx", x, inp.x, 0, dx, rowsD],
         ["dUp", flatW, inp.flatW, 4, g.subarray(8), c.E * inp.mat],
@@ -280,16 +441,28 @@ describe("expert FFN backward by finite differences of the GPU forward", () => {
 
 test("expert FFN forward and backward are bit-identical when rerun", async () => {
   const gpu = await getGpu();
-  const c: FfnCase = { E: 5, R: 37, dSub: 12, inner: 20, act: "silu", counts: [0, 9, 0, 21, 3] };
-  const { f, inp, flatG } = await setupFfn(gpu, c, 3, "vec4");
+  const c: FfnCase = { E: 5, R: 37, dSub: 12, inner: 20, act: "silu", counts: [0, 9, 0, 21, 3], split: true };
+  const { f, inp, grads } = await setupFfn(gpu, c, 3, "vec4");
   const once = async () => {
-    write(flatG, inp.gradInit);
+    grads.write(inp.gradInit);
     f.forward();
     f.backward();
-    return [await read(f.y), await read(f.dx), await read(flatG)];
+    return [await read(f.y), await read(f.dx), await grads.read()];
   };
   const a = await once();
   const b = await once();
   for (let i = 0; i < a.length; i++) expect(Buffer.from(b[i]!.buffer).equals(Buffer.from(a[i]!.buffer))).toBe(true);
   f.release();
+});
+
+test("planned launches: forward 2 and backward 4 (5 for SwiGLU when dUp and dGate overlap in one tensor)", async () => {
+  const gpu = await getGpu();
+  const cases = [["silu", true, 4], ["silu", false, 5], ["gelu", true, 4], ["gelu", false, 4]] as const;
+  for (const [act, split, bwd] of cases) {
+    for (const variant of ["tiled", "vec4"] as const) {
+      const { f } = await setupFfn(gpu, { E: 3, R: 9, dSub: 4, inner: 8, act, counts: [3, 0, 5], split }, 1, variant);
+      expect([f.fwd.length, f.bwd.length]).toEqual([2, bwd]);
+      f.release();
+    }
+  }
 });

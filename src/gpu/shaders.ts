@@ -18,9 +18,11 @@ import router from "../../shaders/router.wgsl" with { type: "text" };
 import dispatch from "../../shaders/dispatch.wgsl" with { type: "text" };
 import aux_loss from "../../shaders/aux_loss.wgsl" with { type: "text" };
 import libReduce from "../../shaders/lib/reduce.wgsl" with { type: "text" };
+import libActivation from "../../shaders/lib/activation.wgsl" with { type: "text" };
 
 export const SHADERS: Record<string, string> = {
   "lib/reduce": libReduce,
+  "lib/activation": libActivation,
   router,
   dispatch,
   aux_loss,

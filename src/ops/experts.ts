@@ -1,14 +1,15 @@
 /**
- * The routed experts' FFN over permuted rows, as grouped GEMMs plus a fused activation kernel
+ * The routed experts' FFN over permuted rows, as grouped GEMMs with the activation fused into them
  * (CPU twin: src/reference/experts.ts groupedExpertForward/Backward).
  *   silu: h = silu(x Wg_e^T) * (x Wu_e^T), y = h Wd_e^T;   gelu: h = gelu_tanh(x Wu_e^T), y = h Wd_e^T.
  * x, y: [rows, dSub] permuted rows grouped by expert (rows = worst case S*k; rows past offsets[E] are
  * ignored and never written); gate/up [E, inner, dSub], down [E, dSub, inner], stacked per expert.
+ * Launches (see planExpertFfnForward/Backward): forward 2, backward 4 for both activations (5 for SwiGLU
+ * when dGate and dUp overlap in one tensor, as a flat gradient buffer bound whole does).
  */
 import type { Gpu } from "../gpu/device.ts";
-import { bindSlots, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
-import { matmulTiles } from "./matmul.ts";
-import { ACTIVATION_WORKGROUP, groupedMatmul, groupedTemplate, type GroupedMatmulArgs } from "./grouped_gemm.ts";
+import { sharesMemory, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { groupedMatmul, type GroupedFusion, type GroupedMatmulArgs } from "./grouped_gemm.ts";
 
 export type ExpertAct = "silu" | "gelu";
 
@@ -56,42 +57,33 @@ function checkAct(s: ExpertFfnShape, gate: unknown, gatePre: unknown, what: stri
   if (s.act === "silu" && (!gate || !gatePre)) throw new Error(`${what}: SwiGLU needs the gate weight and its buffers`);
 }
 
-/** The elementwise activation kernel (forward or backward), bounded on the GPU by offsets[E] rows. */
-async function planActivation(
-  gpu: Gpu, s: ExpertFfnShape, entry: string, slots: [number, Tensor][],
-): Promise<Dispatch> {
-  const kernel = await gpu.kernel({ shader: "grouped_gemm", entry, template: groupedTemplate(matmulTiles(gpu)) });
-  const params = uniform(gpu, [
-    s.rows, s.inner, 0, s.E, s.rows, 0, 0, 0, 0, 0, 0, 0, s.offsetsOffset ?? 0, 0, { f32: 1 }, { f32: 0 },
-  ], "expert_act.params");
-  const bindGroup = bindSlots(gpu, kernel, [...slots, [3, params], [4, s.offsets]]);
-  return { kernel, bindGroup, workgroups: grid1d(s.rows * s.inner, ACTIVATION_WORKGROUP) };
-}
-
 function gemm(
   gpu: Gpu, s: ExpertFfnShape, layout: GroupedMatmulArgs["layout"], M: number, N: number, K: number,
-  a: TensorRef, b: TensorRef, c: TensorRef, beta = 0,
+  a: TensorRef, b: TensorRef, c: TensorRef, beta = 0, fuse?: GroupedFusion,
 ): Promise<Dispatch> {
   const A = resolve(a), B = resolve(b), C = resolve(c);
   return groupedMatmul(gpu, {
     layout, E: s.E, M, N, K, a: A.t, b: B.t, c: C.t, offA: A.off, offB: B.off, offC: C.off, beta,
-    offsets: s.offsets, offsetsOffset: s.offsetsOffset, variant: s.variant,
+    offsets: s.offsets, offsetsOffset: s.offsetsOffset, variant: s.variant, fuse,
   });
 }
 
-/** y = expert_e(x) for every permuted row; saves gatePre/upPre/hidden for backward. */
+/**
+ * y = expert_e(x) for every permuted row; saves gatePre/upPre/hidden for backward. Two launches: the up
+ * (and gate) projection with the activation in its epilogue, then the down projection.
+ */
 export async function planExpertFfnForward(gpu: Gpu, a: ExpertFfnForwardArgs): Promise<Dispatch[]> {
   checkAct(a, a.gate, a.gatePre, "planExpertFfnForward");
   const { rows, dSub, inner } = a;
-  const out: Dispatch[] = [await gemm(gpu, a, "nt", rows, inner, dSub, a.x, a.up, a.upPre)];
+  let fuse: GroupedFusion = { kind: "gelu", hidden: a.hidden };
   if (a.act === "silu") {
-    out.push(await gemm(gpu, a, "nt", rows, inner, dSub, a.x, a.gate!, a.gatePre!));
-    out.push(await planActivation(gpu, a, "swiglu_fwd", [[0, a.gatePre!], [1, a.upPre], [2, a.hidden]]));
-  } else {
-    out.push(await planActivation(gpu, a, "gelu_fwd", [[0, a.upPre], [2, a.hidden]]));
+    const g = resolve(a.gate!);
+    fuse = { kind: "swiglu", gate: g.t, offGate: g.off, gatePre: a.gatePre!, hidden: a.hidden };
   }
-  out.push(await gemm(gpu, a, "nt", rows, dSub, inner, a.hidden, a.down, a.y));
-  return out;
+  return [
+    await gemm(gpu, a, "nt", rows, inner, dSub, a.x, a.up, a.upPre, 0, fuse),
+    await gemm(gpu, a, "nt", rows, dSub, inner, a.hidden, a.down, a.y),
+  ];
 }
 
 export interface ExpertFfnBackwardArgs extends ExpertFfnShape, ExpertWeightsGpu, ExpertFfnSaved {
@@ -102,7 +94,7 @@ export interface ExpertFfnBackwardArgs extends ExpertFfnShape, ExpertWeightsGpu,
   dGate: TensorRef | null;
   dUp: TensorRef;
   dDown: TensorRef;
-  /** workspace [rows, inner]: receives dL/dhidden, then (in place) dL/dupPre */
+  /** workspace [rows, inner]: receives dL/dupPre */
   dHidden: Tensor;
   /** workspace [rows, inner] for dL/dgatePre; null for gelu */
   dGatePre: Tensor | null;
@@ -110,26 +102,41 @@ export interface ExpertFfnBackwardArgs extends ExpertFfnShape, ExpertWeightsGpu,
   accumulate?: boolean;
 }
 
-/** dx and the weight gradients of the expert FFN, given dy and what forward saved. */
+/**
+ * dx and the weight gradients of the expert FFN, given dy and what forward saved. Four launches: dy Wd_e
+ * with the activation's backward in its epilogue (dL/dhidden never reaches memory), dWd, dWu and dWg in
+ * one launch, and dx = dupPre Wu_e + dgatePre Wg_e with one accumulator.
+ */
 export async function planExpertFfnBackward(gpu: Gpu, a: ExpertFfnBackwardArgs): Promise<Dispatch[]> {
   checkAct(a, a.gate, a.gatePre, "planExpertFfnBackward");
   if (a.act === "silu" && (!a.dGate || !a.dGatePre)) throw new Error("planExpertFfnBackward: SwiGLU needs dGate and dGatePre");
   const { rows, dSub, inner } = a;
   const beta = a.accumulate === false ? 0 : 1;
+  const silu = a.act === "silu";
+  const actBwd: GroupedFusion = silu
+    ? { kind: "swiglu_bwd", gatePre: a.gatePre!, upPre: a.upPre, dGatePre: a.dGatePre! }
+    : { kind: "gelu_bwd", upPre: a.upPre };
   const out: Dispatch[] = [
-    // dhidden = dy Wd_e (Wd_e [dSub, inner]); dWd_e += dy_e^T hidden_e
-    await gemm(gpu, a, "nn", rows, inner, dSub, a.dy, a.down, a.dHidden),
+    // dupPre (and dgatePre) from dhidden = dy Wd_e (Wd_e [dSub, inner]); dWd_e += dy_e^T hidden_e
+    await gemm(gpu, a, "nn", rows, inner, dSub, a.dy, a.down, a.dHidden, 0, actBwd),
     await gemm(gpu, a, "tn", dSub, inner, rows, a.dy, a.hidden, a.dDown, beta),
   ];
-  if (a.act === "silu") {
-    out.push(await planActivation(gpu, a, "swiglu_bwd", [[0, a.gatePre!], [1, a.upPre], [2, a.dHidden], [5, a.dGatePre!]]));
-    out.push(await gemm(gpu, a, "tn", inner, dSub, rows, a.dGatePre!, a.x, a.dGate!, beta));
-    out.push(await gemm(gpu, a, "nn", rows, dSub, inner, a.dGatePre!, a.gate!, a.dx));
-  } else {
-    out.push(await planActivation(gpu, a, "gelu_bwd", [[0, a.upPre], [2, a.dHidden]]));
+  if (!silu) {
+    out.push(await gemm(gpu, a, "tn", inner, dSub, rows, a.dHidden, a.x, a.dUp, beta));
+    out.push(await gemm(gpu, a, "nn", rows, dSub, inner, a.dHidden, a.up, a.dx));
+    return out;
   }
-  // dHidden now holds dL/dupPre: dWu_e += dupPre_e^T x_e; dx (+)= dupPre Wu_e
-  out.push(await gemm(gpu, a, "tn", inner, dSub, rows, a.dHidden, a.x, a.dUp, beta));
-  out.push(await gemm(gpu, a, "nn", rows, dSub, inner, a.dHidden, a.up, a.dx, a.act === "silu" ? 1 : 0));
+  // dWu_e += dupPre_e^T x_e and dWg_e += dgatePre_e^T x_e: one launch unless the two outputs overlap
+  const dUp = resolve(a.dUp), dGate = resolve(a.dGate!);
+  if (sharesMemory(dUp.t, dGate.t)) {
+    out.push(await gemm(gpu, a, "tn", inner, dSub, rows, a.dHidden, a.x, a.dUp, beta));
+    out.push(await gemm(gpu, a, "tn", inner, dSub, rows, a.dGatePre!, a.x, a.dGate!, beta));
+  } else {
+    const pair: GroupedFusion = { kind: "pair", a2: a.dGatePre!, c2: dGate.t, offC2: dGate.off };
+    out.push(await gemm(gpu, a, "tn", inner, dSub, rows, a.dHidden, a.x, a.dUp, beta, pair));
+  }
+  // dx = dupPre Wu_e + dgatePre Wg_e
+  const g = resolve(a.gate!);
+  out.push(await gemm(gpu, a, "nn", rows, dSub, inner, a.dHidden, a.up, a.dx, 0, { kind: "sum", a2: a.dGatePre!, w2: g.t, offW2: g.off }));
   return out;
 }
