@@ -8,8 +8,9 @@
 // block (earlier positions of the same expert). The result is the stable rank of every assignment within
 // its expert in that order, deterministic by construction.
 //
-// gather / combine move rows between sub-token order [S, dSub] and the expert-grouped buffer [S*k, dSub];
-// rows past the kept total are written as zeros so the worst-case-sized grouped GEMM reads defined data.
+// The gather (the second half of permute_finish) and combine move rows between sub-token order [S, dSub]
+// and the expert-grouped buffer [S*k, dSub]; rows past the kept total are written as zeros so the
+// worst-case-sized grouped GEMM reads defined data.
 // Template parameter: WG (workgroup size, a power of two).
 
 const WG: u32 = {{WG}}u;
@@ -21,7 +22,7 @@ struct Params {
   capacity: u32, // capacity_*: C; 0xffffffff when dropless
   nBlocks: u32,
   flag: u32,     // gather_backward: add into ds; combine: add the inner residual s
-  n: u32,        // copy: element count
+  residual: u32, // gather_backward: 1 = ds = residual + the gathered sum (the inner residual's dy)
   _p0: u32, _p1: u32,
 }
 
@@ -99,9 +100,17 @@ fn capacity_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 }
 
 // permute_finish (order 0): row = offsets[e] + rank; both maps written, -1 where no row / no assignment.
+// Then the gather: the workgroup copies its assignments' sub-tokens into their rows of xPerm and zeros the
+// padding rows it owns (row t past the kept total), threads striding over the block's WG * dSub elements so
+// neighbouring threads touch neighbouring addresses.
 @group(0) @binding(4) var<storage, read_write> pf_rowAssignment: array<i32>; // [S*k]
 @group(0) @binding(5) var<storage, read_write> pf_assignmentRow: array<i32>; // [S*k]
 @group(0) @binding(6) var<storage, read> pf_offsets: array<i32>;             // [E+1]
+@group(0) @binding(7) var<storage, read> pf_s: array<f32>;                   // [S, dSub]
+@group(0) @binding(8) var<storage, read_write> pf_xPerm: array<f32>;         // [S*k, dSub]
+
+var<workgroup> blockRow: array<i32, WG>;  // the permuted row of the block's assignment, -1 for none
+var<workgroup> blockPad: array<u32, WG>;  // 1 where row t (the position's own index) is padding
 
 @compute @workgroup_size(WG)
 fn permute_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -110,17 +119,34 @@ fn permute_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
   if (b >= rk.nBlocks) { return; }
   let before = loadBlock(b, lid);
   let t = b * WG + lid;
-  if (t >= rk.S * rk.k) { return; }
   let ex = blockExpert[lid];
-  if (ex < 0) {
-    pf_assignmentRow[t] = -1;
-  } else {
-    let row = pf_offsets[u32(ex)] + rk_blocks[b * rk.E + u32(ex)] + i32(before);
-    pf_assignmentRow[t] = row;
-    pf_rowAssignment[row] = i32(t);
+  var row = -1;
+  var pad = 0u;
+  if (t < rk.S * rk.k) {
+    if (ex < 0) {
+      pf_assignmentRow[t] = -1;
+    } else {
+      row = pf_offsets[u32(ex)] + rk_blocks[b * rk.E + u32(ex)] + i32(before);
+      pf_assignmentRow[t] = row;
+      pf_rowAssignment[row] = i32(t);
+    }
+    // Rows past the kept total hold no assignment; the rows below it are each written once above.
+    if (i32(t) >= pf_offsets[rk.E]) {
+      pf_rowAssignment[t] = -1;
+      pad = 1u;
+    }
   }
-  // Rows past the kept total hold no assignment; the rows below it are each written once above.
-  if (i32(t) >= pf_offsets[rk.E]) { pf_rowAssignment[t] = -1; }
+  blockRow[lid] = row;
+  blockPad[lid] = pad;
+  workgroupBarrier();
+  let dSub = rk.dSub;
+  for (var i = lid; i < WG * dSub; i += WG) {
+    let p = i / dSub;
+    let c = i % dSub;
+    let at = b * WG + p;
+    if (blockRow[p] >= 0) { pf_xPerm[u32(blockRow[p]) * dSub + c] = pf_s[(at / rk.k) * dSub + c]; }
+    if (blockPad[p] == 1u) { pf_xPerm[at * dSub + c] = 0.0; }
+  }
 }
 
 // ---- scans: one workgroup; block counts -> per-expert exclusive block offsets in place, totals per expert.
@@ -168,29 +194,14 @@ fn capacity_scan(@builtin(local_invocation_index) lid: u32) {
   }
 }
 
-// ---- gather: x[i] = s[rowAssignment[i] / k], zero rows past the kept total. One thread per element.
-@group(0) @binding(0) var<storage, read> ga_s: array<f32>;            // [S, dSub]
-@group(0) @binding(1) var<storage, read> ga_rowAssignment: array<i32>; // [S*k]
-@group(0) @binding(2) var<storage, read_write> ga_x: array<f32>;      // [S*k, dSub]
-@group(0) @binding(3) var<uniform> ga: Params;
-
-@compute @workgroup_size(WG)
-fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = flatId(gid, nwg);
-  if (i >= ga.S * ga.k * ga.dSub) { return; }
-  let row = i / ga.dSub;
-  let a = ga_rowAssignment[row];
-  var v = 0.0;
-  if (a >= 0) { v = ga_s[(u32(a) / ga.k) * ga.dSub + i % ga.dSub]; }
-  ga_x[i] = v;
-}
-
-// ---- gather_backward: ds[r] (+)= sum over r's kept choices j, in choice order, of dx[assignmentRow[r*k+j]].
-// A sub-token owns at most k rows, so this is a gather from its side: no scatter, no atomics.
+// ---- gather_backward: ds[r] (+)= sum over r's kept choices j, in choice order, of dx[assignmentRow[r*k+j]],
+// or with the inner residual ds[r] = dy[r] + that sum. A sub-token owns at most k rows, so this is a
+// gather from its side: no scatter, no atomics.
 @group(0) @binding(0) var<storage, read> gb_dx: array<f32>;            // [S*k, dSub]
 @group(0) @binding(1) var<storage, read> gb_assignmentRow: array<i32>;  // [S*k]
 @group(0) @binding(2) var<storage, read_write> gb_ds: array<f32>;      // [S, dSub]
 @group(0) @binding(3) var<uniform> gb: Params;
+@group(0) @binding(4) var<storage, read> gb_residual: array<f32>;      // [S, dSub], read when residual
 
 @compute @workgroup_size(WG)
 fn gather_rows_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -203,7 +214,13 @@ fn gather_rows_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let row = gb_assignmentRow[r * gb.k + j];
     if (row >= 0) { acc += gb_dx[u32(row) * gb.dSub + c]; }
   }
-  if (gb.flag == 1u) { gb_ds[i] += acc; } else { gb_ds[i] = acc; }
+  if (gb.residual == 1u) {
+    gb_ds[i] = gb_residual[i] + acc;
+  } else if (gb.flag == 1u) {
+    gb_ds[i] += acc;
+  } else {
+    gb_ds[i] = acc;
+  }
 }
 
 // ---- combine: y_r = sum over kept j of g[r,j] * yPerm[assignmentRow[r*k+j]] (+ s_r with the inner residual).
@@ -229,50 +246,35 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
   co_y[i] = acc;
 }
 
-// ---- combine_backward_rows: dyPerm[i] = g[a] * dy[a / k] for the assignment a of row i, zero past the total.
-@group(0) @binding(0) var<storage, read> cr_dy: array<f32>;             // [S, dSub]
-@group(0) @binding(1) var<storage, read> cr_gates: array<f32>;          // [S, k]
-@group(0) @binding(2) var<storage, read> cr_rowAssignment: array<i32>;  // [S*k]
-@group(0) @binding(3) var<storage, read_write> cr_dyPerm: array<f32>;   // [S*k, dSub]
-@group(0) @binding(4) var<uniform> cr: Params;
+// ---- combine_backward: one thread per element of the permuted rows [S*k, dSub].
+//   dyPerm[i] = g[a] * dy[a / k] for the assignment a of row i / dSub, zero past the total;
+//   the first thread of each row-length stretch (i = a * dSub) also writes dGates[a] = dy_r . yPerm[row of a],
+//   0 for a dropped assignment: S*k dot products spread one per dSub threads.
+@group(0) @binding(0) var<storage, read> cb_dy: array<f32>;             // [S, dSub]
+@group(0) @binding(1) var<storage, read> cb_gates: array<f32>;          // [S, k]
+@group(0) @binding(2) var<storage, read> cb_rowAssignment: array<i32>;  // [S*k]
+@group(0) @binding(3) var<storage, read> cb_assignmentRow: array<i32>;  // [S*k]
+@group(0) @binding(4) var<storage, read> cb_yPerm: array<f32>;          // [S*k, dSub]
+@group(0) @binding(5) var<storage, read_write> cb_dyPerm: array<f32>;   // [S*k, dSub]
+@group(0) @binding(6) var<storage, read_write> cb_dGates: array<f32>;   // [S, k]
+@group(0) @binding(7) var<uniform> cb: Params;
 
 @compute @workgroup_size(WG)
-fn combine_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn combine_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = flatId(gid, nwg);
-  if (i >= cr.S * cr.k * cr.dSub) { return; }
-  let a = cr_rowAssignment[i / cr.dSub];
+  if (i >= cb.S * cb.k * cb.dSub) { return; }
+  let a = cb_rowAssignment[i / cb.dSub];
   var v = 0.0;
-  if (a >= 0) { v = cr_gates[u32(a)] * cr_dy[(u32(a) / cr.k) * cr.dSub + i % cr.dSub]; }
-  cr_dyPerm[i] = v;
-}
+  if (a >= 0) { v = cb_gates[u32(a)] * cb_dy[(u32(a) / cb.k) * cb.dSub + i % cb.dSub]; }
+  cb_dyPerm[i] = v;
 
-// ---- combine_backward_gates: dGates[a] = dy_r . yPerm[assignmentRow[a]], 0 for a dropped assignment.
-@group(0) @binding(0) var<storage, read> cg_dy: array<f32>;             // [S, dSub]
-@group(0) @binding(1) var<storage, read> cg_yPerm: array<f32>;          // [S*k, dSub]
-@group(0) @binding(2) var<storage, read> cg_assignmentRow: array<i32>;  // [S*k]
-@group(0) @binding(3) var<storage, read_write> cg_dGates: array<f32>;   // [S, k]
-@group(0) @binding(4) var<uniform> cg: Params;
-
-@compute @workgroup_size(WG)
-fn combine_backward_gates(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let a = flatId(gid, nwg);
-  if (a >= cg.S * cg.k) { return; }
-  let row = cg_assignmentRow[a];
+  if (i % cb.dSub != 0u) { return; }
+  let ga = i / cb.dSub;
+  let row = cb_assignmentRow[ga];
   var acc = 0.0;
   if (row >= 0) {
-    let r = a / cg.k;
-    for (var c = 0u; c < cg.dSub; c++) { acc += cg_dy[r * cg.dSub + c] * cg_yPerm[u32(row) * cg.dSub + c]; }
+    let r = ga / cb.k;
+    for (var c = 0u; c < cb.dSub; c++) { acc += cb_dy[r * cb.dSub + c] * cb_yPerm[u32(row) * cb.dSub + c]; }
   }
-  cg_dGates[a] = acc;
-}
-
-// ---- copy: dst = src (the inner residual's share of ds is dy itself).
-@group(0) @binding(0) var<storage, read> cp_src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> cp_dst: array<f32>;
-@group(0) @binding(2) var<uniform> cp: Params;
-
-@compute @workgroup_size(WG)
-fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = flatId(gid, nwg);
-  if (i < cp.n) { cp_dst[i] = cp_src[i]; }
+  cb_dGates[ga] = acc;
 }

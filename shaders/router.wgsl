@@ -3,7 +3,9 @@
 //     z[r,e] = cos(p_r, emb_e) / tau, norms clamped at 1e-6; the sums over sub-tokens in the backward run
 //     as matmuls (fixed summation order, so deterministic) between backward_rows and backward_emb.
 //   softmax_topk / softmax_topk_backward: probs = softmax(z), top-k with ties to the lower expert index,
-//     gates (renormalised when norm_topk_prob), and dz from dgates through both.
+//     gates (renormalised when norm_topk_prob), and dz from dgates through both. The forward also writes
+//     the row's logsumexp (the z-loss reads it) and the backward adds the auxiliary losses' gradients
+//     (aux_loss.wgsl's losses): both are per-row work on the same row, so they need no launch of their own.
 // Entry points bind different buffers, so every binding below is named after its kernel.
 // Template parameter: WG (workgroup size). Launches are 1-D, split over x and y by grid1d.
 
@@ -13,7 +15,9 @@ const NORM_EPS: f32 = 1e-6;
 struct Params {
   S: u32, E: u32, R: u32, k: u32,
   // softmax_topk*: 1 = divide the gates by their sum; cosine_backward_emb: 1 = add into dEmb / dTau
-  flag: u32, _p0: u32, _p1: u32, _p2: u32,
+  flag: u32, _p0: u32,
+  // softmax_topk_backward: the load-balance and z-loss coefficients; a 0 skips that term (and its input)
+  auxCoef: f32, zCoef: f32,
 }
 
 fn flatId(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -122,12 +126,14 @@ fn cosine_backward_emb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 
 // ---- softmax_topk: one thread per sub-token. The j-th choice is the largest prob among experts that come
 // after choice j-1 in the order (prob descending, index ascending); a strict '>' scanning upwards keeps
-// the lower index on ties, exactly as the reference does.
+// the lower index on ties, exactly as the reference does. lse = max + log(sum of shifted exps), the
+// z-loss's per-row term, from the max and sum the softmax needs anyway.
 @group(0) @binding(0) var<storage, read> st_z: array<f32>;           // [S, E]
 @group(0) @binding(1) var<storage, read_write> st_probs: array<f32>; // [S, E]
 @group(0) @binding(2) var<storage, read_write> st_idx: array<i32>;   // [S, k]
 @group(0) @binding(3) var<storage, read_write> st_gates: array<f32>; // [S, k]
-@group(0) @binding(4) var<uniform> st: Params;
+@group(0) @binding(4) var<storage, read_write> st_lse: array<f32>;   // [S]
+@group(0) @binding(5) var<uniform> st: Params;
 
 @compute @workgroup_size(WG)
 fn softmax_topk(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -138,6 +144,7 @@ fn softmax_topk(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
   for (var e = 1u; e < st.E; e++) { mx = max(mx, st_z[base + e]); }
   var sum = 0.0;
   for (var e = 0u; e < st.E; e++) { sum += exp(st_z[base + e] - mx); }
+  st_lse[r] = mx + log(sum);
   for (var e = 0u; e < st.E; e++) { st_probs[base + e] = exp(st_z[base + e] - mx) / sum; }
 
   var prevV = 0.0;
@@ -166,15 +173,20 @@ fn softmax_topk(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
   }
 }
 
-// ---- softmax_topk_backward: one thread per sub-token; writes dz (the aux-loss backward adds to it later).
+// ---- softmax_topk_backward: one thread per sub-token; writes dz = the top-k gates' part plus the
+// auxiliary losses' parts.
 //   dP at the chosen experts: dg_j, or with renormalisation (dg_j - sum_i dg_i g_i) / sum_i P_i;
 //   dz = P * (dP - sum_e dP_e P_e).
+//   load balance: + P * (a - P.a), a_e = auxCoef * E * c_e / S^2 (the softmax backward of a constant
+//     dProbs row; no gradient through c_e); z-loss: + zCoef * 2 * lse_r * P / S.
 @group(0) @binding(0) var<storage, read> sb_dGates: array<f32>; // [S, k]
 @group(0) @binding(1) var<storage, read> sb_probs: array<f32>;  // [S, E]
 @group(0) @binding(2) var<storage, read> sb_idx: array<i32>;    // [S, k]
 @group(0) @binding(3) var<storage, read> sb_gates: array<f32>;  // [S, k]
-@group(0) @binding(4) var<storage, read_write> sb_dz: array<f32>; // [S, E]
-@group(0) @binding(5) var<uniform> sb: Params;
+@group(0) @binding(4) var<storage, read> sb_counts: array<i32>; // [E] c_e, read when auxCoef != 0
+@group(0) @binding(5) var<storage, read> sb_lse: array<f32>;    // [S], read when zCoef != 0
+@group(0) @binding(6) var<storage, read_write> sb_dz: array<f32>; // [S, E]
+@group(0) @binding(7) var<uniform> sb: Params;
 
 fn chosenGrad(r: u32, j: u32, dot: f32, zsum: f32) -> f32 {
   let g = sb_dGates[r * sb.k + j];
@@ -198,11 +210,28 @@ fn softmax_topk_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
   for (var j = 0u; j < sb.k; j++) {
     pdot += chosenGrad(r, j, dot, zsum) * sb_probs[base + u32(sb_idx[r * sb.k + j])];
   }
+  let S = f32(sb.S);
+  let aScale = sb.auxCoef * f32(sb.E) / (S * S);
+  var aDot = 0.0;
+  if (sb.auxCoef != 0.0) {
+    for (var e = 0u; e < sb.E; e++) { aDot += aScale * f32(sb_counts[e]) * sb_probs[base + e]; }
+  }
+  var zScale = 0.0;
+  if (sb.zCoef != 0.0) { zScale = sb.zCoef * 2.0 * sb_lse[r] / S; }
   for (var e = 0u; e < sb.E; e++) {
     var dP = 0.0;
     for (var j = 0u; j < sb.k; j++) {
       if (u32(sb_idx[r * sb.k + j]) == e) { dP = chosenGrad(r, j, dot, zsum); }
     }
-    sb_dz[base + e] = sb_probs[base + e] * (dP - pdot);
+    let P = sb_probs[base + e];
+    var v = P * (dP - pdot);
+    // The aux part is summed on its own, then added once: dz rounds as the two parts' f32 sum, and a
+    // run without auxiliary losses leaves the top-k part exactly as it is.
+    if (sb.auxCoef != 0.0 || sb.zCoef != 0.0) {
+      var g = zScale * P;
+      if (sb.auxCoef != 0.0) { g += P * (aScale * f32(sb_counts[e]) - aDot); }
+      v += g;
+    }
+    sb_dz[base + e] = v;
   }
 }

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { getGpu } from "../src/gpu/device.ts";
 import { empty, read, readInt, submit, upload, type Tensor } from "../src/gpu/tensor.ts";
-import { planAuxLossBackward, planLoadBalanceLoss, planRouterZLoss } from "../src/ops/aux_loss.ts";
+import { planAuxLosses } from "../src/ops/aux_loss.ts";
 import { planSoftmaxTopk, planSoftmaxTopkBackward } from "../src/ops/router.ts";
 import { loadBalanceLoss, loadBalanceLossBackward, routerZLoss, routerZLossBackward } from "../src/reference/aux_loss.ts";
 import { softmaxRowsBackward } from "../src/reference/router.ts";
@@ -16,7 +16,7 @@ const DZ_TOL = { atol: 3e-7, rtol: 0 }; // measured max abs 7.2e-8
 // one f32 add onto the accumulator: within an ulp by construction (measured exact here)
 const ACC_TOL = { atol: 0, rtol: 1.2e-7 };
 
-/** Runs softmax + top-k on z, then both aux losses; returns the tensors for reads and reuse. */
+/** Runs softmax + top-k (which writes lse) on z, then both aux losses; returns the tensors for reads and reuse. */
 async function setup(z: Float32Array, S: number, E: number, k: number) {
   const gpu = await getGpu();
   const t = {
@@ -25,8 +25,7 @@ async function setup(z: Float32Array, S: number, E: number, k: number) {
   };
   const fwd = [
     ...(await planSoftmaxTopk(gpu, { ...t, S, E, k, normTopk: false })),
-    ...(await planLoadBalanceLoss(gpu, { probs: t.probs, topkIdx: t.topkIdx, counts: t.counts, loss: t.auxLoss, S, E, k })),
-    ...(await planRouterZLoss(gpu, { z: t.z, lse: t.lse, loss: t.zLoss, S, E })),
+    ...(await planAuxLosses(gpu, { ...t, S, E, k })),
   ];
   return { gpu, t, fwd };
 }
@@ -50,8 +49,7 @@ describe("load-balance and z-loss vs reference", () => {
         const g = { dGates: upload(gpu, dGates), dz };
         submit(gpu, [
           ...fwd,
-          ...(await planSoftmaxTopkBackward(gpu, { ...t, ...g, S, E, k, normTopk: false })),
-          ...(await planAuxLossBackward(gpu, { probs: t.probs, counts: t.counts, lse: t.lse, dz, S, E, auxCoef, zCoef })),
+          ...(await planSoftmaxTopkBackward(gpu, { ...t, ...g, S, E, k, normTopk: false, aux: { counts: t.counts, lse: t.lse, auxCoef, zCoef } })),
         ]);
         const probs = await read(t.probs);
         const idx = await readInt(t.topkIdx);
@@ -62,7 +60,7 @@ describe("load-balance and z-loss vs reference", () => {
         expectClose(await read(t.auxLoss), [lb.loss], LOSS_TOL, "load-balance loss");
         expectClose(await read(t.zLoss), [zl.loss], LOSS_TOL, "z-loss");
         expectClose(await read(t.lse), zl.lse, LSE_TOL, "lse");
-        // dz = the top-k gates' part (written first) + the aux parts (added): the sum the model sees.
+        // dz = the top-k gates' part + the aux parts, added in the softmax top-k backward: the sum the model sees.
         const gates = await read(t.gates);
         const topkDz = softmaxRowsBackward(topkGatesBackward(dGates, probs, { idx, gates }, S, E, k, false), probs, S, E);
         const auxDz = softmaxRowsBackward(loadBalanceLossBackward(probs, lb.counts, S, E, auxCoef), probs, S, E);
@@ -75,20 +73,31 @@ describe("load-balance and z-loss vs reference", () => {
     }
   }
 
-  test("accumulate sums the loss over layers; zero coefficients plan nothing", async () => {
+  test("accumulate sums the loss over layers", async () => {
     const S = 37, E = 5, k = 2;
     const z = randomArray(S * E, 3);
     const { gpu, t, fwd } = await setup(z, S, E, k);
     const acc = { aux: upload(gpu, new Float32Array([1.5])), z: upload(gpu, new Float32Array([-0.5])) };
-    submit(gpu, [
-      ...fwd,
-      ...(await planLoadBalanceLoss(gpu, { probs: t.probs, topkIdx: t.topkIdx, counts: t.counts, loss: acc.aux, S, E, k, accumulate: true })),
-      ...(await planRouterZLoss(gpu, { z: t.z, lse: t.lse, loss: acc.z, S, E, accumulate: true })),
-    ]);
+    submit(gpu, [...fwd, ...(await planAuxLosses(gpu, { ...t, auxLoss: acc.aux, zLoss: acc.z, S, E, k, accumulate: true }))]);
     expectClose(await read(acc.aux), [(await read(t.auxLoss))[0]! + 1.5], ACC_TOL, "accumulated aux loss");
     expectClose(await read(acc.z), [(await read(t.zLoss))[0]! - 0.5], ACC_TOL, "accumulated z-loss");
-    expect(await planAuxLossBackward(gpu, { probs: t.probs, dz: t.z, S, E, auxCoef: 0, zCoef: 0 })).toEqual([]);
     releaseAll([...Object.values(t), ...Object.values(acc)]);
+  });
+
+  test("zero coefficients add nothing: dz is bit for bit the top-k part; a used term needs its input", async () => {
+    const S = 37, E = 5, k = 2;
+    const { gpu, t, fwd } = await setup(randomArray(S * E, 4), S, E, k);
+    const g = { dGates: upload(gpu, randomArray(S * k, 8)), dz: empty(gpu, [S, E]), dzZero: empty(gpu, [S, E]) };
+    const base = { ...t, dGates: g.dGates, S, E, k, normTopk: false };
+    submit(gpu, [
+      ...fwd,
+      ...(await planSoftmaxTopkBackward(gpu, { ...base, dz: g.dz })),
+      ...(await planSoftmaxTopkBackward(gpu, { ...base, dz: g.dzZero, aux: { auxCoef: 0, zCoef: 0 } })),
+    ]);
+    expect(Array.from(await read(g.dzZero))).toEqual(Array.from(await read(g.dz)));
+    await expect(planSoftmaxTopkBackward(gpu, { ...base, dz: g.dz, aux: { auxCoef: 1, zCoef: 0, lse: t.lse } })).rejects.toThrow(/counts/);
+    await expect(planSoftmaxTopkBackward(gpu, { ...base, dz: g.dz, aux: { auxCoef: 0, zCoef: 1, counts: t.counts } })).rejects.toThrow(/lse/);
+    releaseAll([...Object.values(t), ...Object.values(g)]);
   });
 });
 
@@ -108,8 +117,7 @@ describe("aux-loss backward vs finite differences of the GPU forward", () => {
       const g = { dGates: upload(gpu, new Float32Array(S * k)), dz };
       submit(gpu, [
         ...fwd,
-        ...(await planSoftmaxTopkBackward(gpu, { ...t, ...g, S, E, k, normTopk: false })),
-        ...(await planAuxLossBackward(gpu, { probs: t.probs, counts: t.counts, lse: t.lse, dz, S, E, auxCoef, zCoef })),
+        ...(await planSoftmaxTopkBackward(gpu, { ...t, ...g, S, E, k, normTopk: false, aux: { counts: t.counts, lse: t.lse, auxCoef, zCoef } })),
       ]);
       const counts0 = Array.from(await readInt(t.counts));
       const loss = async () => {

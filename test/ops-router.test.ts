@@ -5,6 +5,7 @@ import {
   planCosineLogitsBackward, planCosineLogitsForward, planRouterProjectionBackward, planRouterProjectionForward,
   planSoftmaxTopk, planSoftmaxTopkBackward,
 } from "../src/ops/router.ts";
+import { routerZLoss } from "../src/reference/aux_loss.ts";
 import { linearBackward, linearForward } from "../src/reference/linear.ts";
 import { cosineLogitsBackward, cosineLogitsForward, softmaxRows, softmaxRowsBackward } from "../src/reference/router.ts";
 import { topkGates, topkGatesBackward } from "../src/reference/routing.ts";
@@ -141,7 +142,9 @@ function separatedLogits(S: number, E: number, seed: number): Float32Array {
 
 async function softmaxTopkSetup(z: Float32Array, S: number, E: number, k: number, normTopk: boolean) {
   const gpu = await getGpu();
-  const t = { z: upload(gpu, z), probs: empty(gpu, [S, E]), topkIdx: empty(gpu, [S, k], "i32"), gates: empty(gpu, [S, k]) };
+  const t = {
+    z: upload(gpu, z), probs: empty(gpu, [S, E]), topkIdx: empty(gpu, [S, k], "i32"), gates: empty(gpu, [S, k]), lse: empty(gpu, [S]),
+  };
   const fwd = await planSoftmaxTopk(gpu, { ...t, S, E, k, normTopk });
   return { gpu, t, fwd };
 }
@@ -164,6 +167,8 @@ describe("softmax + top-k gates", () => {
           const refProbs = softmaxRows(z, S, E);
           // worst over the 30 cases, measured max abs 1.2e-7 (probs), 6.0e-8 (gates), 7.1e-8 (dz)
           expectClose(probs, refProbs, { atol: 5e-7, rtol: 0 }, "probs");
+          // the z-loss's row term (its own tolerance in test/ops-aux_loss.test.ts)
+          expectClose(await read(t.lse), routerZLoss(z, S, E).lse, { atol: 1e-7, rtol: 5e-7 }, "lse");
           // Top-k on the GPU's probs is exact; on the reference's probs it must agree too (ties are exact
           // in both, other gaps are far above rounding).
           const onGpuProbs = topkGates(probs, S, E, k, normTopk);

@@ -1,7 +1,8 @@
 /**
  * Routing data movement of the MoE layer as MegaBlocks-style primitives (docs/model.md, steps
  * 5-7): capacity admission, per-expert histogram + exclusive prefix sum, the permutation that groups kept
- * assignments by expert, the gather into that grouped buffer, the weighted combine back, and backwards.
+ * assignments by expert and gathers the sub-tokens into that grouped buffer (one launch), the weighted
+ * combine back, and backwards.
  * Twins: src/reference/routing.ts and src/reference/dispatch.ts.
  *
  * Layout contract (an assignment a = r*k + j is the j-th choice of sub-token r):
@@ -9,7 +10,7 @@
  * - counts [E] i32 kept assignments per expert; offsets [E+1] i32, offsets[0] = 0, offsets[e+1] =
  *   offsets[e] + counts[e]: expert e owns permuted rows offsets[e] .. offsets[e+1]-1; offsets[E] = kept total.
  * - permuted buffers have the worst-case S*k rows; inside an expert, rows go by ascending a (sub-token,
- *   then choice); rows from offsets[E] on are padding, written as zeros by gather / combine backward.
+ *   then choice); rows from offsets[E] on are padding, written as zeros by the permutation / combine backward.
  * - rowAssignment [S*k] i32: the assignment a of each permuted row, -1 for padding rows.
  * - assignmentRow [S*k] i32: the permuted row of each assignment, -1 when dropped.
  * - blockOffsets [nBlocks*E] i32 scratch (routingBlocks): made by the histogram, read by the permutation.
@@ -35,14 +36,14 @@ interface Fields {
   capacity?: number;
   nBlocks?: number;
   flag?: boolean;
-  n?: number;
+  residual?: boolean;
 }
 
 function params(gpu: Gpu, f: Fields, label: string): GPUBuffer {
   return uniform(gpu, [
     f.S, f.k, f.E ?? 0, f.dSub ?? 0,
     f.order ?? 0, f.useMask ? 1 : 0, f.capacity ?? DROPLESS, f.nBlocks ?? 0,
-    f.flag ? 1 : 0, f.n ?? 0, 0, 0,
+    f.flag ? 1 : 0, f.residual ? 1 : 0, 0, 0,
   ], label);
 }
 
@@ -135,35 +136,27 @@ export interface PermutationArgs {
   /** [S*k] i32 each, written (layout in the file comment) */
   rowAssignment: Tensor;
   assignmentRow: Tensor;
-  S: number;
-  k: number;
-  E: number;
-}
-
-/** Groups kept assignments by expert, ascending assignment index inside an expert, plus the inverse map. */
-export async function planExpertPermutation(gpu: Gpu, a: PermutationArgs): Promise<Dispatch[]> {
-  const { S, k, E } = a;
-  const nBlocks = routingBlocks(gpu, S, k);
-  const u = params(gpu, { S, k, E, order: ORDER_ASSIGNMENT, useMask: !!a.keep, nBlocks }, "permutation.params");
-  const bindings = [a.topkIdx, a.keep ?? a.topkIdx, a.blockOffsets, u, a.rowAssignment, a.assignmentRow, a.offsets];
-  return [await launch(gpu, "permute_finish", bindings, blockGrid(nBlocks))];
-}
-
-export interface GatherArgs {
   /** [S, dSub] sub-tokens */
   s: Tensor;
-  rowAssignment: Tensor;
-  /** [S*k, dSub], written (padding rows zero) */
+  /** [S*k, dSub], written: xPerm[row] = s[rowAssignment[row] / k], padding rows zero */
   xPerm: Tensor;
   S: number;
   k: number;
+  E: number;
   dSub: number;
 }
 
-export async function planGatherRows(gpu: Gpu, a: GatherArgs): Promise<Dispatch[]> {
-  const { S, k, dSub } = a;
-  const u = params(gpu, { S, k, dSub }, "gather.params");
-  return [await launch(gpu, "gather_rows", [a.s, a.rowAssignment, a.xPerm, u], grid1d(S * k * dSub, routingWorkgroupSize(gpu)))];
+/**
+ * Groups kept assignments by expert, ascending assignment index inside an expert, plus the inverse map,
+ * and gathers the sub-tokens into the grouped rows: each workgroup knows its block's rows, so the copy
+ * needs no launch of its own.
+ */
+export async function planExpertPermutation(gpu: Gpu, a: PermutationArgs): Promise<Dispatch[]> {
+  const { S, k, E, dSub } = a;
+  const nBlocks = routingBlocks(gpu, S, k);
+  const u = params(gpu, { S, k, E, dSub, order: ORDER_ASSIGNMENT, useMask: !!a.keep, nBlocks }, "permutation.params");
+  const bindings = [a.topkIdx, a.keep ?? a.topkIdx, a.blockOffsets, u, a.rowAssignment, a.assignmentRow, a.offsets, a.s, a.xPerm];
+  return [await launch(gpu, "permute_finish", bindings, blockGrid(nBlocks))];
 }
 
 export interface GatherBackwardArgs {
@@ -176,13 +169,19 @@ export interface GatherBackwardArgs {
   k: number;
   dSub: number;
   accumulate?: boolean;
+  /**
+   * [S, dSub] with mhmoe_inner_residual: the combine's output gradient dy, the residual's share of ds;
+   * ds = dy + the gathered sum (written, whatever accumulate says).
+   */
+  residual?: Tensor;
 }
 
 /** ds[r] (+)= sum over r's kept choices of dxPerm[row]: deterministic, each sub-token reads its own k rows. */
 export async function planGatherRowsBackward(gpu: Gpu, a: GatherBackwardArgs): Promise<Dispatch[]> {
   const { S, k, dSub } = a;
-  const u = params(gpu, { S, k, dSub, flag: a.accumulate }, "gather_backward.params");
-  return [await launch(gpu, "gather_rows_backward", [a.dxPerm, a.assignmentRow, a.ds, u], grid1d(S * dSub, routingWorkgroupSize(gpu)))];
+  const u = params(gpu, { S, k, dSub, flag: a.accumulate, residual: !!a.residual }, "gather_backward.params");
+  const bindings = [a.dxPerm, a.assignmentRow, a.ds, u, a.residual ?? a.dxPerm];
+  return [await launch(gpu, "gather_rows_backward", bindings, grid1d(S * dSub, routingWorkgroupSize(gpu)))];
 }
 
 export interface CombineArgs {
@@ -217,21 +216,18 @@ export interface CombineBackwardArgs {
   /** [S*k, dSub] and [S, k], written (padding rows and dropped assignments zero) */
   dyPerm: Tensor;
   dGates: Tensor;
-  /** with the inner residual: [S, dSub], written = dy (then add the gather backward with accumulate) */
-  dsResidual?: Tensor;
   S: number;
   k: number;
   dSub: number;
 }
 
+/**
+ * dyPerm and dGates in one launch. The inner residual's share of ds is dy itself: pass dy as the gather
+ * backward's residual.
+ */
 export async function planCombineBackward(gpu: Gpu, a: CombineBackwardArgs): Promise<Dispatch[]> {
   const { S, k, dSub } = a;
-  const wg = routingWorkgroupSize(gpu);
-  const u = params(gpu, { S, k, dSub, n: S * dSub }, "combine_backward.params");
-  const out = [
-    await launch(gpu, "combine_backward_rows", [a.dy, a.gates, a.rowAssignment, a.dyPerm, u], grid1d(S * k * dSub, wg)),
-    await launch(gpu, "combine_backward_gates", [a.dy, a.yPerm, a.assignmentRow, a.dGates, u], grid1d(S * k, wg)),
-  ];
-  if (a.dsResidual) out.push(await launch(gpu, "copy", [a.dy, a.dsResidual, u], grid1d(S * dSub, wg)));
-  return out;
+  const u = params(gpu, { S, k, dSub }, "combine_backward.params");
+  const bindings = [a.dy, a.gates, a.rowAssignment, a.assignmentRow, a.yPerm, a.dyPerm, a.dGates, u];
+  return [await launch(gpu, "combine_backward", bindings, grid1d(S * k * dSub, routingWorkgroupSize(gpu)))];
 }

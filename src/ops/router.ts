@@ -2,6 +2,8 @@
  * Router ops of the MoE layer (docs/model.md): the router projection (a plain matmul,
  * for both gate.weight and gate.proj.weight), the X-MoE cosine logits, softmax + top-k gates, and their
  * backwards. Twins: src/reference/router.ts and topkGates / topkGatesBackward in src/reference/routing.ts.
+ * Softmax + top-k also carries the per-row halves of the auxiliary losses (src/ops/aux_loss.ts): the
+ * forward writes each row's logsumexp, the backward adds the losses' gradients into dz.
  * Every planner returns Dispatch[] to encode every step; scratch a planner needs is acquired here, once.
  */
 import type { Gpu } from "../gpu/device.ts";
@@ -21,8 +23,8 @@ export function routingWorkgroupSize(gpu: Gpu): number {
 const routerKernel = (gpu: Gpu, entry: string) =>
   gpu.kernel({ shader: "router", entry, template: { WG: routingWorkgroupSize(gpu) } });
 
-const params = (gpu: Gpu, S: number, E: number, R: number, k: number, flag: boolean, label: string) =>
-  uniform(gpu, [S, E, R, k, flag ? 1 : 0, 0, 0, 0], label);
+const params = (gpu: Gpu, S: number, E: number, R: number, k: number, flag: boolean, label: string, auxCoef = 0, zCoef = 0) =>
+  uniform(gpu, [S, E, R, k, flag ? 1 : 0, 0, { f32: auxCoef }, { f32: zCoef }], label);
 
 export interface RouterProjectionArgs {
   /** [S, dSub] sub-tokens */
@@ -142,6 +144,8 @@ export interface SoftmaxTopkArgs {
   topkIdx: Tensor;
   /** [S, k] their probs (divided by their sum when normTopk), written */
   gates: Tensor;
+  /** [S] logsumexp_e z[r,e], written: the router z-loss's row term (planAuxLosses and the backward read it) */
+  lse: Tensor;
   S: number;
   E: number;
   k: number;
@@ -152,7 +156,7 @@ export async function planSoftmaxTopk(gpu: Gpu, a: SoftmaxTopkArgs): Promise<Dis
   checkTopk(a.k, a.E);
   const kernel = await routerKernel(gpu, "softmax_topk");
   const u = params(gpu, a.S, a.E, 0, a.k, a.normTopk, "softmax_topk.params");
-  const bg = bindGroup(gpu, kernel, [a.z, a.probs, a.topkIdx, a.gates, u]);
+  const bg = bindGroup(gpu, kernel, [a.z, a.probs, a.topkIdx, a.gates, a.lse, u]);
   return [{ kernel, bindGroup: bg, workgroups: grid1d(a.S, routingWorkgroupSize(gpu)) }];
 }
 
@@ -163,19 +167,40 @@ export interface SoftmaxTopkBackwardArgs {
   probs: Tensor;
   topkIdx: Tensor;
   gates: Tensor;
-  /** [S, E] written (overwritten: run the aux-loss backward, which adds to it, after this) */
+  /** [S, E] written: the top-k gates' part plus, with aux, the auxiliary losses' gradients */
   dz: Tensor;
   S: number;
   E: number;
   k: number;
   normTopk: boolean;
+  /** The auxiliary losses' share of dz; omitted = no auxiliary losses (both coefficients 0). */
+  aux?: AuxLossGrad;
+}
+
+/**
+ * Gradient of auxCoef * L_aux + zCoef * L_z with respect to z (the losses of src/ops/aux_loss.ts, whose
+ * twin src/reference/aux_loss.ts has the same backward).
+ */
+export interface AuxLossGrad {
+  /** router_aux_loss_coef and router_z_loss_coef (times any upstream loss scale) */
+  auxCoef: number;
+  zCoef: number;
+  /** [E] i32 c_e from planAuxLosses; unused (may be omitted) when auxCoef is 0 */
+  counts?: Tensor;
+  /** [S] from planSoftmaxTopk; unused (may be omitted) when zCoef is 0 */
+  lse?: Tensor;
 }
 
 export async function planSoftmaxTopkBackward(gpu: Gpu, a: SoftmaxTopkBackwardArgs): Promise<Dispatch[]> {
   checkTopk(a.k, a.E);
+  const auxCoef = a.aux?.auxCoef ?? 0, zCoef = a.aux?.zCoef ?? 0;
+  if (auxCoef !== 0 && !a.aux?.counts) throw new Error("softmax top-k backward: auxCoef != 0 needs counts from planAuxLosses");
+  if (zCoef !== 0 && !a.aux?.lse) throw new Error("softmax top-k backward: zCoef != 0 needs lse from planSoftmaxTopk");
   const kernel = await routerKernel(gpu, "softmax_topk_backward");
-  const u = params(gpu, a.S, a.E, 0, a.k, a.normTopk, "softmax_topk_backward.params");
-  const bg = bindGroup(gpu, kernel, [a.dGates, a.probs, a.topkIdx, a.gates, a.dz, u]);
+  const u = params(gpu, a.S, a.E, 0, a.k, a.normTopk, "softmax_topk_backward.params", auxCoef, zCoef);
+  // A skipped term's buffer is never read; a read-only binding of the right element kind stands in.
+  const counts = a.aux?.counts ?? a.topkIdx, lse = a.aux?.lse ?? a.probs;
+  const bg = bindGroup(gpu, kernel, [a.dGates, a.probs, a.topkIdx, a.gates, counts, lse, a.dz, u]);
   return [{ kernel, bindGroup: bg, workgroups: grid1d(a.S, routingWorkgroupSize(gpu)) }];
 }
 
