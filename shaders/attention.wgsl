@@ -10,7 +10,12 @@
 //
 // Template parameters: D4 = ceil(dHead/4) (vec4s per row; the padding lanes hold zeros), WG = threads
 // (rows) per workgroup, BT = rows per staged tile (bounded by the workgroup-memory limit for large dHead),
-// CAUSAL = true (query i sees keys j <= i) or false (every key of its sequence: the mlm objective).
+// CAUSAL = true (query i sees keys j <= i) or false (every key of its sequence: the mlm objective),
+// QK = plain (q and k come with RoPE applied) or rope (q and k come un-rotated: each row is rotated as it
+// is loaded, by its own position t, from the ropeTable at binding 9, and backward writes dq, dk with the
+// transpose rotation applied, i.e. the gradients w.r.t. the un-rotated inputs). Fusing RoPE this way
+// saves its launches and the round trip of q and k through memory; the rotation is recomputed per load,
+// which costs a few flops per staged element against the T-long dot-product loops.
 // Grid: x = row tile (ceil(T/WG)), y = b*H + h.
 // The loops over staged rows run to a bound that is the same for the whole workgroup and mask the causal
 // condition inside: the staged-row index then stays uniform, so every thread reads the same workgroup
@@ -18,7 +23,7 @@
 
 struct Params {
   T: u32, H: u32, dHead: u32, rowStride: u32,
-  seqStride: u32, scale: f32, _p0: u32, _p1: u32,
+  seqStride: u32, scale: f32, tableRows: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> Q: array<f32>;
@@ -35,6 +40,9 @@ struct Params {
 @group(0) @binding(8) var<storage, read> Ofwd: array<f32>;        // backward_dq: the forward's o
 @group(0) @binding(7) var<storage, read_write> dK: array<f32>;    // backward_dkdv
 @group(0) @binding(8) var<storage, read_write> dV: array<f32>;    // backward_dkdv
+// QK = rope only (the plain functions never touch it, so the plain pipelines do not bind it):
+// cos [tableRows, dHead/2], then sin, as ropeTable makes it.
+@group(0) @binding(9) var<storage, read> RopeTab: array<f32>;
 
 const D4: u32 = {{D4}}u;
 const WG: u32 = {{WG}}u;
@@ -49,16 +57,72 @@ var<workgroup> tileLse: array<f32, BT>;
 var<workgroup> tileDelta: array<f32, BT>;
 
 // Row loads pad the last vec4 with zeros so that dot products over D4 vec4s are exact for any dHead.
-fn loadQ(row: u32, c4: u32) -> vec4<f32> {
+// q and k as the scores use them (rotated), for the row at element `row` holding position t.
+fn loadQ(row: u32, t: u32, c4: u32) -> vec4<f32> { return {{QK}}Q(row, t, c4); }
+fn loadK(row: u32, t: u32, c4: u32) -> vec4<f32> { return {{QK}}K(row, t, c4); }
+// A gradient w.r.t. a rotated q or k row at position t, turned into the gradient w.r.t. the caller's q or k.
+fn gradToInput(g: array<vec4<f32>, D4>, t: u32) -> array<vec4<f32>, D4> { return {{QK}}Grad(g, t); }
+
+fn plainQ(row: u32, t: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
   for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = Q[row + c]; } }
   return r;
 }
-fn loadK(row: u32, c4: u32) -> vec4<f32> {
+fn plainK(row: u32, t: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
   for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = K[row + c]; } }
   return r;
 }
+fn plainGrad(g: array<vec4<f32>, D4>, t: u32) -> array<vec4<f32>, D4> { return g; }
+
+// RoPE as rope.wgsl computes it (rotate-half: the pair (i, i + dHead/2) turns by angle t * theta_i):
+// y_i = x_i cos - x_{i+half} sin,  y_{i+half} = x_{i+half} cos + x_i sin.
+fn ropeCos(t: u32, i: u32) -> f32 { return RopeTab[t * (p.dHead / 2u) + i]; }
+fn ropeSin(t: u32, i: u32) -> f32 { return RopeTab[(p.tableRows + t) * (p.dHead / 2u) + i]; }
+fn ropeQ(row: u32, t: u32, c4: u32) -> vec4<f32> {
+  let half = p.dHead / 2u;
+  var r = vec4<f32>(0.0);
+  for (var e = 0u; e < 4u; e++) {
+    let c = c4 * 4u + e;
+    if (c < half) { r[e] = Q[row + c] * ropeCos(t, c) - Q[row + c + half] * ropeSin(t, c); }
+    else if (c < p.dHead) { r[e] = Q[row + c] * ropeCos(t, c - half) + Q[row + c - half] * ropeSin(t, c - half); }
+  }
+  return r;
+}
+fn ropeK(row: u32, t: u32, c4: u32) -> vec4<f32> {
+  let half = p.dHead / 2u;
+  var r = vec4<f32>(0.0);
+  for (var e = 0u; e < 4u; e++) {
+    let c = c4 * 4u + e;
+    if (c < half) { r[e] = K[row + c] * ropeCos(t, c) - K[row + c + half] * ropeSin(t, c); }
+    else if (c < p.dHead) { r[e] = K[row + c] * ropeCos(t, c - half) + K[row + c - half] * ropeSin(t, c - half); }
+  }
+  return r;
+}
+// The transpose of the rotation (the rotation by -angle, as rope.wgsl's backward). The partner of lane c
+// sits in another vec4 whenever half is not a multiple of 4, hence the copy indexed at run time: only
+// here, once per row, so the accumulators of the main loops stay statically indexed.
+fn ropeGrad(g: array<vec4<f32>, D4>, t: u32) -> array<vec4<f32>, D4> {
+  let half = p.dHead / 2u;
+  var src = g;
+  var out: array<vec4<f32>, D4>;
+  for (var c4 = 0u; c4 < D4; c4++) {
+    var r = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+      let c = c4 * 4u + e;
+      if (c < half) {
+        let m = c + half;
+        r[e] = src[c4][e] * ropeCos(t, c) + src[m / 4u][m % 4u] * ropeSin(t, c);
+      } else if (c < p.dHead) {
+        let m = c - half;
+        r[e] = src[c4][e] * ropeCos(t, m) - src[m / 4u][m % 4u] * ropeSin(t, m);
+      }
+    }
+    out[c4] = r;
+  }
+  return out;
+}
+
 fn loadV(row: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
   for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = V[row + c]; } }
@@ -104,7 +168,7 @@ fn stageKV(base: u32, j0: u32, lid: u32) {
     var vv = vec4<f32>(0.0);
     if (j < p.T) {
       let row = base + j * p.rowStride;
-      kv = loadK(row, c4);
+      kv = loadK(row, j, c4);
       vv = loadV(row, c4);
     }
     tileA[r] = kv;
@@ -122,7 +186,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   let iRow = base + min(i, p.T - 1u) * p.rowStride;
   var q: array<vec4<f32>, D4>;
   var acc: array<vec4<f32>, D4>;
-  for (var c4 = 0u; c4 < D4; c4++) { q[c4] = loadQ(iRow, c4); acc[c4] = vec4<f32>(0.0); }
+  for (var c4 = 0u; c4 < D4; c4++) { q[c4] = loadQ(iRow, min(i, p.T - 1u), c4); acc[c4] = vec4<f32>(0.0); }
   var m = NEG_BIG;
   var l = 0.0;
   // Causal: no query of this workgroup sees a key at or past kEnd, so later tiles are never loaded.
@@ -171,7 +235,7 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   var acc: array<vec4<f32>, D4>;
   var delta = 0.0;
   for (var c4 = 0u; c4 < D4; c4++) {
-    q[c4] = loadQ(iRow, c4);
+    q[c4] = loadQ(iRow, min(i, p.T - 1u), c4);
     g[c4] = loadDO(iRow, c4);
     acc[c4] = vec4<f32>(0.0);
     delta += dot(g[c4], loadOfwd(iRow, c4));
@@ -197,7 +261,9 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     }
   }
   if (inRange) {
-    for (var c4 = 0u; c4 < D4; c4++) { storeDQ(iRow, c4, acc[c4] * p.scale); }
+    for (var c4 = 0u; c4 < D4; c4++) { acc[c4] *= p.scale; }
+    var dq = gradToInput(acc, i);
+    for (var c4 = 0u; c4 < D4; c4++) { storeDQ(iRow, c4, dq[c4]); }
   }
 }
 
@@ -216,7 +282,7 @@ fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
   var dk: array<vec4<f32>, D4>;
   var dv: array<vec4<f32>, D4>;
   for (var c4 = 0u; c4 < D4; c4++) {
-    kr[c4] = loadK(jRow, c4);
+    kr[c4] = loadK(jRow, min(j, p.T - 1u), c4);
     vr[c4] = loadV(jRow, c4);
     dk[c4] = vec4<f32>(0.0);
     dv[c4] = vec4<f32>(0.0);
@@ -231,7 +297,7 @@ fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
       var gv = vec4<f32>(0.0);
       if (i < p.T) {
         let row = base + i * p.rowStride;
-        qv = loadQ(row, c4);
+        qv = loadQ(row, i, c4);
         gv = loadDO(row, c4);
       }
       tileA[r] = qv;
@@ -261,8 +327,10 @@ fn backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
   }
   if (inRange) {
+    for (var c4 = 0u; c4 < D4; c4++) { dk[c4] *= p.scale; }
+    var dkIn = gradToInput(dk, j);
     for (var c4 = 0u; c4 < D4; c4++) {
-      storeDK(jRow, c4, dk[c4] * p.scale);
+      storeDK(jRow, c4, dkIn[c4]);
       storeDV(jRow, c4, dv[c4]);
     }
   }

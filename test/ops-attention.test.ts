@@ -4,14 +4,17 @@ import { upload, read, submit, write, type Dispatch, type Tensor } from "../src/
 import {
   attentionSavedShapes, planAttentionBackward, planAttentionForward, type AttentionShape, type AttentionTiles,
 } from "../src/ops/attention.ts";
+import { ropeTable } from "../src/ops/rope.ts";
 import { attentionBackward, attentionForward } from "../src/reference/attention.ts";
+import { ropeBackward, ropeForward, ropeTables } from "../src/reference/rope.ts";
 import { expectClose, randomArray } from "./harness.ts";
 
 // Inputs are uniform in [-1, 1]; every output is a convex (or, for gradients, short) combination of such
 // values accumulated in f32 over at most T*dHead terms, against a reference summed in f64 (the online
 // softmax rescales in another order than the reference's two-pass softmax). Worst over the 11 shapes
 // (T up to 255) of checkAgainstReference, measured max abs: o 1.8e-7, dq 1.2e-7, lse 9.5e-7 (|lse| up
-// to ~6), dk 3.9e-7, dv 4.8e-7 (both sum over up to T queries).
+// to ~6), dk 3.9e-7, dv 4.8e-7 (both sum over up to T queries). With RoPE fused (13 shapes, dHead 6 to 64,
+// T up to 250): o 1.4e-7, dq 7.4e-8, lse 9.6e-7, dk 5.6e-7, dv 4.2e-7.
 const O_DQ_TOL = { atol: 8e-7, rtol: 0 };
 const LSE_TOL = { atol: 4e-6, rtol: 0 };
 const DKV_TOL = { atol: 2e-6, rtol: 0 };
@@ -21,8 +24,12 @@ function nans(gpu: Gpu, n: number): Tensor {
   return upload(gpu, new Float32Array(n).fill(NaN));
 }
 
+const THETA = 10000;
+
 interface Setup {
   s: AttentionShape;
+  /** the RoPE table when the kernels rotate q and k themselves (q, k un-rotated) */
+  table: Tensor | null;
   x: { q: Float32Array; k: Float32Array; v: Float32Array; dO: Float32Array };
   t: Record<"q" | "k" | "v" | "o" | "lse" | "dO" | "dq" | "dk" | "dv" | "delta", Tensor>;
   forward: Dispatch[];
@@ -30,8 +37,14 @@ interface Setup {
   release(): void;
 }
 
-async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles): Promise<Setup> {
+/**
+ * rope: q and k are uploaded un-rotated and the kernels rotate them (ropeTable); the table has more rows
+ * than T, so that a kernel which strides the sin half by T instead of the table's rows fails.
+ */
+async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles, rope = false): Promise<Setup> {
   const gpu = await getGpu();
+  const table = rope ? ropeTable(gpu, s.T + 3, s.dHead, THETA) : null;
+  s = table ? { ...s, ropeTable: table } : s;
   const n = s.B * s.T * s.H * s.dHead;
   const saved = attentionSavedShapes(s);
   const x = { q: randomArray(n, seed), k: randomArray(n, seed + 1), v: randomArray(n, seed + 2), dO: randomArray(n, seed + 3) };
@@ -42,7 +55,7 @@ async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles): P
   };
   const forward = await planAttentionForward(gpu, { ...s, q: t.q, k: t.k, v: t.v, o: t.o, lse: t.lse, tiles });
   const backward = await planAttentionBackward(gpu, { ...s, ...t, tiles });
-  return { s, x, t, forward, backward, release: () => Object.values(t).forEach((z) => z.release()) };
+  return { s, table, x, t, forward, backward, release: () => [...Object.values(t), ...(table ? [table] : [])].forEach((z) => z.release()) };
 }
 
 async function runBoth(gpu: Gpu, u: Setup) {
@@ -51,24 +64,37 @@ async function runBoth(gpu: Gpu, u: Setup) {
   return { o: o!, lse: lse!, dq: dq!, dk: dk!, dv: dv! };
 }
 
-const name = (s: AttentionShape, tiles?: AttentionTiles) =>
-  `B=${s.B} T=${s.T} H=${s.H} dHead=${s.dHead}${s.causal === false ? " bidirectional" : ""}${tiles ? ` tiles WG=${tiles.WG} BT=${tiles.BT}` : ""}`;
+const name = (s: AttentionShape, tiles?: AttentionTiles, rope = false) =>
+  `B=${s.B} T=${s.T} H=${s.H} dHead=${s.dHead}${s.causal === false ? " bidirectional" : ""}${tiles ? ` tiles WG=${tiles.WG} BT=${tiles.BT}` : ""}${rope ? " rope fused" : ""}`;
 
-async function checkAgainstReference(s: AttentionShape, tiles?: AttentionTiles) {
-  const gpu = await getGpu();
-  const u = await setup(s, 11 * s.T + s.dHead, tiles);
-  const got = await runBoth(gpu, u);
-  const { q, k, v, dO } = u.x;
+/**
+ * The reference of a setup: with rope, attention over ropeForward(q), ropeForward(k) and the gradients
+ * taken back through ropeBackward, all in f64 (the kernels use the f32-rounded table).
+ */
+function reference(u: Setup) {
+  const { s, x } = u;
   const causal = s.causal !== false;
-  const ref = attentionForward(q, k, v, s.B, s.T, s.H, s.dHead, causal);
-  const grad = attentionBackward(dO, q, k, v, ref.probs, s.B, s.T, s.H, s.dHead, causal);
+  const tabs = u.table ? ropeTables(s.T, s.dHead, THETA) : null;
+  const rot = (z: Float32Array) => (tabs ? ropeForward(Float64Array.from(z), s.B, s.T, s.H, s.dHead, tabs) : z);
+  const q = rot(x.q), k = rot(x.k);
+  const ref = attentionForward(q, k, x.v, s.B, s.T, s.H, s.dHead, causal);
+  const grad = attentionBackward(x.dO, q, k, x.v, ref.probs, s.B, s.T, s.H, s.dHead, causal);
+  const back = (g: ArrayLike<number>) => (tabs ? ropeBackward(Float64Array.from(g), s.B, s.T, s.H, s.dHead, tabs) : g);
+  return { o: ref.o, lse: ref.lse, dq: back(grad.dq), dk: back(grad.dk), dv: grad.dv };
+}
+
+async function checkAgainstReference(s: AttentionShape, tiles?: AttentionTiles, rope = false) {
+  const gpu = await getGpu();
+  const u = await setup(s, 11 * s.T + s.dHead, tiles, rope);
+  const got = await runBoth(gpu, u);
+  const want = reference(u);
   u.release();
-  const what = name(s, tiles);
-  expectClose(got.o, ref.o, O_DQ_TOL, `o ${what}`);
-  expectClose(got.lse, ref.lse, LSE_TOL, `lse ${what}`);
-  expectClose(got.dq, grad.dq, O_DQ_TOL, `dq ${what}`);
-  expectClose(got.dk, grad.dk, DKV_TOL, `dk ${what}`);
-  expectClose(got.dv, grad.dv, DKV_TOL, `dv ${what}`);
+  const what = name(s, tiles, rope);
+  expectClose(got.o, want.o, O_DQ_TOL, `o ${what}`);
+  expectClose(got.lse, want.lse, LSE_TOL, `lse ${what}`);
+  expectClose(got.dq, want.dq, O_DQ_TOL, `dq ${what}`);
+  expectClose(got.dk, want.dk, DKV_TOL, `dk ${what}`);
+  expectClose(got.dv, want.dv, DKV_TOL, `dv ${what}`);
 }
 
 describe("attention kernels vs reference (forward o, lse; backward dq, dk, dv)", () => {
@@ -125,6 +151,51 @@ describe("bidirectional attention (mlm) vs reference", () => {
         expect(after.o.slice(...own)).not.toEqual(before.o.slice(...own));
       }
     }
+  });
+});
+
+describe("attention with RoPE fused into the kernels vs reference (ropeForward of q, k, then attention)", () => {
+  // Same tolerances as unfused: the rotation adds about an ulp of the O(1) q, k (f32 table) before the
+  // sums. Causal and bidirectional; T a multiple of no tile (one and several 64-row tiles, small tiles
+  // with ragged last tiles); dHead 6 (the pair partner of a lane sits in another vec4, and the last vec4
+  // is padded), 12, 16 (the bench config), 32 (the presets) and 64 (gpt2-small); long T = 250 turns the
+  // pairs by up to 249 rad.
+  const shapes: [AttentionShape, AttentionTiles | undefined][] = [
+    [{ B: 2, T: 1, H: 1, dHead: 8 }, undefined],
+    [{ B: 2, T: 7, H: 3, dHead: 12 }, undefined],
+    [{ B: 2, T: 100, H: 3, dHead: 12 }, undefined],
+    [{ B: 2, T: 33, H: 3, dHead: 12 }, { WG: 8, BT: 3 }],
+    [{ B: 2, T: 9, H: 2, dHead: 6 }, undefined],
+    [{ B: 1, T: 37, H: 2, dHead: 16 }, undefined],
+    [{ B: 1, T: 70, H: 2, dHead: 32 }, undefined],
+    [{ B: 1, T: 20, H: 1, dHead: 64 }, undefined],
+    [{ B: 1, T: 250, H: 1, dHead: 12 }, { WG: 8, BT: 3 }],
+    [{ B: 2, T: 7, H: 3, dHead: 12, causal: false }, undefined],
+    [{ B: 2, T: 100, H: 3, dHead: 12, causal: false }, undefined],
+    [{ B: 2, T: 33, H: 3, dHead: 12, causal: false }, { WG: 8, BT: 3 }],
+    [{ B: 2, T: 9, H: 2, dHead: 6, causal: false }, undefined],
+  ];
+  for (const [s, tiles] of shapes) test(name(s, tiles, true), () => checkAgainstReference(s, tiles, true));
+
+  test("fused and unfused agree: the rope kernels on q, k equal the plain kernels on pre-rotated q, k", async () => {
+    const gpu = await getGpu();
+    const s = { B: 2, T: 33, H: 3, dHead: 12 };
+    const tiles = { WG: 8, BT: 3 };
+    const fused = await setup(s, 9, tiles, true);
+    const got = await runBoth(gpu, fused);
+    const tabs = ropeTables(s.T, s.dHead, THETA);
+    const plain = await setup(s, 9, tiles);
+    write(plain.t.q, ropeForward(fused.x.q, s.B, s.T, s.H, s.dHead, tabs));
+    write(plain.t.k, ropeForward(fused.x.k, s.B, s.T, s.H, s.dHead, tabs));
+    const want = await runBoth(gpu, plain);
+    fused.release();
+    plain.release();
+    // dq, dk of the plain kernels are w.r.t. the rotated q, k: rotate them back as the rope op's backward would.
+    expectClose(got.o, want.o, O_DQ_TOL, "o");
+    expectClose(got.lse, want.lse, LSE_TOL, "lse");
+    expectClose(got.dv, want.dv, DKV_TOL, "dv");
+    expectClose(got.dq, ropeBackward(want.dq, s.B, s.T, s.H, s.dHead, tabs), O_DQ_TOL, "dq");
+    expectClose(got.dk, ropeBackward(want.dk, s.B, s.T, s.H, s.dHead, tabs), DKV_TOL, "dk");
   });
 });
 
@@ -185,18 +256,21 @@ describe("attention determinism", () => {
 describe("attention backward vs finite differences of the GPU forward", () => {
   // L = sum(o * w) with w = dO, so dL/dx is what backward returns. Central differences in f32 with h=1e-2:
   // truncation ~h^2 * L''' and rounding ~1e-7 * |L| / h in the quotient: measured max abs 1.9e-5 (worst
-  // of dq, dk, dv), so atol 1e-4 fails a coefficient off by a few percent, let alone a missing scale
+  // of dq, dk, dv; 2.9e-5 with RoPE fused), so atol 1e-4 fails a coefficient off by a few percent, let alone a missing scale
   // (factor 1/sqrt(12)), a wrong mask or a dropped term.
   // The small tiles of the reference test above (no extra pipelines to compile): two query tiles, four
   // staged key tiles, even at this size.
   const tiles = { WG: 8, BT: 3 };
-  for (const [which, s] of [
-    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }] as const),
-    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12, causal: false }] as const),
+  // With RoPE fused, dq and dk are w.r.t. the un-rotated q, k the kernels are given.
+  for (const [which, s, rope] of [
+    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }, false] as const),
+    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12, causal: false }, false] as const),
+    ...(["q", "k"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }, true] as const),
+    ...(["q", "k"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12, causal: false }, true] as const),
   ]) {
-    test(`d${which} ${name(s, tiles)}`, async () => {
+    test(`d${which} ${name(s, tiles, rope)}`, async () => {
       const gpu = await getGpu();
-      const u = await setup(s, 123, tiles);
+      const u = await setup(s, 123, tiles, rope);
       const analytic = (await runBoth(gpu, u))[`d${which}`];
       const w = u.x.dO;
       const x = u.x[which].slice();
@@ -238,5 +312,17 @@ describe("attention planning", () => {
     await expect(planAttentionForward(gpu, { ...s, q, k: q, v: q, o: short, lse })).rejects.toThrow(/o has 127 elements/);
     await expect(planAttentionForward(gpu, { ...s, q, k: q, v: q, o: q, lse: short })).rejects.toThrow(/lse has/);
     for (const t of [q, short, lse]) t.release();
+  });
+
+  test("refuses a RoPE table that does not cover T or dHead", async () => {
+    const gpu = await getGpu();
+    const s = { B: 2, T: 4, H: 2, dHead: 8 };
+    const n = s.B * s.T * s.H * s.dHead;
+    const q = nans(gpu, n), lse = nans(gpu, s.B * s.H * s.T);
+    const short = ropeTable(gpu, 3, 8, THETA), narrow = ropeTable(gpu, 4, 6, THETA);
+    for (const table of [short, narrow]) {
+      await expect(planAttentionForward(gpu, { ...s, q, k: q, v: q, o: q, lse, ropeTable: table })).rejects.toThrow(/does not cover/);
+    }
+    for (const t of [q, lse, short, narrow]) t.release();
   });
 });
