@@ -6,20 +6,20 @@
  */
 import type { Gpu } from "../gpu/device.ts";
 import type { Dispatch, Tensor } from "../gpu/tensor.ts";
-import { planBiasAdd, planBiasGrad, planAccumulate } from "../ops/elementwise.ts";
+import { planAccumulate, planAdd } from "../ops/elementwise.ts";
 import {
   planCosineLogitsBackward, planCosineLogitsForward, planRouterProjectionBackward, planRouterProjectionForward,
   planSoftmaxTopk, planSoftmaxTopkBackward,
 } from "../ops/router.ts";
-import { planAuxLossBackward, planLoadBalanceLoss, planRouterZLoss } from "../ops/aux_loss.ts";
+import { planAuxLosses } from "../ops/aux_loss.ts";
 import {
   expertCapacity, planCapacity, planCombine, planCombineBackward, planExpertHistogram, planExpertPermutation,
-  planGatherRows, planGatherRowsBackward, routingBlocks,
+  planGatherRowsBackward, routingBlocks,
 } from "../ops/dispatch.ts";
 import { planExpertFfnBackward, planExpertFfnForward } from "../ops/experts.ts";
 import type { ModelConfig } from "./config.ts";
 import type { Arena } from "./arena.ts";
-import { linear, linearDw, linearDx, planDenseFfn, type FfnBlock } from "./ffn.ts";
+import { ffnWeights, linear, linearDw, linearDx, planDenseFfn, type FfnBlock } from "./ffn.ts";
 import type { ParamStore } from "./weights.ts";
 
 /** What a MoE layer leaves on the GPU for the host to read at log/eval time. */
@@ -49,6 +49,8 @@ export interface MoeIo {
   width: number;
   m: Tensor;
   out: Tensor;
+  /** as FfnIo.residual: when set, out = residual + the block (routed and shared) */
+  residual?: Tensor;
   dOut: Tensor | null;
   dm: Tensor | null;
 }
@@ -71,8 +73,7 @@ export async function planMoeBlock(
   // 1-2. head projection; the split into S sub-tokens of dSub is the same memory read as [S, dSub].
   const s = head ? A.f32([N, d], `${p}.u`) : m;
   if (head) {
-    fwd.push(await linear(gpu, m, W.get(`${p}.head_proj.weight`), s, N, d, d));
-    fwd.push(...(await planBiasAdd(gpu, { y: s, bias: W.get(`${p}.head_proj.bias`), N, F: d })));
+    fwd.push(await linear(gpu, m, W.get(`${p}.head_proj.weight`), s, N, d, d, 0, { bias: W.get(`${p}.head_proj.bias`) }));
   }
 
   // 3. router logits
@@ -95,13 +96,13 @@ export async function planMoeBlock(
   const probs = A.f32([S, E], `${p}.probs`);
   const topkIdx = A.i32([S, k], `${p}.topk`);
   const gates = A.f32([S, k], `${p}.gates`);
-  fwd.push(...(await planSoftmaxTopk(gpu, { z, probs, topkIdx, gates, S, E, k, normTopk: c.norm_topk_prob })));
+  const zLse = A.f32([S], `${p}.z_lse`);
+  fwd.push(...(await planSoftmaxTopk(gpu, { z, probs, topkIdx, gates, lse: zLse, S, E, k, normTopk: c.norm_topk_prob })));
   const auxLoss = A.f32([1], `${p}.aux`), zLoss = A.f32([1], `${p}.zloss`);
-  const topkCounts = A.i32([E], `${p}.topk_counts`), zLse = A.f32([S], `${p}.z_lse`);
-  fwd.push(...(await planLoadBalanceLoss(gpu, { probs, topkIdx, counts: topkCounts, loss: auxLoss, S, E, k })));
-  fwd.push(...(await planRouterZLoss(gpu, { z, lse: zLse, loss: zLoss, S, E })));
+  const topkCounts = A.i32([E], `${p}.topk_counts`);
+  fwd.push(...(await planAuxLosses(gpu, { probs, topkIdx, lse: zLse, counts: topkCounts, auxLoss, zLoss, S, E, k })));
 
-  // 6-8. capacity, per-expert histogram + prefix sum, permutation
+  // 6-9. capacity, per-expert histogram + prefix sum, permutation with the gather into expert-grouped rows
   const blockOffsets = A.i32([routingBlocks(gpu, S, k) * E], `${p}.block_offsets`);
   const keep = dropping ? A.i32([R], `${p}.keep`) : undefined;
   const dropped = dropping ? A.i32([1], `${p}.dropped`) : null;
@@ -115,31 +116,33 @@ export async function planMoeBlock(
   const load = A.i32([E], `${p}.load`), offsets = A.i32([E + 1], `${p}.offsets`);
   const rowAssignment = A.i32([R], `${p}.row_assignment`), assignmentRow = A.i32([R], `${p}.assignment_row`);
   fwd.push(...(await planExpertHistogram(gpu, { topkIdx, keep, counts: load, offsets, blockOffsets, S, k, E })));
-  fwd.push(...(await planExpertPermutation(gpu, { topkIdx, keep, offsets, blockOffsets, rowAssignment, assignmentRow, S, k, E })));
+  const xPerm = A.f32([R, dSub], `${p}.xperm`);
+  fwd.push(...(await planExpertPermutation(gpu, { topkIdx, keep, offsets, blockOffsets, rowAssignment, assignmentRow, s, xPerm, S, k, E, dSub })));
 
-  // 9-11. gather, grouped expert FFN, weighted combine (+ inner residual)
-  const xPerm = A.f32([R, dSub], `${p}.xperm`), yPerm = A.f32([R, dSub], `${p}.yperm`);
+  // 10-11. grouped expert FFN, weighted combine (+ inner residual)
+  const yPerm = A.f32([R, dSub], `${p}.yperm`);
   const gatePre = act === "silu" ? A.f32([R, inner], `${p}.expert_gate`) : null;
   const upPre = A.f32([R, inner], `${p}.expert_up`), hidden = A.f32([R, inner], `${p}.expert_hidden`);
   const ex = `${p}.experts`;
   const shape = { E, rows: R, dSub, inner, act, offsets };
   const weights = { gate: act === "silu" ? W.stack(ex, "gate_proj") : null, up: W.stack(ex, "up_proj"), down: W.stack(ex, "down_proj") };
-  fwd.push(...(await planGatherRows(gpu, { s, rowAssignment, xPerm, S, k, dSub })));
   fwd.push(...(await planExpertFfnForward(gpu, { ...shape, ...weights, x: xPerm, gatePre, upPre, hidden, y: yPerm })));
   const y = A.f32([S, dSub], `${p}.y`);
   fwd.push(...(await planCombine(gpu, { yPerm, gates, assignmentRow, residual: c.mhmoe_inner_residual ? s : undefined, y, S, k, dSub })));
 
   // 12. merge back to [N, d] (a reshape) and the merge projection, added into the residual stream
   if (merge) {
-    fwd.push(await linear(gpu, y, W.get(`${p}.merge_proj.weight`), io.out, N, d, d, 1));
-    fwd.push(...(await planBiasAdd(gpu, { y: io.out, bias: W.get(`${p}.merge_proj.bias`), N, F: d })));
+    const bias = W.get(`${p}.merge_proj.bias`);
+    fwd.push(await linear(gpu, y, W.get(`${p}.merge_proj.weight`), io.out, N, d, d, io.residual ? 0 : 1, { bias, ...(io.residual ? { residual: io.residual } : {}) }));
+  } else if (io.residual) {
+    fwd.push(...(await planAdd(gpu, { a: io.residual, b: y, y: io.out })));
   } else {
     fwd.push(...(await planAccumulate(gpu, { x: y, y: io.out })));
   }
 
   // 13. shared expert on m, added beside the routed output
   const sharedIo = (dm: Tensor | null) => ({ N, width: d, inner: c.shared_expert_intermediate_size, act: "silu" as const, m, out: io.out, dOut: io.dOut, dm, accumulateDm: true });
-  const sharedW = (st: ParamStore) => ({ gate: st.get(`${p}.shared_expert.gate_proj.weight`), up: st.get(`${p}.shared_expert.up_proj.weight`), down: st.get(`${p}.shared_expert.down_proj.weight`) });
+  const sharedW = (st: ParamStore) => ffnWeights(st, `${p}.shared_expert`, true);
   const shared = c.shared_expert_intermediate_size > 0
     ? await planDenseFfn(gpu, sharedIo(io.dm), sharedW(W), G && sharedW(G), A, Sc, `${p}.shared_expert`)
     : null;
@@ -153,14 +156,13 @@ export async function planMoeBlock(
   const dy = merge ? Sc.f32([S, dSub], "moe.dy") : io.dOut;
   if (merge) {
     bwd.push(await linearDx(gpu, io.dOut, W.get(`${p}.merge_proj.weight`), dy, N, d, d));
-    bwd.push(await linearDw(gpu, io.dOut, y, G.get(`${p}.merge_proj.weight`), N, d, d));
-    bwd.push(...(await planBiasGrad(gpu, { dy: io.dOut, dbias: G.get(`${p}.merge_proj.bias`), N, F: d })));
+    bwd.push(await linearDw(gpu, io.dOut, y, G.get(`${p}.merge_proj.weight`), N, d, d, G.get(`${p}.merge_proj.bias`)));
   }
   const ds = head ? Sc.f32([S, dSub], "moe.ds") : io.dm;
   const dyPerm = Sc.f32([R, dSub], `moe.dyperm.${dSub}`), dxPerm = Sc.f32([R, dSub], `moe.dxperm.${dSub}`);
   const dGates = Sc.f32([S, k], "moe.dgates");
   bwd.push(...(await planCombineBackward(gpu, {
-    dy, yPerm, gates, rowAssignment, assignmentRow, dyPerm, dGates, dsResidual: c.mhmoe_inner_residual ? ds : undefined, S, k, dSub,
+    dy, yPerm, gates, rowAssignment, assignmentRow, dyPerm, dGates, S, k, dSub,
   })));
   const dHidden = Sc.f32([R, inner], "moe.dhidden");
   const dGatePre = act === "silu" ? Sc.f32([R, inner], "moe.dgatepre") : null;
@@ -169,12 +171,12 @@ export async function planMoeBlock(
     dGate: act === "silu" ? G.stack(ex, "gate_proj") : null, dUp: G.stack(ex, "up_proj"), dDown: G.stack(ex, "down_proj"),
     dHidden, dGatePre, accumulate: true,
   })));
-  bwd.push(...(await planGatherRowsBackward(gpu, { dxPerm, assignmentRow, ds, S, k, dSub, accumulate: c.mhmoe_inner_residual })));
+  bwd.push(...(await planGatherRowsBackward(gpu, { dxPerm, assignmentRow, ds, S, k, dSub, residual: c.mhmoe_inner_residual ? dy : undefined })));
 
   const dz = Sc.f32([S, E], "moe.dz");
-  bwd.push(...(await planSoftmaxTopkBackward(gpu, { dGates, probs, topkIdx, gates, dz, S, E, k, normTopk: c.norm_topk_prob })));
-  bwd.push(...(await planAuxLossBackward(gpu, {
-    probs, counts: topkCounts, lse: zLse, dz, S, E, auxCoef: c.router_aux_loss_coef * gradScale, zCoef: c.router_z_loss_coef * gradScale,
+  bwd.push(...(await planSoftmaxTopkBackward(gpu, {
+    dGates, probs, topkIdx, gates, dz, S, E, k, normTopk: c.norm_topk_prob,
+    aux: { counts: topkCounts, lse: zLse, auxCoef: c.router_aux_loss_coef * gradScale, zCoef: c.router_z_loss_coef * gradScale },
   })));
   if (xmoe) {
     const dp = Sc.f32([S, c.router_dim], "moe.dp");
@@ -195,8 +197,7 @@ export async function planMoeBlock(
   }
   if (head) {
     bwd.push(await linearDx(gpu, ds, W.get(`${p}.head_proj.weight`), io.dm, N, d, d));
-    bwd.push(await linearDw(gpu, ds, m, G.get(`${p}.head_proj.weight`), N, d, d));
-    bwd.push(...(await planBiasGrad(gpu, { dy: ds, dbias: G.get(`${p}.head_proj.bias`), N, F: d })));
+    bwd.push(await linearDw(gpu, ds, m, G.get(`${p}.head_proj.weight`), N, d, d, G.get(`${p}.head_proj.bias`)));
   }
   if (shared) bwd.push(...shared.backward);
   return { block: { forward: fwd, backward: bwd }, outputs };

@@ -10,13 +10,12 @@ import { matmul } from "../ops/matmul.ts";
 import { UserError } from "../util/errors.ts";
 import { planEmbeddingBackward, planEmbeddingForward, type TokenLayout } from "../ops/embedding.ts";
 import { planRmsNormBackward, planRmsNormForward } from "../ops/norm.ts";
-import { planRopeBackward, planRopeForward, ropeTable } from "../ops/rope.ts";
-import { attentionSavedShapes, planAttentionBackward, planAttentionForward } from "../ops/attention.ts";
+import { ropeTable } from "../ops/rope.ts";
 import { planCrossEntropy } from "../ops/loss.ts";
-import { planCopy } from "../ops/elementwise.ts";
 import { isMoeLayer, type ModelConfig } from "./config.ts";
 import { Arena } from "./arena.ts";
-import { linear, linearDw, linearDx, planDenseFfn, type FfnBlock } from "./ffn.ts";
+import { planAttentionBlock, type AttentionBlock } from "./attention.ts";
+import { ffnWeights, planDenseFfn, type FfnBlock } from "./ffn.ts";
 import { planMoeBlock, type MoeLayerOutputs } from "./moe.ts";
 import type { ParamStore } from "./weights.ts";
 
@@ -30,17 +29,24 @@ export interface TransformerPlanOptions {
   /** multiplies every gradient (1 / gradient-accumulation steps) */
   gradScale?: number;
   /**
-   * Most bytes of logits at once (default: the adapter's binding limit, at most 256 MiB): a batch whose
+   * Most bytes of logits at once (default: the adapter's binding limit, at most 1 GiB): a batch whose
    * [N, V] logits are larger runs the LM head and the loss in chunks of rows.
    */
   logitsBytes?: number;
   /** project q, k, v in one batched launch when the weights and blocks allow (default true; tests turn it off) */
   fuseQkv?: boolean;
+  /**
+   * Activation recomputation: keep the RMSNorm outputs and the dense FFN's hidden activation in scratch shared
+   * by all layers and compute them again in backward (less memory, a few more launches; the same numbers).
+   */
+  recompute?: boolean;
 }
 
 /** LM-head chunks start on a multiple of 64 rows, so every row range of xf, lse and rowLoss can be bound. */
 const LOGIT_ROW_ALIGN = 64;
-const DEFAULT_LOGITS_BYTES = 256 * 2 ** 20;
+// 1 GiB: at 8192 tokens x 50304 ids (1.6 GB) two chunks, not seven, on an adapter that binds that much
+// (each chunk is 4 launches in a training step); adapters with smaller bindings get their limit.
+const DEFAULT_LOGITS_BYTES = 2 ** 30;
 
 /** Rows of logits per chunk: all N when [N, V] fits the budget, else the most aligned rows that do. */
 export function logitChunkRows(gpu: Gpu, N: number, V: number, budgetBytes?: number): number {
@@ -140,6 +146,7 @@ export class Transformer {
 
   /** Records zeroing the gradients, then forward (and backward when planned) in one compute pass. */
   encode(cmds: Commands, withBackward = this.training): void {
+    if (!withBackward && this.training && this.logitsChunked) throw new Error("a training plan with a chunked LM head computes its loss in backward: run it with backward");
     if (withBackward && this.opts.grads) this.opts.grads.encodeZero(cmds);
     cmds.pass(this.forward, withBackward ? this.backward : []);
   }
@@ -194,55 +201,36 @@ export class Transformer {
     // Views of [3, N, d] need each block to start on the binding alignment.
     const align = (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4;
     const fuseQkv = (this.opts.fuseQkv ?? true) && (N * d) % align === 0;
-    interface LayerSaved { fusedG: Tensor | null; a: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; o: Tensor; lse: Tensor; xMid: Tensor; m: Tensor; rstd2: Tensor; ffn: FfnBlock }
+    interface LayerSaved { attn: AttentionBlock; xMid: Tensor; m: Tensor; rstd2: Tensor; ffn: FfnBlock; recomputeM: Dispatch[] }
+    const recompute = this.opts.recompute ?? false;
     const saved: LayerSaved[] = [];
     const dRes = G ? S.f32([N, d], "dres") : null; // gradient w.r.t. the residual stream, updated in place
     const dm = G ? S.f32([N, d], "dm") : null;
 
     for (let l = 0; l < L; l++) {
       const p = lp(l);
-      const a = A.f32([N, d], `${p}.a`), rstd1 = A.f32([N], `${p}.rstd1`);
-      // q, k, v in one [3, N, d] tensor when the three weights lie back to back: one batched projection
-      // and one RoPE launch over q and k (2N rows) instead of three and two.
-      const qkvNames = ["q", "k", "v"].map((m) => `${p}.self_attn.${m}_proj.weight`);
-      const fusedW = fuseQkv ? W.span(qkvNames) : null, fusedG = fusedW && G ? G.span(qkvNames) : null;
-      const fused = fusedW !== null && (!G || fusedG !== null);
-      const qkv = fused ? A.f32([3, N, d], `${p}.qkv`) : null;
-      const q = qkv ? tensorView(qkv, 0, [N, d], `${p}.q`) : A.f32([N, d], `${p}.q`);
-      const k = qkv ? tensorView(qkv, N * d, [N, d], `${p}.k`) : A.f32([N, d], `${p}.k`);
-      const v = qkv ? tensorView(qkv, 2 * N * d, [N, d], `${p}.v`) : A.f32([N, d], `${p}.v`);
-      const o = A.f32([N, d], `${p}.o`);
-      const lse = A.f32(attentionSavedShapes({ B, T, H, dHead }).lse, `${p}.lse`);
-      const xMid = A.f32([N, d], `${p}.xmid`), m = A.f32([N, d], `${p}.m`), rstd2 = A.f32([N], `${p}.rstd2`);
-      fwd.push(...(await planRmsNormForward(gpu, { x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), y: a, rstd: rstd1, N, d, eps })));
-      if (qkv) {
-        fwd.push(await matmul(gpu, { layout: "nt", M: N, N: d, K: d, a, b: fusedW!, c: qkv, batch: 3, strideA: 0, strideB: d * d, strideC: N * d }));
-        fwd.push(...(await planRopeForward(gpu, { x: tensorView(qkv, 0, [2 * N, d], `${p}.qk`), table: ropeTab, B: 2 * B, T, H, dHead })));
-      } else {
-        fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, N, d, d));
-        fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, N, d, d));
-        fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, N, d, d));
-        fwd.push(...(await planRopeForward(gpu, { x: q, table: ropeTab, B, T, H, dHead })));
-        fwd.push(...(await planRopeForward(gpu, { x: k, table: ropeTab, B, T, H, dHead })));
-      }
-      fwd.push(...(await planAttentionForward(gpu, { B, T, H, dHead, causal, q, k, v, o, lse })));
-      fwd.push(...(await planCopy(gpu, { src: xs[l]!, dst: xMid, rows: N, cols: d })));
-      fwd.push(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 1));
-      fwd.push(...(await planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd: rstd2, N, d, eps })));
-      fwd.push(...(await planCopy(gpu, { src: xMid, dst: xs[l + 1]!, rows: N, cols: d })));
-      const io = { N, width: d, m, out: xs[l + 1]!, dOut: dRes, dm };
+      const xMid = A.f32([N, d], `${p}.xmid`), rstd2 = A.f32([N], `${p}.rstd2`);
+      // With recompute the two norm outputs of every layer share one scratch tensor (each is dead once its
+      // projections have read it, and backward recomputes it right before its weight gradients).
+      const m = recompute ? S.f32([N, d], "norm.recompute") : A.f32([N, d], `${p}.m`);
+      const attn = await planAttentionBlock(gpu, c, l, { B, T, x: xs[l]!, xMid, dRes, causal, ropeTable: ropeTab, fuseQkv, recompute }, W, G, A, S);
+      fwd.push(...attn.forward);
+      const normM = () => planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd: rstd2, N, d, eps });
+      fwd.push(...(await normM()));
+      // The FFN / MoE block's last projection writes xs[l+1] = xMid + its output (no copy of the stream).
+      const io = { N, width: d, m, out: xs[l + 1]!, residual: xMid, dOut: dRes, dm, recompute };
       let ffn: FfnBlock;
       if (isMoeLayer(c, l)) {
         const moe = await planMoeBlock(gpu, c, l, io, W, G, A, S, this.opts.gradScale ?? 1);
         this.moeLayers.push(moe.outputs);
         ffn = moe.block;
       } else {
-        const w = { gate: c.hidden_act === "silu" ? W.get(`${p}.mlp.gate_proj.weight`) : null, up: W.get(`${p}.mlp.up_proj.weight`), down: W.get(`${p}.mlp.down_proj.weight`) };
-        const g = G && { gate: c.hidden_act === "silu" ? G.get(`${p}.mlp.gate_proj.weight`) : null, up: G.get(`${p}.mlp.up_proj.weight`), down: G.get(`${p}.mlp.down_proj.weight`) };
+        const silu = c.hidden_act === "silu";
+        const w = ffnWeights(W, `${p}.mlp`, silu), g = G && ffnWeights(G, `${p}.mlp`, silu);
         ffn = await planDenseFfn(gpu, { ...io, inner: c.intermediate_size, act: c.hidden_act }, w, g, A, S, `${p}.mlp`);
       }
       fwd.push(...ffn.forward);
-      saved.push({ fusedG: qkv ? fusedG : null, a, rstd1, q, k, v, o, lse, xMid, m, rstd2, ffn });
+      saved.push({ attn, xMid, m, rstd2, ffn, recomputeM: recompute && G ? await normM() : [] });
     }
 
     const xf = A.f32([N, d], "xfinal"), rstdF = A.f32([N], "rstd_final");
@@ -282,66 +270,38 @@ export class Transformer {
       bwd.push(...(await headBackward(dLogits, xf, dxf!, N)));
     } else {
       // The head in chunks of rows, so no [N, V] tensor exists (at 8192 tokens x 50304 ids it would be
-      // 1.6 GB, past most adapters' binding limit): forward computes each chunk's logits and row losses;
-      // backward recomputes each chunk's logits, overwrites them with their gradient and takes the
-      // weight and input gradients before the next chunk reuses the buffer.
+      // 1.6 GB, past most adapters' binding limit). Without gradients, forward computes each chunk's
+      // logits and row losses. With them, forward stops before the head: backward computes each chunk's
+      // logits once, takes the row losses and overwrites the logits with their gradient in one pass, and
+      // takes the weight and input gradients before the next chunk reuses the buffer (a training step
+      // thus has no forward-only LM-head product; its loss is ready after backward, as the step reads it).
       if (this.opts.keepLogits) throw new Error(`keepLogits needs the whole [${N}, ${V}] logits, more than one chunk (${chunkRows} rows)`);
       this.logits = A.f32([chunkRows, V], "logits.chunk");
       this.logitsChunked = true;
       const chunks: { r0: number; n: number }[] = [];
       for (let r0 = 0; r0 < N; r0 += chunkRows) chunks.push({ r0, n: Math.min(chunkRows, N - r0) });
       const rows = (t: Tensor, r0: number, n: number, width: number) => tensorView(t, r0 * width, width === 1 ? [n] : [n, width], `${t.label}[${r0}:${r0 + n}]`);
+      const lossPlan = G ? bwd : fwd;
       for (const { r0, n } of chunks) {
-        fwd.push(...(await headForward(rows(xf, r0, n, d), this.logits, n)));
-        fwd.push(...(await planCrossEntropy(gpu, {
+        lossPlan.push(...(await headForward(rows(xf, r0, n, d), this.logits, n)));
+        lossPlan.push(...(await planCrossEntropy(gpu, {
           logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1), rowBase: r0, weights,
           ...(rowCorrect ? { correct: rows(rowCorrect, r0, n, 1) } : {}),
+          ...(G ? { dlogits: "in-place" as const, gradScale: weights ? gradScale : gradScale / N } : {}),
         })));
+        if (G) bwd.push(...(await headBackward(this.logits, rows(xf, r0, n, d), rows(dxf!, r0, n, d), n)));
       }
-      fwd.push(await planSum(gpu, { x: rowLoss, out: this.ceLoss, n: N, scale: weights ? 1 : 1 / N }));
-      if (rowCorrect) fwd.push(await planSum(gpu, { x: rowCorrect, out: this.maskedAccuracy!, n: N, scale: 1 }));
+      lossPlan.push(await planSum(gpu, { x: rowLoss, out: this.ceLoss, n: N, scale: weights ? 1 : 1 / N }));
+      if (rowCorrect) lossPlan.push(await planSum(gpu, { x: rowCorrect, out: this.maskedAccuracy!, n: N, scale: 1 }));
       if (!G) return;
-      for (const { r0, n } of chunks) {
-        bwd.push(...(await headForward(rows(xf, r0, n, d), this.logits, n)));
-        bwd.push(...(await planCrossEntropy(gpu, {
-          logits: this.logits, targets: this.ids, targetLayout: targets, N: n, V, lse: rows(ceLse, r0, n, 1), rowLoss: rows(rowLoss, r0, n, 1),
-          rowBase: r0, dlogits: "in-place", gradScale: weights ? gradScale : gradScale / N, weights,
-        })));
-        bwd.push(...(await headBackward(this.logits, rows(xf, r0, n, d), rows(dxf!, r0, n, d), n)));
-      }
     }
 
     bwd.push(...(await planRmsNormBackward(gpu, { dy: dxf!, x: xs[L]!, w: W.get("model.norm.weight"), rstd: rstdF, dx: dRes!, dw: G.get("model.norm.weight"), N, d })));
-    const dO = S.f32([N, d], "do");
-    const dqkv = fuseQkv ? S.f32([3, N, d], "dqkv") : null;
-    const dq = dqkv ? tensorView(dqkv, 0, [N, d], "dq") : S.f32([N, d], "dq");
-    const dk = dqkv ? tensorView(dqkv, N * d, [N, d], "dk") : S.f32([N, d], "dk");
-    const dv = dqkv ? tensorView(dqkv, 2 * N * d, [N, d], "dv") : S.f32([N, d], "dv");
-    const da = S.f32([N, d], "da");
-    const delta = S.f32(attentionSavedShapes({ B, T, H, dHead }).delta, "attn.delta");
     for (let l = L - 1; l >= 0; l--) {
       const p = lp(l), s = saved[l]!;
-      bwd.push(...s.ffn.backward);
+      bwd.push(...s.recomputeM, ...s.ffn.backward);
       bwd.push(...(await planRmsNormBackward(gpu, { dy: dm!, x: s.xMid, w: W.get(`${p}.post_attention_layernorm.weight`), rstd: s.rstd2, dx: dRes!, dw: G.get(`${p}.post_attention_layernorm.weight`), N, d, accumulateDx: true })));
-      bwd.push(await linearDx(gpu, dRes!, W.get(`${p}.self_attn.o_proj.weight`), dO, N, d, d));
-      bwd.push(await linearDw(gpu, dRes!, s.o, G.get(`${p}.self_attn.o_proj.weight`), N, d, d));
-      bwd.push(...(await planAttentionBackward(gpu, { B, T, H, dHead, causal, q: s.q, k: s.k, v: s.v, o: s.o, lse: s.lse, dO, dq, dk, dv, delta })));
-      if (s.fusedG) bwd.push(...(await planRopeBackward(gpu, { x: tensorView(dqkv!, 0, [2 * N, d], "dqk"), table: ropeTab, B: 2 * B, T, H, dHead })));
-      else {
-        bwd.push(...(await planRopeBackward(gpu, { x: dq, table: ropeTab, B, T, H, dHead })));
-        bwd.push(...(await planRopeBackward(gpu, { x: dk, table: ropeTab, B, T, H, dHead })));
-      }
-      bwd.push(await linearDx(gpu, dq, W.get(`${p}.self_attn.q_proj.weight`), da, N, d, d));
-      bwd.push(await linearDx(gpu, dk, W.get(`${p}.self_attn.k_proj.weight`), da, N, d, d, 1));
-      bwd.push(await linearDx(gpu, dv, W.get(`${p}.self_attn.v_proj.weight`), da, N, d, d, 1));
-      if (s.fusedG) {
-        bwd.push(await matmul(gpu, { layout: "tn", M: d, N: d, K: N, a: dqkv!, b: s.a, c: s.fusedG, batch: 3, strideA: N * d, strideB: 0, strideC: d * d, beta: 1 }));
-      } else {
-        bwd.push(await linearDw(gpu, dq, s.a, G.get(`${p}.self_attn.q_proj.weight`), N, d, d));
-        bwd.push(await linearDw(gpu, dk, s.a, G.get(`${p}.self_attn.k_proj.weight`), N, d, d));
-        bwd.push(await linearDw(gpu, dv, s.a, G.get(`${p}.self_attn.v_proj.weight`), N, d, d));
-      }
-      bwd.push(...(await planRmsNormBackward(gpu, { dy: da, x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), rstd: s.rstd1, dx: dRes!, dw: G.get(`${p}.input_layernorm.weight`), N, d, accumulateDx: true })));
+      bwd.push(...s.attn.backward);
     }
     bwd.push(...(await planEmbeddingBackward(gpu, { ids: this.ids, idsLayout: inputs, dout: dRes!, dtable: G.rowParts("model.embed_tokens.weight"), N, V, d })));
     if (typeTable) bwd.push(...(await planEmbeddingBackward(gpu, { ids: this.ids, idsLayout: types, dout: dRes!, dtable: G.get(typeTable), N, V: c.type_vocab_size, d })));
