@@ -28,6 +28,8 @@ export interface StepBenchOptions {
   /** also time the matmul kernel (square, nn) for the fraction; 0 skips it */
   matmulSize?: number;
   seed?: number;
+  /** plan with activation recomputation (train --recompute) */
+  recompute?: boolean;
 }
 
 export interface StepBenchResult {
@@ -37,6 +39,7 @@ export interface StepBenchResult {
   batch_size: number;
   seq_len: number;
   grad_accum: number;
+  recompute: boolean;
   steps: number;
   ms_per_step: number;
   tokens_per_s: number;
@@ -77,7 +80,7 @@ export async function benchStep(gpu: Gpu, o: StepBenchOptions, label = "config")
   const W = uploadParams(gpu, c, host);
   host.clear();
   const G = ParamStore.allocate(gpu, c, "grad");
-  const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A });
+  const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A, recompute: o.recompute ?? false });
   const opt = await GpuAdamW.plan(gpu, c, W, G);
   const maxSteps = o.steps ?? 50;
   const runner = new StepRunner(gpu, model, G, opt, A, maxSteps + 1);
@@ -130,7 +133,7 @@ export async function benchStep(gpu: Gpu, o: StepBenchOptions, label = "config")
       await benchMatmul({ sizes: [o.matmulSize ?? 512], layouts: ["nn"], print: (l) => (matmulGflops = JSON.parse(l).gflops) });
     }
     return {
-      measure: "train_step", preset_or_config: label, parameters, batch_size: B, seq_len: T, grad_accum: A, steps,
+      measure: "train_step", preset_or_config: label, parameters, batch_size: B, seq_len: T, grad_accum: A, recompute: o.recompute ?? false, steps,
       ms_per_step: Number(ms.toFixed(2)), tokens_per_s: Number(tokensPerS.toFixed(1)),
       dispatches_per_step: perStep.forward + perStep.backward + perStep.optimizer, dispatches: perStep,
       gflops: Number(gflops.toFixed(3)),

@@ -39,12 +39,13 @@ export function registerBench(program: Command): void {
     .description("one training step (forward, backward, AdamW in one submit) of a config on random tokens: ms/step, tokens/s, dispatches, GFLOP/s"))
     .option("--steps <n>", "timed steps after one warm-up (default: about two seconds of work)", int("--steps"))
     .option("--matmul-size <n>", "square matmul timed for the fraction of its GFLOP/s the step reaches (0: skip)", (v: string) => parseNumber("--matmul-size", v, false), 512)
+    .option("--recompute", "as train --recompute: recompute norm outputs and dense FFN activations in backward")
     .option("--json", "print the JSON line only")
-    .action(async (o: ModelShapeFlags & { steps?: number; matmulSize: number; json?: boolean }) => {
+    .action(async (o: ModelShapeFlags & { steps?: number; matmulSize: number; recompute?: boolean; json?: boolean }) => {
       const { config } = modelShape(o);
       if (o.steps !== undefined && o.steps < 1) throw new UserError(`--steps must be at least 1, got ${o.steps}`);
       const label = [o.preset ?? (o.config ? "" : "mhmoe"), o.config ?? "", ...o.set].filter(Boolean).join(" ");
-      const r = await benchStep(await getGpu(), { config, batchSize: o.batchSize, seqLen: o.seqLen, gradAccum: o.gradAccum, steps: o.steps, matmulSize: o.matmulSize }, label);
+      const r = await benchStep(await getGpu(), { config, batchSize: o.batchSize, seqLen: o.seqLen, gradAccum: o.gradAccum, steps: o.steps, matmulSize: o.matmulSize, recompute: !!o.recompute }, label);
       if (!o.json) {
         console.log(
           `${label}: ${r.ms_per_step} ms/step, ${r.tokens_per_s} tokens/s, ${r.gflops} GFLOP/s` +

@@ -38,6 +38,8 @@ export interface TrainOptions {
   /** 0: keep all */
   keep: number;
   skipNonfinite: boolean;
+  /** recompute the RMSNorm outputs and dense FFN hidden activations in backward instead of keeping them */
+  recompute: boolean;
   /** mlm: what training masks as one unit of text, a token or a word (byte tokenizer; docs/model.md) */
   maskUnit: "token" | "word";
 }
@@ -66,6 +68,7 @@ export const TRAIN_DEFAULTS = {
   checkpointEvery: 0,
   keep: 3,
   skipNonfinite: false,
+  recompute: false,
   maskUnit: "token" as "token" | "word",
 };
 
@@ -99,7 +102,7 @@ export function validateTrainOptions(o: TrainOptions): void {
 /** The options a resumed run may change; the others stay the saved run's (a different value is refused). */
 export const RESUME_CHANGEABLE = [
   "steps", "lr", "minLr", "warmup", "schedule", "weightDecay", "beta1", "beta2", "eps", "clip", "logEvery", "evalEvery",
-  "evalBatches", "evalData", "checkpointEvery", "keep", "skipNonfinite", "data",
+  "evalBatches", "evalData", "checkpointEvery", "keep", "skipNonfinite", "recompute", "data",
 ] as const;
 /** Options that shape the data order and the step: a resumed run keeps them (the tokenizer and the data are checked against the checkpoint's). */
 const RESUME_FIXED = ["batchSize", "seqLen", "gradAccum", "seed", "valFraction", "maskUnit"] as const;
@@ -118,6 +121,7 @@ export function runOptions(flags: Record<string, unknown>, given: (key: string) 
   const out: Record<string, unknown> = {};
   for (const k of keys) out[k] = flags[k];
   out.skipNonfinite = !!flags.skipNonfinite;
+  out.recompute = !!flags.recompute;
   if (!saved) return out as unknown as RunOptions;
   for (const k of keys) {
     if (!(k in saved) || given(k)) continue;
