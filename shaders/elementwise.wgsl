@@ -1,4 +1,4 @@
-// Elementwise and reduction utilities for the residual stream, biases and gradient bookkeeping.
+// Elementwise and reduction utilities for the residual stream and gradient bookkeeping.
 // Every reduction sums in an order fixed by the launch shape alone (strided per-thread partial sums, then a
 // workgroup tree, then per-block partials summed in block order), never with atomics, so a run is
 // bit-for-bit reproducible: training resume depends on that.
@@ -69,42 +69,8 @@ fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
   if (i < scP.n) { scX[i] = scX[i] * scP.alpha; }
 }
 
-// ---- y[n, :] += b, y [N, F] ------------------------------------------------------------------------------
-
-struct BiasParams { N: u32, F: u32, _p0: u32, _p1: u32 }
-
-@group(0) @binding(0) var<storage, read_write> biasY: array<f32>;
-@group(0) @binding(1) var<storage, read> biasB: array<f32>;
-@group(0) @binding(2) var<uniform> biasP: BiasParams;
-
-@compute @workgroup_size(WG)
-fn bias_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) lid: u32) {
-  let i = flatIndex(wid, nwg, lid);
-  if (i < biasP.N * biasP.F) { biasY[i] = biasY[i] + biasB[i % biasP.F]; }
-}
-
-// ---- column sums of x [N, F], in two deterministic stages ---------------------------------------------
-// Stage 1: workgroup (x: column block, y: row block) sums its rows of each column in row order into
-// partial[block, col]. Stage 2 (colsum_reduce) adds the blocks in block order. Used for bias gradients
-// and, with a different stage 1 in norm.wgsl, for the RMSNorm weight gradient.
-
-struct ColsumParams { N: u32, F: u32, rowsPerBlock: u32, _p0: u32 }
-
-@group(0) @binding(0) var<storage, read> csX: array<f32>;
-@group(0) @binding(1) var<storage, read_write> csPartial: array<f32>;
-@group(0) @binding(2) var<uniform> csP: ColsumParams;
-
-@compute @workgroup_size(WG)
-fn colsum_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let c = wid.x * WG + lid;
-  if (c >= csP.F) { return; }
-  let r0 = wid.y * csP.rowsPerBlock;
-  let r1 = min(csP.N, r0 + csP.rowsPerBlock);
-  var s = 0.0;
-  for (var r = r0; r < r1; r++) { s += csX[r * csP.F + c]; }
-  csPartial[wid.y * csP.F + c] = s;
-}
+// ---- out[c] = sum over blocks of partial[b, c]: stage 2 of a column reduction (stage 1 in norm.wgsl) ----
+// The blocks are added in block order, so the sum is deterministic.
 
 struct ReduceParams { F: u32, blocks: u32, beta: f32, _p0: u32 }
 
@@ -112,7 +78,7 @@ struct ReduceParams { F: u32, blocks: u32, beta: f32, _p0: u32 }
 @group(0) @binding(1) var<storage, read_write> rdOut: array<f32>;
 @group(0) @binding(2) var<uniform> rdP: ReduceParams;
 
-// out[c] = sum over blocks of partial[b, c] (+ beta * out[c]; beta 1 accumulates a gradient).
+// (+ beta * out[c]; beta 1 accumulates a gradient)
 @compute @workgroup_size(WG)
 fn colsum_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {

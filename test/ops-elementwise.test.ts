@@ -2,12 +2,11 @@ import { describe, expect, test } from "bun:test";
 import { getGpu } from "../src/gpu/device.ts";
 import { empty, read, submit, upload, write, zeros } from "../src/gpu/tensor.ts";
 import {
-  planAccumulate, planAdd, planAxpby, planBiasAdd, planBiasGrad, planCopy, planFill, planScale, planSum, planSumSquares,
+  planAccumulate, planAdd, planAxpby, planCopy, planFill, planScale, planSum, planSumSquares,
 } from "../src/ops/elementwise.ts";
-import { columnSums } from "../src/reference/linear.ts";
 import { addInPlace, residualAdd } from "../src/reference/tensor.ts";
 import { expectClose, randomArray } from "./harness.ts";
-import { expectBitIdentical, gpuFdCheck, probe, runAndRead } from "./ops-fd.ts";
+import { expectBitIdentical } from "./ops-fd.ts";
 
 // Single f32 operations are exact to rounding: compare against the same operations done in f32 on the host.
 const EXACT = { atol: 0, rtol: 0 };
@@ -80,57 +79,6 @@ describe("elementwise kernels", () => {
     expect(got.slice(0, 300).every((v) => v === 2.5)).toBe(true);
     expect(got[300]).toBe(Math.fround(-3 * x[300]!));
     X.release();
-  });
-
-  test("bias add y[n,:] += b", async () => {
-    const gpu = await getGpu();
-    const N = 37, F = 48;
-    const y = randomArray(N * F, 8), b = randomArray(F, 9);
-    const Y = upload(gpu, y), B = upload(gpu, b);
-    submit(gpu, await planBiasAdd(gpu, { y: Y, bias: B, N, F }));
-    expectClose(await read(Y), y.map((v, i) => Math.fround(v + b[i % F]!)), EXACT, "bias add");
-    for (const t of [Y, B]) t.release();
-  });
-
-  for (const [N, F] of [[37, 48], [300, 7], [1, 65], [1000, 3]] as const) {
-    test(`bias gradient db += column sums of dy, N=${N} F=${F}`, async () => {
-      const gpu = await getGpu();
-      const dy = randomArray(N * F, 10 + N), db0 = randomArray(F, 11);
-      const DY = upload(gpu, dy), DB = upload(gpu, db0);
-      submit(gpu, await planBiasGrad(gpu, { dy: DY, dbias: DB, N, F }));
-      const want = columnSums(dy, N, F).map((v, i) => v + db0[i]!);
-      // N f32 terms of O(1): error ~ sqrt(N); measured max abs 1.9e-6 at N=37 (3.1e-7 * sqrt(N)), 5.7e-6 at N=1000
-      expectClose(await read(DB), want, { atol: 1.5e-6 * Math.sqrt(N), rtol: 0 }, "bias grad");
-      for (const t of [DY, DB]) t.release();
-    });
-  }
-
-  test("bias gradient matches finite differences of the GPU bias add", async () => {
-    const gpu = await getGpu();
-    const N = 4, F = 3;
-    const y0 = randomArray(N * F, 12), b = randomArray(F, 13), w = randomArray(N * F, 14);
-    const Y = empty(gpu, [N, F]), Y0 = upload(gpu, y0), B = upload(gpu, b);
-    const fwd = [...(await planCopy(gpu, { src: Y0, dst: Y, rows: N, cols: F })), ...(await planBiasAdd(gpu, { y: Y, bias: B, N, F }))];
-    const W = upload(gpu, w), DB = zeros(gpu, [F]);
-    submit(gpu, await planBiasGrad(gpu, { dy: W, dbias: DB, N, F }));
-    // measured max abs 9.4e-7 (the probe is linear in b: rounding only)
-    await gpuFdCheck("bias grad", b, B, await read(DB), async () => probe(await runAndRead(gpu, fwd, Y), w), { atol: 5e-6, rtol: 0 });
-    for (const t of [Y, Y0, B, W, DB]) t.release();
-  });
-
-  test("bias gradient is bit-identical run to run", async () => {
-    const gpu = await getGpu();
-    const N = 777, F = 50;
-    const DY = upload(gpu, randomArray(N * F, 15)), DB = zeros(gpu, [F]);
-    const plan = await planBiasGrad(gpu, { dy: DY, dbias: DB, N, F });
-    const runs: Float32Array[] = [];
-    for (let r = 0; r < 2; r++) {
-      write(DB, new Float32Array(F));
-      submit(gpu, plan);
-      runs.push(await read(DB));
-    }
-    expectBitIdentical(runs[0]!, runs[1]!, "bias grad");
-    for (const t of [DY, DB]) t.release();
   });
 
   test("global sum of squares over several tensors and a sub-range, deterministic", async () => {

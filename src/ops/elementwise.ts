@@ -1,6 +1,6 @@
 /**
  * Elementwise and reduction launchers: residual add, accumulate/copy/scale over strided windows, fill,
- * bias add and its gradient, and a deterministic global sum of squares (for the grad-norm clip).
+ * the last stage of a column sum, and a deterministic global sum of squares (for the grad-norm clip).
  * Reductions are two-stage with a launch shape fixed at plan time, never float atomics, so results are
  * bit-identical run to run. Plans that need a scratch buffer acquire it once here and keep it for the
  * life of the plan (a run plans once).
@@ -12,18 +12,16 @@ import { Tensor, bindGroup, sharesMemory, empty, grid1d, uniform, type Dispatch 
 export interface ElementwiseTuning {
   /** threads per workgroup of every kernel in elementwise.wgsl (a power of two) */
   WG: number;
-  /** most row blocks of a column reduction (stage-1 workgroups along the rows) */
-  colBlocks: number;
   /** most workgroups per tensor in the sum of squares */
   sumsqGroups: number;
 }
 
 /**
  * lavapipe runs one workgroup per CPU core as a loop over SIMD lanes, so few small workgroups keep both
- * cores busy without long tree reductions; a GPU wants wide workgroups and many row blocks.
+ * cores busy without long tree reductions; a GPU wants wide workgroups.
  */
 export function elementwiseTuning(gpu: Gpu): ElementwiseTuning {
-  return gpu.isCpu ? { WG: 64, colBlocks: 8, sumsqGroups: 4 } : { WG: 256, colBlocks: 64, sumsqGroups: 64 };
+  return gpu.isCpu ? { WG: 64, sumsqGroups: 4 } : { WG: 256, sumsqGroups: 64 };
 }
 
 export function elementwiseKernel(gpu: Gpu, entry: string): Promise<Kernel> {
@@ -122,25 +120,10 @@ export async function planScale(gpu: Gpu, a: { x: Tensor; alpha: number; n?: num
   return [{ kernel, bindGroup: bindGroup(gpu, kernel, [a.x, params]), workgroups: grid1d(n, elementwiseTuning(gpu).WG) }];
 }
 
-/** y[n, :] += bias for y [N, F], in place. */
-export async function planBiasAdd(gpu: Gpu, a: { y: Tensor; bias: Tensor; N: number; F: number }): Promise<Dispatch[]> {
-  checkSize("bias_add y", a.y, a.N * a.F);
-  checkSize("bias_add bias", a.bias, a.F);
-  const kernel = await elementwiseKernel(gpu, "bias_add");
-  const params = uniform(gpu, [a.N, a.F], "bias_add.params");
-  return [{ kernel, bindGroup: bindGroup(gpu, kernel, [a.y, a.bias, params]), workgroups: grid1d(a.N * a.F, elementwiseTuning(gpu).WG) }];
-}
-
-/** How the rows of an [N, F] column reduction are cut into blocks (fixed per plan, hence deterministic). */
-export function columnBlocks(gpu: Gpu, N: number): { blocks: number; rowsPerBlock: number } {
-  const want = Math.max(1, Math.min(N, elementwiseTuning(gpu).colBlocks));
-  const rowsPerBlock = Math.max(1, Math.ceil(N / want));
-  return { blocks: Math.max(1, Math.ceil(N / rowsPerBlock)), rowsPerBlock };
-}
-
 /**
- * Stage 2 of a column reduction: out[c] = sum_b partial[b, c] + beta * out[c]. Shared by the bias
- * gradient and the RMSNorm weight gradient (whose stage 1 lives in norm.wgsl).
+ * Stage 2 of a column reduction: out[c] = sum_b partial[b, c] + beta * out[c]: the RMSNorm weight
+ * gradient's (stage 1 lives in norm.wgsl). A linear layer's bias gradient comes with its weight gradient
+ * (src/ops/matmul.ts biasGrad).
  */
 export async function planColumnReduce(
   gpu: Gpu, a: { partial: Tensor; out: Tensor; F: number; blocks: number; beta: number },
@@ -150,20 +133,6 @@ export async function planColumnReduce(
   const kernel = await elementwiseKernel(gpu, "colsum_reduce");
   const params = uniform(gpu, [a.F, a.blocks, { f32: a.beta }], "colsum_reduce.params");
   return { kernel, bindGroup: bindGroup(gpu, kernel, [a.partial, a.out, params]), workgroups: grid1d(a.F, elementwiseTuning(gpu).WG) };
-}
-
-/** dbias += sum over rows of dy [N, F] (the gradient of planBiasAdd), deterministic. */
-export async function planBiasGrad(gpu: Gpu, a: { dy: Tensor; dbias: Tensor; N: number; F: number }): Promise<Dispatch[]> {
-  checkSize("bias_grad dy", a.dy, a.N * a.F);
-  const { WG } = elementwiseTuning(gpu);
-  const { blocks, rowsPerBlock } = columnBlocks(gpu, a.N);
-  const partial = empty(gpu, [blocks, a.F], "f32", "bias_grad.partial");
-  const kernel = await elementwiseKernel(gpu, "colsum_partial");
-  const params = uniform(gpu, [a.N, a.F, rowsPerBlock], "colsum_partial.params");
-  return [
-    { kernel, bindGroup: bindGroup(gpu, kernel, [a.dy, partial, params]), workgroups: [Math.ceil(a.F / WG), blocks, 1] },
-    await planColumnReduce(gpu, { partial, out: a.dbias, F: a.F, blocks, beta: 1 }),
-  ];
 }
 
 /** out[0] = scale * sum(x[0..n)), in one workgroup (small n: per-row losses, partial sums). */
