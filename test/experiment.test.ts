@@ -79,7 +79,7 @@ describe("experiment shapes", () => {
 
   test("--scale tiny --only mhmoe-h2: the trained MH-MoE reads colours and shapes from the image", () => {
     // The cross-modal effect at toy size: one shape per scene, 800 steps (six minutes on one 2-core machine,
-    // fifteen on a slower one: hence its own timeout). The same words are asked with the image and with
+    // twelve on a slower one: hence its own timeout). The same words are asked with the image and with
     // every image token masked; chance is 0.5 for both.
     const out = join(dir, "shapes-effect");
     const p = Bun.spawnSync([process.execPath, join(ROOT, "cli/mhmoe.ts"), "experiment", "shapes", "--scale", "tiny", "--only", "mhmoe-h2", "--out", out, "--json"], { cwd: ROOT });
