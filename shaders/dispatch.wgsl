@@ -3,10 +3,19 @@
 //
 // Ranking within an expert, without atomics and without host knowledge of the counts: positions t of an
 // order (0: t = a, sub-token major; 1: t = j*S + r, choice major, the capacity admission order) are cut
-// into blocks of WG. rank_blocks counts each expert per block; *_scan turns those counts into per-expert
-// exclusive offsets over blocks (one workgroup, blocks in order); *_finish adds the rank inside the
-// block (earlier positions of the same expert). The result is the stable rank of every assignment within
-// its expert in that order, deterministic by construction.
+// into blocks of WG. rank_blocks counts each expert per block into [nBlocks, E]; *_finish (one workgroup
+// per block b) sums those counts itself: per expert, over the blocks before b (b's exclusive offset) and,
+// where needed, over all blocks (the totals, then their exclusive prefix over experts), and adds the rank
+// inside the block (earlier positions of the same expert). The result is the stable rank of every
+// assignment within its expert in that order, deterministic by construction (integer sums in a fixed order).
+// The per-expert outputs (counts, offsets, dropped) are written by workgroup 0 alone: permute_finish needs
+// the totals in every workgroup (identical everywhere), capacity_finish only for those outputs, so there
+// only workgroup 0 reads past the blocks before its own.
+//
+// Cost of the sums: a workgroup reads up to nBlocks * E counts, O(nBlocks * E / WG) per thread with
+// coalesced reads, so O(nBlocks^2 * E) in all but parallel over the nBlocks workgroups, and no launch of
+// its own; a separate scan launch would walk the nBlocks blocks serially per expert in one workgroup.
+// rank_blocks' counts are read only, never rewritten in place: the workgroups read each other's blocks.
 //
 // The gather (the second half of permute_finish) and combine move rows between sub-token order [S, dSub]
 // and the expert-grouped buffer [S*k, dSub]; rows past the kept total are written as zeros so the
@@ -18,23 +27,23 @@ const WG: u32 = {{WG}}u;
 struct Params {
   S: u32, k: u32, E: u32, dSub: u32,
   order: u32,    // ranking: 0 = a = r*k + j, 1 = t = j*S + r
-  useMask: u32,  // ranking: 1 = only assignments with keep[a] != 0 take part
   capacity: u32, // capacity_*: C; 0xffffffff when dropless
   nBlocks: u32,
   flag: u32,     // gather_backward: add into ds; combine: add the inner residual s
   residual: u32, // gather_backward: 1 = ds = residual + the gathered sum (the inner residual's dy)
-  _p0: u32, _p1: u32,
+  _p0: u32, _p1: u32, _p2: u32,
 }
 
 fn flatId(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return gid.x + gid.y * nwg.x * WG;
 }
 
-// ---- ranking kernels: shared bindings 0..3, outputs from 4 on.
-@group(0) @binding(0) var<storage, read> rk_idx: array<i32>;   // [S*k]
-@group(0) @binding(1) var<storage, read> rk_keep: array<i32>;  // [S*k], read only when useMask
-@group(0) @binding(2) var<storage, read_write> rk_blocks: array<i32>; // [nBlocks, E]
-@group(0) @binding(3) var<uniform> rk: Params;
+// ---- ranking kernels: shared bindings 0..2, outputs from 3 on. The experts are topkIdx, or after capacity
+// keptIdx (-1 for a dropped assignment): one array rather than topkIdx plus a mask, so permute_finish binds
+// 8 storage buffers, WebGPU's default limit, counts included.
+@group(0) @binding(0) var<storage, read> rk_idx: array<i32>;          // [S*k]
+@group(0) @binding(1) var<storage, read_write> rk_blocks: array<i32>; // [nBlocks, E]
+@group(0) @binding(2) var<uniform> rk: Params;
 
 var<workgroup> blockExpert: array<i32, WG>;
 
@@ -43,12 +52,10 @@ fn assignmentAt(t: u32) -> u32 {
   return (t % rk.S) * rk.k + t / rk.S;
 }
 
-// The expert of position t, or -1 past the end or when masked out.
+// The expert of position t, or -1 past the end or when dropped.
 fn expertAt(t: u32) -> i32 {
   if (t >= rk.S * rk.k) { return -1; }
-  let a = assignmentAt(t);
-  if (rk.useMask == 1u && rk_keep[a] == 0) { return -1; }
-  return rk_idx[a];
+  return rk_idx[assignmentAt(t)];
 }
 
 // Loads block b's experts into workgroup memory; returns this thread's rank among earlier equal ones.
@@ -83,8 +90,54 @@ fn rank_blocks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
   }
 }
 
-// capacity_finish (order 1, no mask): keep[a] = 1 when fewer than C earlier assignments chose its expert.
-@group(0) @binding(4) var<storage, read_write> cf_keep: array<i32>; // [S*k]
+// ---- block sums, shared by the finish kernels. Experts go in chunks of up to WG; for a chunk of w
+// experts the threads form WG / w groups of w, group g reading blocks g, g + WG/w, ...: each group reads w
+// neighbouring counts of one block row, and with w = E the whole workgroup reads one contiguous stretch.
+var<workgroup> partBefore: array<i32, WG>;  // per thread: its blocks before b, for its expert
+var<workgroup> partTotal: array<i32, WG>;   // per thread: all its blocks (below nRead), for its expert
+var<workgroup> chunkBefore: array<i32, WG>; // per chunk expert: the count in blocks before b
+var<workgroup> chunkTotal: array<i32, WG>;  // per chunk expert: the count in blocks before nRead
+var<workgroup> chunkBase: array<i32, WG>;   // per chunk expert (permute_finish): exclusive prefix of the totals
+
+// Sums rk_blocks over blocks b' < nRead for experts e0 .. e0 + w - 1 into chunkBefore (b' < b) and
+// chunkTotal; returns w. Call in uniform control flow; the chunk arrays hold until the next call.
+fn sumBlockCounts(b: u32, nRead: u32, e0: u32, lid: u32) -> u32 {
+  let w = min(WG, rk.E - e0);
+  let groups = WG / w;
+  let g = lid / w;
+  let e = e0 + lid % w;
+  var before = 0;
+  var total = 0;
+  if (g < groups) {
+    for (var bb = g; bb < nRead; bb += groups) {
+      let c = rk_blocks[bb * rk.E + e];
+      total += c;
+      if (bb < b) { before += c; }
+    }
+  }
+  partBefore[lid] = before;
+  partTotal[lid] = total;
+  workgroupBarrier();
+  // the groups' partials, reduced in group order
+  if (lid < w) {
+    var sumBefore = 0;
+    var sumTotal = 0;
+    for (var i = 0u; i < groups; i++) {
+      sumBefore += partBefore[i * w + lid];
+      sumTotal += partTotal[i * w + lid];
+    }
+    chunkBefore[lid] = sumBefore;
+    chunkTotal[lid] = sumTotal;
+  }
+  workgroupBarrier();
+  return w;
+}
+
+// capacity_finish (order 1, on topkIdx): keptIdx[a] = idx[a] when fewer than C earlier assignments chose
+// its expert, else -1. Workgroup 0 also writes the counts before capacity and the number dropped.
+@group(0) @binding(3) var<storage, read_write> cf_keptIdx: array<i32>;      // [S*k]
+@group(0) @binding(4) var<storage, read_write> cf_countsBefore: array<i32>; // [E]
+@group(0) @binding(5) var<storage, read_write> cf_dropped: array<i32>;      // [1]
 
 @compute @workgroup_size(WG)
 fn capacity_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -92,25 +145,45 @@ fn capacity_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
   let b = blockIndex(wid, nwg);
   if (b >= rk.nBlocks) { return; }
   let before = loadBlock(b, lid);
-  let t = b * WG + lid;
   let ex = blockExpert[lid];
+  // the ranks need only the blocks before b; workgroup 0 (whose are none) reads them all for the totals
+  let nRead = select(b, rk.nBlocks, b == 0u);
+  var rank = 0u;
+  var dropped = 0u;
+  for (var e0 = 0u; e0 < rk.E; e0 += WG) {
+    let w = sumBlockCounts(b, nRead, e0, lid);
+    if (ex >= i32(e0) && ex < i32(e0 + w)) { rank = u32(chunkBefore[u32(ex) - e0]) + before; }
+    if (b == 0u) {
+      if (lid < w) { cf_countsBefore[e0 + lid] = chunkTotal[lid]; }
+      if (lid == 0u) {
+        for (var i = 0u; i < w; i++) {
+          let c = u32(chunkTotal[i]);
+          if (c > rk.capacity) { dropped += c - rk.capacity; }
+        }
+      }
+    }
+    workgroupBarrier(); // the next chunk overwrites the chunk arrays
+  }
+  if (b == 0u && lid == 0u) { cf_dropped[0] = i32(dropped); }
   if (ex < 0) { return; }
-  let rank = u32(rk_blocks[b * rk.E + u32(ex)]) + before;
-  cf_keep[assignmentAt(t)] = select(0, 1, rank < rk.capacity);
+  cf_keptIdx[assignmentAt(b * WG + lid)] = select(-1, ex, rank < rk.capacity);
 }
 
 // permute_finish (order 0): row = offsets[e] + rank; both maps written, -1 where no row / no assignment.
+// Workgroup 0 also writes counts and offsets.
 // Then the gather: the workgroup copies its assignments' sub-tokens into their rows of xPerm and zeros the
 // padding rows it owns (row t past the kept total), threads striding over the block's WG * dSub elements so
 // neighbouring threads touch neighbouring addresses.
-@group(0) @binding(4) var<storage, read_write> pf_rowAssignment: array<i32>; // [S*k]
-@group(0) @binding(5) var<storage, read_write> pf_assignmentRow: array<i32>; // [S*k]
-@group(0) @binding(6) var<storage, read> pf_offsets: array<i32>;             // [E+1]
+@group(0) @binding(3) var<storage, read_write> pf_rowAssignment: array<i32>; // [S*k]
+@group(0) @binding(4) var<storage, read_write> pf_assignmentRow: array<i32>; // [S*k]
+@group(0) @binding(5) var<storage, read_write> pf_counts: array<i32>;        // [E]
+@group(0) @binding(6) var<storage, read_write> pf_offsets: array<i32>;       // [E+1]
 @group(0) @binding(7) var<storage, read> pf_s: array<f32>;                   // [S, dSub]
 @group(0) @binding(8) var<storage, read_write> pf_xPerm: array<f32>;         // [S*k, dSub]
 
 var<workgroup> blockRow: array<i32, WG>;  // the permuted row of the block's assignment, -1 for none
 var<workgroup> blockPad: array<u32, WG>;  // 1 where row t (the position's own index) is padding
+var<workgroup> expertRun: i32;            // thread 0's running prefix over the experts of earlier chunks
 
 @compute @workgroup_size(WG)
 fn permute_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -121,17 +194,41 @@ fn permute_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
   let t = b * WG + lid;
   let ex = blockExpert[lid];
   var row = -1;
+  if (lid == 0u) { expertRun = 0; }
+  for (var e0 = 0u; e0 < rk.E; e0 += WG) {
+    let w = sumBlockCounts(b, rk.nBlocks, e0, lid);
+    // offsets[e] = the totals of the experts before e, summed in expert order
+    if (lid == 0u) {
+      var run = expertRun;
+      for (var i = 0u; i < w; i++) {
+        chunkBase[i] = run;
+        run += chunkTotal[i];
+      }
+      expertRun = run;
+    }
+    workgroupBarrier();
+    if (ex >= i32(e0) && ex < i32(e0 + w)) {
+      let i = u32(ex) - e0;
+      row = chunkBase[i] + chunkBefore[i] + i32(before);
+    }
+    if (b == 0u && lid < w) {
+      pf_counts[e0 + lid] = chunkTotal[lid];
+      pf_offsets[e0 + lid] = chunkBase[lid];
+    }
+    workgroupBarrier(); // the next chunk overwrites the chunk arrays
+  }
+  let kept = expertRun;
+  if (b == 0u && lid == 0u) { pf_offsets[rk.E] = kept; }
   var pad = 0u;
   if (t < rk.S * rk.k) {
     if (ex < 0) {
       pf_assignmentRow[t] = -1;
     } else {
-      row = pf_offsets[u32(ex)] + rk_blocks[b * rk.E + u32(ex)] + i32(before);
       pf_assignmentRow[t] = row;
       pf_rowAssignment[row] = i32(t);
     }
     // Rows past the kept total hold no assignment; the rows below it are each written once above.
-    if (i32(t) >= pf_offsets[rk.E]) {
+    if (i32(t) >= kept) {
       pf_rowAssignment[t] = -1;
       pad = 1u;
     }
@@ -146,51 +243,6 @@ fn permute_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let at = b * WG + p;
     if (blockRow[p] >= 0) { pf_xPerm[u32(blockRow[p]) * dSub + c] = pf_s[(at / rk.k) * dSub + c]; }
     if (blockPad[p] == 1u) { pf_xPerm[at * dSub + c] = 0.0; }
-  }
-}
-
-// ---- scans: one workgroup; block counts -> per-expert exclusive block offsets in place, totals per expert.
-@group(0) @binding(0) var<storage, read_write> sc_blocks: array<i32>; // [nBlocks, E]
-@group(0) @binding(1) var<storage, read_write> sc_counts: array<i32>; // [E]
-@group(0) @binding(2) var<storage, read_write> sc_out: array<i32>;    // hist: offsets [E+1]; capacity: dropped [1]
-@group(0) @binding(3) var<uniform> sc: Params;
-
-fn scanBlocks(lid: u32) {
-  for (var e = lid; e < sc.E; e += WG) {
-    var run = 0;
-    for (var b = 0u; b < sc.nBlocks; b++) {
-      let c = sc_blocks[b * sc.E + e];
-      sc_blocks[b * sc.E + e] = run;
-      run += c;
-    }
-    sc_counts[e] = run;
-  }
-  storageBarrier();
-}
-
-@compute @workgroup_size(WG)
-fn hist_scan(@builtin(local_invocation_index) lid: u32) {
-  scanBlocks(lid);
-  if (lid == 0u) {
-    var run = 0;
-    for (var e = 0u; e < sc.E; e++) {
-      sc_out[e] = run;
-      run += sc_counts[e];
-    }
-    sc_out[sc.E] = run;
-  }
-}
-
-@compute @workgroup_size(WG)
-fn capacity_scan(@builtin(local_invocation_index) lid: u32) {
-  scanBlocks(lid);
-  if (lid == 0u) {
-    var dropped = 0u;
-    for (var e = 0u; e < sc.E; e++) {
-      let c = u32(sc_counts[e]);
-      if (c > sc.capacity) { dropped += c - sc.capacity; }
-    }
-    sc_out[0] = i32(dropped);
   }
 }
 

@@ -18,6 +18,11 @@ const EXACT = { atol: 0, rtol: 0 };
 
 type Skew = "random" | "all-to-one" | "skewed";
 
+/** keptIdx as planCapacity writes it: the expert of an admitted assignment, -1 for a dropped one. */
+function keptExperts(idx: Int32Array, keep: Uint8Array): number[] {
+  return Array.from(idx, (e, a) => (keep[a] ? e : -1));
+}
+
 /** [S, k] distinct experts per sub-token; "all-to-one" sends every first choice to expert 0. */
 function randomTopk(S: number, E: number, k: number, seed: number, skew: Skew): Int32Array {
   const r = rng(seed);
@@ -32,27 +37,18 @@ function randomTopk(S: number, E: number, k: number, seed: number, skew: Skew): 
   return idx;
 }
 
-interface Routing {
-  idx: Tensor;
-  keep: Tensor | undefined;
-  counts: Tensor;
-  offsets: Tensor;
-  rowAssignment: Tensor;
-  assignmentRow: Tensor;
-  all: Tensor[];
-}
-
 /**
  * Plans capacity (when capacityFactor > 0), histogram and permutation (which gathers s [S, dSub] into
- * r.xPerm) into one dispatch list; `permute` is the last launch alone, to rerun after writing r.s.
+ * r.xPerm) into one dispatch list; `permute` is the last launch alone, to rerun after writing r.s, and
+ * `launches` the number each plan returned.
  */
 async function planRouting(
   gpu: Gpu, idx: Int32Array, S: number, E: number, k: number, capacityFactor: number, s: Float32Array, dSub: number,
 ) {
-  const blockOffsets = empty(gpu, [routingBlocks(gpu, S, k) * E], "i32");
+  const blockCounts = empty(gpu, [routingBlocks(gpu, S, k) * E], "i32");
   const r = {
     idx: upload(gpu, idx),
-    keep: capacityFactor > 0 ? empty(gpu, [S * k], "i32") : undefined,
+    keptIdx: capacityFactor > 0 ? empty(gpu, [S * k], "i32") : undefined,
     dropped: empty(gpu, [1], "i32"),
     countsBefore: empty(gpu, [E], "i32"),
     counts: empty(gpu, [E], "i32"),
@@ -63,21 +59,20 @@ async function planRouting(
     // NaN: every row, padding included, must be written
     xPerm: upload(gpu, new Float32Array(S * k * dSub).fill(NaN)),
   };
-  const dispatches = [];
-  if (r.keep) {
-    dispatches.push(...(await planCapacity(gpu, {
-      topkIdx: r.idx, keep: r.keep, dropped: r.dropped, countsBeforeCapacity: r.countsBefore, blockOffsets,
-      S, k, E, capacity: expertCapacity(capacityFactor, k, S, E),
-    })));
-  }
-  const common = { topkIdx: r.idx, keep: r.keep, blockOffsets, S, k, E };
-  dispatches.push(...(await planExpertHistogram(gpu, { ...common, counts: r.counts, offsets: r.offsets })));
+  const capacity = r.keptIdx ? await planCapacity(gpu, {
+    topkIdx: r.idx, keptIdx: r.keptIdx, dropped: r.dropped, countsBeforeCapacity: r.countsBefore, blockCounts,
+    S, k, E, capacity: expertCapacity(capacityFactor, k, S, E),
+  }) : [];
+  const common = { topkIdx: r.idx, keptIdx: r.keptIdx, blockCounts, S, k, E };
+  const histogram = await planExpertHistogram(gpu, common);
   const permute = await planExpertPermutation(gpu, {
-    ...common, offsets: r.offsets, rowAssignment: r.rowAssignment, assignmentRow: r.assignmentRow, s: r.s, xPerm: r.xPerm, dSub,
+    ...common, counts: r.counts, offsets: r.offsets, rowAssignment: r.rowAssignment, assignmentRow: r.assignmentRow,
+    s: r.s, xPerm: r.xPerm, dSub,
   });
-  dispatches.push(...permute);
-  const all = [blockOffsets, ...Object.values(r).filter((t): t is Tensor => t !== undefined)];
-  return { r, dispatches, permute, all };
+  const dispatches = [...capacity, ...histogram, ...permute];
+  const launches = { capacity: capacity.length, histogram: histogram.length, permute: permute.length };
+  const all = [blockCounts, ...Object.values(r).filter((t): t is Tensor => t !== undefined)];
+  return { r, dispatches, permute, launches, all };
 }
 
 function padded(x: ArrayLike<number>, n: number, fill: number): number[] {
@@ -96,6 +91,11 @@ const CASES: [number, number, number, number, Skew][] = [
   [130, 8, 3, 0, "skewed"],
   [301, 6, 2, 1.25, "skewed"],
   [1, 3, 2, 1.0, "random"],
+  // many blocks (S*k / WG > 4 with either tuning's WG), E dividing nothing; E > WG takes several chunks
+  [701, 7, 2, 1.0, "skewed"],
+  [701, 7, 2, 0, "skewed"],
+  [411, 263, 3, 1.25, "skewed"],
+  [411, 263, 3, 0, "skewed"],
 ];
 
 describe("capacity, histogram, permutation vs reference", () => {
@@ -107,8 +107,8 @@ describe("capacity, histogram, permutation vs reference", () => {
       const { r, dispatches, all } = await planRouting(gpu, idx, S, E, k, cf, s, dSub);
       submit(gpu, dispatches);
       const keep = cf > 0 ? admitByCapacity(idx, S, k, E, refCapacity(cf, k, S, E)) : new Uint8Array(S * k).fill(1);
-      if (r.keep) {
-        expect(Array.from(await readInt(r.keep))).toEqual(Array.from(keep));
+      if (r.keptIdx) {
+        expect(Array.from(await readInt(r.keptIdx))).toEqual(keptExperts(idx, keep));
         const dropped = keep.reduce((n, v) => n + (v ? 0 : 1), 0);
         expect((await readInt(r.dropped))[0]).toBe(dropped);
         expect(Array.from(await readInt(r.countsBefore))).toEqual(Array.from(expertHistogram(idx, E)));
@@ -130,15 +130,25 @@ describe("capacity, histogram, permutation vs reference", () => {
     const gpu = await getGpu();
     const S = 37, E = 5, k = 2;
     const idx = randomTopk(S, E, k, 3, "all-to-one");
-    const t = { idx: upload(gpu, idx), keep: empty(gpu, [S * k], "i32"), dropped: empty(gpu, [1], "i32"), countsBefore: empty(gpu, [E], "i32") };
-    const blockOffsets = empty(gpu, [routingBlocks(gpu, S, k) * E], "i32");
+    const t = { idx: upload(gpu, idx), keptIdx: empty(gpu, [S * k], "i32"), dropped: empty(gpu, [1], "i32"), countsBefore: empty(gpu, [E], "i32") };
+    const blockCounts = empty(gpu, [routingBlocks(gpu, S, k) * E], "i32");
     submit(gpu, await planCapacity(gpu, {
-      topkIdx: t.idx, keep: t.keep, dropped: t.dropped, countsBeforeCapacity: t.countsBefore, blockOffsets, S, k, E,
+      topkIdx: t.idx, keptIdx: t.keptIdx, dropped: t.dropped, countsBeforeCapacity: t.countsBefore, blockCounts, S, k, E,
       capacity: expertCapacity(0, k, S, E),
     }));
-    expect(Array.from(await readInt(t.keep))).toEqual(new Array(S * k).fill(1));
+    expect(Array.from(await readInt(t.keptIdx))).toEqual(Array.from(idx));
     expect((await readInt(t.dropped))[0]).toBe(0);
-    for (const x of [...Object.values(t), blockOffsets]) x.release();
+    for (const x of [...Object.values(t), blockCounts]) x.release();
+  });
+
+  test("launches: capacity 2, histogram 1, permutation 1 (the finish kernels sum the block counts)", async () => {
+    const gpu = await getGpu();
+    const S = 701, E = 7, k = 2;
+    expect(routingBlocks(gpu, S, k)).toBeGreaterThan(4);
+    const { launches, all } = await planRouting(gpu, randomTopk(S, E, k, 9, "skewed"), S, E, k, 1.0, new Float32Array(S), 1);
+    // one launch fewer each than with a scan launch between the block counts and the ranks
+    expect(launches).toEqual({ capacity: 2, histogram: 1, permute: 1 });
+    for (const t of all) t.release();
   });
 });
 

@@ -103,21 +103,23 @@ export async function planMoeBlock(
   fwd.push(...(await planAuxLosses(gpu, { probs, topkIdx, lse: zLse, counts: topkCounts, auxLoss, zLoss, S, E, k })));
 
   // 6-9. capacity, per-expert histogram + prefix sum, permutation with the gather into expert-grouped rows
-  const blockOffsets = A.i32([routingBlocks(gpu, S, k) * E], `${p}.block_offsets`);
-  const keep = dropping ? A.i32([R], `${p}.keep`) : undefined;
+  const blockCounts = A.i32([routingBlocks(gpu, S, k) * E], `${p}.block_counts`);
+  const keptIdx = dropping ? A.i32([R], `${p}.kept_idx`) : undefined;
   const dropped = dropping ? A.i32([1], `${p}.dropped`) : null;
   if (dropping) {
     const before = A.i32([E], `${p}.counts_before`);
     fwd.push(...(await planCapacity(gpu, {
-      topkIdx, keep: keep!, dropped: dropped!, countsBeforeCapacity: before, blockOffsets, S, k, E,
+      topkIdx, keptIdx: keptIdx!, dropped: dropped!, countsBeforeCapacity: before, blockCounts, S, k, E,
       capacity: expertCapacity(c.capacity_factor, k, S, E),
     })));
   }
   const load = A.i32([E], `${p}.load`), offsets = A.i32([E + 1], `${p}.offsets`);
   const rowAssignment = A.i32([R], `${p}.row_assignment`), assignmentRow = A.i32([R], `${p}.assignment_row`);
-  fwd.push(...(await planExpertHistogram(gpu, { topkIdx, keep, counts: load, offsets, blockOffsets, S, k, E })));
+  fwd.push(...(await planExpertHistogram(gpu, { topkIdx, keptIdx, blockCounts, S, k, E })));
   const xPerm = A.f32([R, dSub], `${p}.xperm`);
-  fwd.push(...(await planExpertPermutation(gpu, { topkIdx, keep, offsets, blockOffsets, rowAssignment, assignmentRow, s, xPerm, S, k, E, dSub })));
+  fwd.push(...(await planExpertPermutation(gpu, {
+    topkIdx, keptIdx, blockCounts, counts: load, offsets, rowAssignment, assignmentRow, s, xPerm, S, k, E, dSub,
+  })));
 
   // 10-11. grouped expert FFN, weighted combine (+ inner residual)
   const yPerm = A.f32([R, dSub], `${p}.yperm`);

@@ -6,14 +6,16 @@
  * Twins: src/reference/routing.ts and src/reference/dispatch.ts.
  *
  * Layout contract (an assignment a = r*k + j is the j-th choice of sub-token r):
- * - topkIdx [S*k] i32, keep [S*k] i32 (1 admitted, 0 dropped).
+ * - topkIdx [S*k] i32; keptIdx [S*k] i32: topkIdx with the assignments dropped by capacity set to -1.
  * - counts [E] i32 kept assignments per expert; offsets [E+1] i32, offsets[0] = 0, offsets[e+1] =
  *   offsets[e] + counts[e]: expert e owns permuted rows offsets[e] .. offsets[e+1]-1; offsets[E] = kept total.
  * - permuted buffers have the worst-case S*k rows; inside an expert, rows go by ascending a (sub-token,
  *   then choice); rows from offsets[E] on are padding, written as zeros by the permutation / combine backward.
  * - rowAssignment [S*k] i32: the assignment a of each permuted row, -1 for padding rows.
  * - assignmentRow [S*k] i32: the permuted row of each assignment, -1 when dropped.
- * - blockOffsets [nBlocks*E] i32 scratch (routingBlocks): made by the histogram, read by the permutation.
+ * - blockCounts [nBlocks*E] i32 scratch (routingBlocks): assignments per expert in each block of positions,
+ *   made by the histogram, read by the permutation, which derives counts and offsets from it (capacity
+ *   likewise, with its own rank_blocks launch first): no scan launch between them.
  * Nothing here reads counts back to the host: every launch is sized for S*k.
  */
 import type { Gpu } from "../gpu/device.ts";
@@ -32,7 +34,6 @@ interface Fields {
   E?: number;
   dSub?: number;
   order?: number;
-  useMask?: boolean;
   capacity?: number;
   nBlocks?: number;
   flag?: boolean;
@@ -42,8 +43,8 @@ interface Fields {
 function params(gpu: Gpu, f: Fields, label: string): GPUBuffer {
   return uniform(gpu, [
     f.S, f.k, f.E ?? 0, f.dSub ?? 0,
-    f.order ?? 0, f.useMask ? 1 : 0, f.capacity ?? DROPLESS, f.nBlocks ?? 0,
-    f.flag ? 1 : 0, f.residual ? 1 : 0, 0, 0,
+    f.order ?? 0, f.capacity ?? DROPLESS, f.nBlocks ?? 0, f.flag ? 1 : 0,
+    f.residual ? 1 : 0, 0, 0, 0,
   ], label);
 }
 
@@ -52,7 +53,7 @@ async function launch(gpu: Gpu, entry: string, bindings: Binding[], workgroups: 
   return { kernel, bindGroup: bindGroup(gpu, kernel, bindings), workgroups };
 }
 
-/** Number of ranking blocks for S*k assignments; blockOffsets needs routingBlocks(gpu, S, k) * E elements. */
+/** Number of ranking blocks for S*k assignments; blockCounts needs routingBlocks(gpu, S, k) * E elements. */
 export function routingBlocks(gpu: Gpu, S: number, k: number): number {
   return Math.max(1, Math.ceil((S * k) / routingWorkgroupSize(gpu)));
 }
@@ -65,14 +66,14 @@ function blockGrid(nBlocks: number): [number, number, number] {
 export interface CapacityArgs {
   /** [S, k] i32 top-k experts */
   topkIdx: Tensor;
-  /** [S*k] i32, written: 1 admitted, 0 dropped */
-  keep: Tensor;
+  /** [S*k] i32, written: topkIdx[a] when admitted, -1 when dropped */
+  keptIdx: Tensor;
   /** [1] i32, written: assignments dropped */
   dropped: Tensor;
   /** [E] i32, written: assignments per expert before capacity (the c_e of the load-balance loss) */
   countsBeforeCapacity: Tensor;
   /** [routingBlocks * E] i32 scratch; may be the same tensor the histogram uses afterwards */
-  blockOffsets: Tensor;
+  blockCounts: Tensor;
   S: number;
   k: number;
   E: number;
@@ -86,8 +87,9 @@ export function expertCapacity(capacityFactor: number, k: number, S: number, E: 
 }
 
 /**
- * keep[a] = 1 iff fewer than C assignments to the same expert come before a in the admission order (all
- * first choices in sub-token order, then all second choices, ...): a stable rank in choice-major order.
+ * Assignment a is admitted iff fewer than C assignments to the same expert come before a in the admission
+ * order (all first choices in sub-token order, then all second choices, ...): a stable rank in choice-major
+ * order. Two launches: the block counts, then the ranks (which sum the earlier blocks' counts themselves).
  */
 export async function planCapacity(gpu: Gpu, a: CapacityArgs): Promise<Dispatch[]> {
   const { S, k, E } = a;
@@ -95,44 +97,40 @@ export async function planCapacity(gpu: Gpu, a: CapacityArgs): Promise<Dispatch[
   const capacity = Number.isFinite(a.capacity) ? a.capacity : DROPLESS;
   if (!Number.isInteger(capacity) || capacity < 0) throw new Error(`capacity: C=${a.capacity} must be a non-negative integer`);
   const u = params(gpu, { S, k, E, order: ORDER_CHOICE_MAJOR, capacity, nBlocks }, "capacity.params");
+  const ranking = [a.topkIdx, a.blockCounts, u];
   return [
-    await launch(gpu, "rank_blocks", [a.topkIdx, a.topkIdx, a.blockOffsets, u], blockGrid(nBlocks)),
-    await launch(gpu, "capacity_scan", [a.blockOffsets, a.countsBeforeCapacity, a.dropped, u], [1, 1, 1]),
-    await launch(gpu, "capacity_finish", [a.topkIdx, a.topkIdx, a.blockOffsets, u, a.keep], blockGrid(nBlocks)),
+    await launch(gpu, "rank_blocks", ranking, blockGrid(nBlocks)),
+    await launch(gpu, "capacity_finish", [...ranking, a.keptIdx, a.countsBeforeCapacity, a.dropped], blockGrid(nBlocks)),
   ];
 }
 
 export interface HistogramArgs {
   topkIdx: Tensor;
-  /** [S*k] i32 from planCapacity; omitted when dropless (every assignment counts) */
-  keep?: Tensor;
-  /** [E] i32 and [E+1] i32, written */
-  counts: Tensor;
-  offsets: Tensor;
-  /** [routingBlocks * E] i32, written: kept assignments to e in blocks before b (the permutation reads it) */
-  blockOffsets: Tensor;
+  /** [S*k] i32 from planCapacity, read instead of topkIdx; omitted when dropless (every assignment counts) */
+  keptIdx?: Tensor;
+  /** [routingBlocks * E] i32, written: kept assignments to e in block b (the permutation reads it) */
+  blockCounts: Tensor;
   S: number;
   k: number;
   E: number;
 }
 
-/** counts[e] = kept assignments to expert e; offsets = their exclusive prefix sum. */
+/** The per-block expert histogram; the permutation sums it into counts and offsets. */
 export async function planExpertHistogram(gpu: Gpu, a: HistogramArgs): Promise<Dispatch[]> {
   const { S, k, E } = a;
   const nBlocks = routingBlocks(gpu, S, k);
-  const u = params(gpu, { S, k, E, order: ORDER_ASSIGNMENT, useMask: !!a.keep, nBlocks }, "histogram.params");
-  return [
-    await launch(gpu, "rank_blocks", [a.topkIdx, a.keep ?? a.topkIdx, a.blockOffsets, u], blockGrid(nBlocks)),
-    await launch(gpu, "hist_scan", [a.blockOffsets, a.counts, a.offsets, u], [1, 1, 1]),
-  ];
+  const u = params(gpu, { S, k, E, order: ORDER_ASSIGNMENT, nBlocks }, "histogram.params");
+  return [await launch(gpu, "rank_blocks", [a.keptIdx ?? a.topkIdx, a.blockCounts, u], blockGrid(nBlocks))];
 }
 
 export interface PermutationArgs {
   topkIdx: Tensor;
-  keep?: Tensor;
-  /** from planExpertHistogram, run before with the same topkIdx / keep */
+  keptIdx?: Tensor;
+  /** from planExpertHistogram, run before with the same topkIdx / keptIdx */
+  blockCounts: Tensor;
+  /** [E] i32 kept assignments per expert and [E+1] i32 their exclusive prefix sum, written */
+  counts: Tensor;
   offsets: Tensor;
-  blockOffsets: Tensor;
   /** [S*k] i32 each, written (layout in the file comment) */
   rowAssignment: Tensor;
   assignmentRow: Tensor;
@@ -147,15 +145,15 @@ export interface PermutationArgs {
 }
 
 /**
- * Groups kept assignments by expert, ascending assignment index inside an expert, plus the inverse map,
- * and gathers the sub-tokens into the grouped rows: each workgroup knows its block's rows, so the copy
- * needs no launch of its own.
+ * counts[e] = kept assignments to expert e and offsets = their exclusive prefix sum; groups kept assignments
+ * by expert, ascending assignment index inside an expert, plus the inverse map, and gathers the sub-tokens
+ * into the grouped rows: each workgroup knows its block's rows, so the copy needs no launch of its own.
  */
 export async function planExpertPermutation(gpu: Gpu, a: PermutationArgs): Promise<Dispatch[]> {
   const { S, k, E, dSub } = a;
   const nBlocks = routingBlocks(gpu, S, k);
-  const u = params(gpu, { S, k, E, dSub, order: ORDER_ASSIGNMENT, useMask: !!a.keep, nBlocks }, "permutation.params");
-  const bindings = [a.topkIdx, a.keep ?? a.topkIdx, a.blockOffsets, u, a.rowAssignment, a.assignmentRow, a.offsets, a.s, a.xPerm];
+  const u = params(gpu, { S, k, E, dSub, order: ORDER_ASSIGNMENT, nBlocks }, "permutation.params");
+  const bindings = [a.keptIdx ?? a.topkIdx, a.blockCounts, u, a.rowAssignment, a.assignmentRow, a.counts, a.offsets, a.s, a.xPerm];
   return [await launch(gpu, "permute_finish", bindings, blockGrid(nBlocks))];
 }
 
