@@ -4,11 +4,8 @@
 // Token n's id sits at tOff + (n / tT) * tLd + n % tT, so the inputs of a (B, T+1) batch are read where
 // they are. Ids outside [0, V) are clamped (no out-of-bounds access); the data layer validates them.
 //
-// The backward must be deterministic without float atomics. embedding_links threads the tokens of each
-// id into a chain in position order: links[n] = the next position with the same id (N at the end) and
-// links[N + n] = 1 when n is the first position of its id. Then embedding_backward lets only each chain's
-// head walk its chain, summing dout rows in position order, and add the sum into dtable: every row of
-// dtable is written by exactly one workgroup column, in an order fixed by the ids alone.
+// The backward must be deterministic without float atomics, so it is "owner computes": each workgroup
+// owns R rows of dtable and gathers, in position order, the tokens that land there (embedding_backward).
 
 override WG: u32 = 256u;
 
@@ -53,50 +50,79 @@ fn embedding_forward_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
   dst[e] += src[(id - p.v0) * p.d + c];
 }
 
-@group(0) @binding(4) var<storage, read_write> linksOut: array<u32>;
+// ---- backward: src = dout [N, d], dst = dtable rows v0..v0+vRows (added to).
+// Workgroup w owns rows r0..r0+R of the part (r0 = (w / colBlocks) * R) at columns
+// (w % colBlocks) * WG + lid, one per thread. It streams all N ids in chunks of WG (one coalesced read per
+// thread) and compacts the chunk's tokens whose id falls in its rows, in position order: each sets its bit
+// in a match mask, and its slot is the number of bits below it (a prefix sum over the match flags that
+// costs two barriers a chunk, not the 2 log2(WG) of a scan, which lavapipe pays for dearly). Then every
+// thread adds those tokens' dout values at its column into per-row accumulators of its own. At the end each
+// row that any token hit gets dtable[row] += its sum, so each element of dtable is written by one thread,
+// once, with dtable + (its dout rows summed in position order): the order of every sum is fixed by the ids
+// alone, and the only atomics are integer ORs.
+// Work per part: N * ceil(vRows / R) * ceil(d / WG) id reads (coalesced; linear in N for a fixed vocab and
+// independent of how the ids repeat), N * d dout reads, and a read and write of each row the tokens hit.
+// The accumulators live in private memory, so the rows per workgroup R are a template value (embeddingTuning).
+const R: u32 = {{R}}u;
 
-// One thread per token: scan forward to the next equal id and backward to a previous one. The cost is
-// the distance between repeats (N for a token seen once), a few million compares at training sizes.
-@compute @workgroup_size(WG)
-fn embedding_links(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) lid: u32) {
-  let n = (wid.y * nwg.x + wid.x) * WG + lid;
-  if (n >= p.N) { return; }
-  let id = tokenId(n);
-  var next = p.N;
-  for (var m = n + 1u; m < p.N; m++) {
-    if (tokenId(m) == id) { next = m; break; }
-  }
-  var head = 1u;
-  for (var m = n; m > 0u; m--) {
-    if (tokenId(m - 1u) == id) { head = 0u; break; }
-  }
-  linksOut[n] = next;
-  linksOut[p.N + n] = head;
-}
+// Two masks of WG bits, used by alternate chunks: a chunk clears its mask after its second barrier, and
+// the chunk after next is the first to set bits in it again.
+var<workgroup> hitMask: array<atomic<u32>, 2u * ((WG + 31u) / 32u)>;
+var<workgroup> hitPos: array<u32, WG>;  // the matching tokens' positions, in position order
+var<workgroup> hitRow: array<u32, WG>;  // their rows, relative to r0
 
-@group(0) @binding(4) var<storage, read> links: array<u32>;
-
-// src = dout [N, d], dst = dtable [V, d] (added to). Workgroup w covers token n = w / colBlocks and
-// columns (w % colBlocks) * WG + lid; only chain heads do any work.
 @compute @workgroup_size(WG)
 fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
   let colBlocks = (p.d + WG - 1u) / WG;
   let w = wid.y * nwg.x + wid.x;
-  let n = w / colBlocks;
-  if (n >= p.N || links[p.N + n] == 0u) { return; }
+  let r0 = (w / colBlocks) * R;
+  let rEnd = min(r0 + R, p.vRows);
   let c = (w % colBlocks) * WG + lid;
-  if (c >= p.d) { return; }
-  var acc = 0.0;
-  var m = n;
-  loop {
-    acc += src[m * p.d + c];
-    m = links[m];
-    if (m >= p.N) { break; }
+  let words = (WG + 31u) / 32u;
+  var acc: array<f32, R>;
+  var hit: array<bool, R>;
+  // Every thread runs every chunk (the barriers need uniform control flow), even past d or past the rows.
+  for (var base = 0u; base < p.N; base += WG) {
+    let mask = ((base / WG) % 2u) * words;
+    let n = base + lid;
+    var mine = false;
+    var row = 0u;
+    if (n < p.N) {
+      let id = tokenId(n);
+      if (id >= p.v0 + r0 && id < p.v0 + rEnd) {
+        mine = true;
+        row = id - p.v0 - r0;
+        atomicOr(&hitMask[mask + lid / 32u], 1u << (lid % 32u));
+      }
+    }
+    workgroupBarrier();
+    var count = 0u;
+    var slot = 0u;
+    for (var j = 0u; j < words; j++) {
+      let bits = atomicLoad(&hitMask[mask + j]);
+      if (j == lid / 32u) { slot = count + countOneBits(bits & ((1u << (lid % 32u)) - 1u)); }
+      count += countOneBits(bits);
+    }
+    if (mine) {
+      hitPos[slot] = n;
+      hitRow[slot] = row;
+    }
+    workgroupBarrier();
+    if (lid < words) { atomicStore(&hitMask[mask + lid], 0u); }
+    if (c < p.d) {
+      for (var k = 0u; k < count; k++) {
+        let r = hitRow[k];
+        acc[r] += src[hitPos[k] * p.d + c];
+        hit[r] = true;
+      }
+    }
   }
-  let id = tokenId(n);
-  if (id < p.v0 || id >= p.v0 + p.vRows) { return; }
-  let row = (id - p.v0) * p.d;
-  dst[row + c] = dst[row + c] + acc;
+  if (c >= p.d) { return; }
+  for (var r = 0u; r0 + r < rEnd; r++) {
+    if (hit[r]) {
+      let e = (r0 + r) * p.d + c;
+      dst[e] = dst[e] + acc[r];
+    }
+  }
 }

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { getGpu } from "../src/gpu/device.ts";
 import { empty, read, submit, upload, write, zeros } from "../src/gpu/tensor.ts";
-import { planEmbeddingBackward, planEmbeddingForward } from "../src/ops/embedding.ts";
+import { embeddingTuning, planEmbeddingBackward, planEmbeddingForward } from "../src/ops/embedding.ts";
 import { embeddingBackward, embeddingForward } from "../src/reference/embedding.ts";
 import { expectClose, randomArray, rng } from "./harness.ts";
 import { expectBitIdentical, gpuFdCheck, probe, runAndRead } from "./ops-fd.ts";
@@ -32,6 +32,7 @@ describe("embedding kernels vs reference", () => {
       const ids = randomIds(N, Math.min(V, 11), 3 * N + V), dout = randomArray(N * d, N * d);
       const I = upload(gpu, ids), Dout = upload(gpu, dout), Dt = zeros(gpu, [V, d]);
       const plan = await planEmbeddingBackward(gpu, { ids: I, dout: Dout, dtable: Dt, N, V, d });
+      expect(plan).toHaveLength(1); // one launch per table part
       submit(gpu, plan);
       const want = embeddingBackward(ids, dout, V, d);
       expectClose(await read(Dt), want, EXACT, "embedding backward onto zeros");
@@ -96,6 +97,39 @@ describe("embedding kernels vs reference", () => {
     // measured max abs 4.5e-8 (the probe is linear in the table: rounding only)
     await gpuFdCheck("embedding dtable", table, Tb, dtable, async () => probe(await runAndRead(gpu, fwd, Out), w), { atol: 3e-7, rtol: 0 });
     for (const t of [I, Tb, Out, W, Dt]) t.release();
+  });
+
+  test("backward over 3 row parts: ids at the part and workgroup row-block edges, clamped ids, several id chunks", async () => {
+    const gpu = await getGpu();
+    // Parts of 64, 2R + 2 and 20 rows (the middle one spans three R-row workgroups); d = 70 is no multiple
+    // of either tuning's WG (64, 256) and N = 300 none of its id chunk.
+    const { R } = embeddingTuning(gpu);
+    const cuts = [0, 64, 64 + 2 * R + 2, 64 + 2 * R + 22], V = cuts[3]!, d = 70, N = 300;
+    const ids = randomIds(N, V, 51);
+    const edges = [0, 63, 64, 65, 64 + R - 1, 64 + R, 64 + 2 * R - 1, 64 + 2 * R, 64 + 2 * R + 1, cuts[2]! - 1, cuts[2]!, V - 1, -4, V + 20];
+    edges.forEach((id, i) => { ids[7 * i] = id; ids[7 * i + 1] = id; });
+    const clamped = ids.map((id) => Math.min(V - 1, Math.max(0, id)));
+    const dout = randomArray(N * d, 52), base = randomArray(V * d, 53);
+    const I = upload(gpu, ids), Dout = upload(gpu, dout);
+    const parts = cuts.slice(1).map((end, k) => ({ tensor: upload(gpu, base.slice(cuts[k]! * d, end * d)), row0: cuts[k]!, rows: end - cuts[k]! }));
+    const plan = await planEmbeddingBackward(gpu, { ids: I, dout: Dout, dtable: parts, N, V, d });
+    expect(plan).toHaveLength(3);
+    submit(gpu, plan);
+    const got = new Float32Array(V * d);
+    for (const p of parts) got.set(await read(p.tensor), p.row0 * d);
+    const want = embeddingBackward(clamped, dout, V, d);
+    expectClose(got, base.map((v, i) => v + want[i]!), EXACT, "embedding backward over row parts");
+    for (const t of [I, Dout, ...parts.map((p) => p.tensor)]) t.release();
+  });
+
+  test("backward with every id equal: one row sums all N rows in position order", async () => {
+    const gpu = await getGpu();
+    const N = 777, V = 9, d = 33;
+    const ids = new Int32Array(N).fill(5), dout = randomArray(N * d, 61);
+    const I = upload(gpu, ids), Dout = upload(gpu, dout), Dt = zeros(gpu, [V, d]);
+    submit(gpu, await planEmbeddingBackward(gpu, { ids: I, dout: Dout, dtable: Dt, N, V, d }));
+    expectClose(await read(Dt), embeddingBackward(ids, dout, V, d), EXACT, "embedding backward, all ids equal");
+    for (const t of [I, Dout, Dt]) t.release();
   });
 
   test("backward is bit-identical run to run (heavy repeats, d spanning several workgroups)", async () => {
