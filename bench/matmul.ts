@@ -23,12 +23,12 @@ export async function benchMatmul(opts: MatmulBenchOptions): Promise<void> {
     const b = upload(gpu, Float32Array.from({ length: n * n }, (_, i) => ((i * 104729) % 1000) / 1000 - 0.5));
     const c = empty(gpu, [n, n]);
     for (const layout of opts.layouts) {
-      const d = await matmul(gpu, { layout, M: n, N: n, K: n, a, b, c, variant: opts.variant });
+      const ds = await matmul(gpu, { layout, M: n, N: n, K: n, a, b, c, variant: opts.variant });
       const flops = matmulFlops(n, n, n);
       const run = async (reps: number) => {
         const enc = gpu.device.createCommandEncoder();
         const pass = enc.beginComputePass();
-        for (let r = 0; r < reps; r++) encode(pass, [d]);
+        for (let r = 0; r < reps; r++) encode(pass, ds);
         pass.end();
         gpu.device.queue.submit([enc.finish()]);
         await gpu.sync();
@@ -48,7 +48,7 @@ export async function benchMatmul(opts: MatmulBenchOptions): Promise<void> {
       print(
         JSON.stringify({
           m: n, n, k: n, layout, gflops: Number(gflops.toFixed(2)), ms_per_matmul: Number(((sec * 1000) / reps).toFixed(3)),
-          reps, kernel: d.kernel.name, tiles: matmulTiles(gpu), adapter: gpu.adapter.name, backend: gpu.adapter.backend,
+          reps, kernel: ds.map((d) => d.kernel.name).join("+"), tiles: matmulTiles(gpu), adapter: gpu.adapter.name, backend: gpu.adapter.backend,
         }),
       );
     }

@@ -1,8 +1,13 @@
 // Tiled f32 matrix multiply, batched: C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b].
 // Layouts (TRANS_A, TRANS_B): nn: A [M,K], B [K,N]; nt: A [M,K], B [N,K] (A B^T); tn: A [K,M], B [K,N] (A^T B).
 // Each workgroup computes a BM x BN tile of C; each thread a TM x TN block held in registers. A and B tiles
-// are staged through workgroup memory BK deep. Any M, N, K works: loads and stores outside are masked.
-// Template parameters: BM BN BK TM TN (TN a multiple of 4), TRANS_A TRANS_B (true/false).
+// are staged through workgroup memory BK deep, double-buffered: while the threads multiply out one tile,
+// the next one's global loads are already in flight into registers, and one barrier per step suffices.
+// Global loads come in groups of 4 elements along each operand's contiguous dimension, so consecutive
+// threads read consecutive addresses; FETCH (template text from src/ops/matmul.ts) reads a group as one
+// vec4 when every stride and extent is 4-aligned and as 4 masked scalars otherwise. Any M, N, K works:
+// loads and stores outside are masked.
+// Template parameters: BM BN BK TM TN (TN, BK and BM multiples of 4), TRANS_A TRANS_B (true/false).
 //
 // Fused extras, each saving a launch (src/ops/matmul.ts writes the template text for them):
 // - zsum > 1: C = alpha * sum_z op(A[z]) op(B[z]) + beta * C, the batches summed into one C (one launch for
@@ -12,12 +17,18 @@
 //   touches is in its layout, so the text must not exist when the launch binds nothing there).
 // - BIAS_GRAD (tn only): the workgroups of the first column block also sum A over K, the bias gradient of a
 //   linear layer whose weight gradient this is: DB[m] = alpha * sum_k A[k, m] + beta * DB[m] (binding 6).
+//
+// Split-K (kSplit > 1, one C only): the K steps of every batch summed into C, (z, k0) in order, are cut
+// into kSplit contiguous runs; the grid's z is the run. Each run writes its raw sums (and bias-gradient
+// sums) to the scratch Part (binding 7, template STORE_OUT / BG_STORE1 text), and splitk_reduce adds the
+// runs in order and applies alpha, beta and the epilogue. A weight gradient whose C is a few tiles but
+// whose K is the token count then fills the GPU instead of looping over K in a few workgroups.
 
 struct Params {
   M: u32, N: u32, K: u32, lda: u32,
   ldb: u32, ldc: u32, offA: u32, offB: u32,
   offC: u32, strideA: u32, strideB: u32, strideC: u32,
-  alpha: f32, beta: f32, zsum: u32, _p1: u32,
+  alpha: f32, beta: f32, zsum: u32, kSplit: u32,
 }
 
 @group(0) @binding(0) var<storage, read> A: array<f32>;
@@ -31,23 +42,35 @@ const BK: u32 = {{BK}}u;
 const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
 const TN4: u32 = TN / 4u;
+const BN4: u32 = BN / 4u;
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
 const NT: u32 = WX * WY;
+const GA: u32 = BM * BK / 4u;      // groups of 4 A elements per tile
+const GB: u32 = BK * BN / 4u;      // groups of 4 B elements per tile
+const RA: u32 = (GA + NT - 1u) / NT; // groups per thread
+const RB: u32 = (GB + NT - 1u) / NT;
 const TRANS_A: bool = {{TRANS_A}};
 const TRANS_B: bool = {{TRANS_B}};
 const BIAS_GRAD: bool = {{BIAS_GRAD}};
 
 {{EPI_DECL}}
+// Split-K's per-run sums: C's [kSplit, M, N], then the bias gradient's [kSplit, M]. Only main in split mode
+// and splitk_reduce touch it.
+@group(0) @binding(7) var<storage, read_write> Part: array<f32>;
 
 // What the epilogue adds to C's element idx (column n, or vec4 column n4).
 fn epi1(idx: u32, n: u32) -> f32 { return 0.0{{EPI1}}; }
 fn epi4(idx: u32, n4: u32) -> vec4<f32> { return vec4<f32>(0.0){{EPI4}}; }
-fn storeBiasGrad1(m: u32, v: f32) { {{BG_STORE1}} }
+fn storeBiasGrad1(s: u32, m: u32, v: f32) { {{BG_STORE1}} }
 fn storeBiasGrad4(m4: u32, v: vec4<f32>) { {{BG_STORE4}} }
+// C's element idx (row m, column n) from the sum `a` over K (run s of a split).
+fn storeOut(s: u32, m: u32, n: u32, idx: u32, a: f32) { {{STORE_OUT}} }
 
-var<workgroup> As: array<f32, BK * BM>;           // As[k * BM + m]
-var<workgroup> Bs: array<vec4<f32>, BK * BN / 4u>; // Bs[k * BN/4 + n/4]
+var<workgroup> As: array<f32, 2u * BK * BM>;           // buffer b: As[b * BK * BM + k * BM + m]
+var<workgroup> Bs: array<vec4<f32>, 2u * BK * BN4>;    // buffer b: Bs[b * BK * BN4 + k * BN4 + n/4]
+var<private> ra: array<vec4<f32>, RA>;                 // the next tile's groups, in flight
+var<private> rb: array<vec4<f32>, RB>;
 
 fn loadA(base: u32, m: u32, k: u32) -> f32 {
   if (m >= p.M || k >= p.K) { return 0.0; }
@@ -61,12 +84,78 @@ fn loadB(base: u32, k: u32, n: u32) -> f32 {
   return B[base + k * p.ldb + n];
 }
 
+// fetchA(base, m, k): A's 4 elements from (m, k) along its contiguous dimension (m for tn, else k);
+// fetchB(base, k, n): B's along its own (k for nt, else n).
+{{FETCH}}
+
+// Group g of a tile: the (row, column) of its first element in the tile, (m, k) for A and (k, n) for B.
+fn groupA(g: u32) -> vec2<u32> {
+  if (TRANS_A) { return vec2<u32>((g % (BM / 4u)) * 4u, g / (BM / 4u)); }
+  return vec2<u32>(g / (BK / 4u), (g % (BK / 4u)) * 4u);
+}
+fn groupB(g: u32) -> vec2<u32> {
+  if (TRANS_B) { return vec2<u32>((g % (BK / 4u)) * 4u, g / (BK / 4u)); }
+  return vec2<u32>(g / BN4, (g % BN4) * 4u);
+}
+
+// Issues the global loads of K step t (batch z + t / nK, k0 = (t % nK) * BK) into ra / rb.
+fn fetchTile(t: u32, nK: u32, z: u32, m0: u32, n0: u32, lid: u32) {
+  let zz = z + t / nK;
+  let k0 = (t % nK) * BK;
+  let baseA = p.offA + zz * p.strideA;
+  let baseB = p.offB + zz * p.strideB;
+  for (var r = 0u; r < RA; r++) {
+    let g = lid + r * NT;
+    if (g < GA) { let mk = groupA(g); ra[r] = fetchA(baseA, m0 + mk.x, k0 + mk.y); }
+  }
+  for (var r = 0u; r < RB; r++) {
+    let g = lid + r * NT;
+    if (g < GB) { let kn = groupB(g); rb[r] = fetchB(baseB, k0 + kn.x, n0 + kn.y); }
+  }
+}
+
+// Writes ra / rb into workgroup buffer `buf`, A transposed to k-major so the inner loop reads rows of k.
+fn storeTile(buf: u32, lid: u32) {
+  let oa = buf * BK * BM;
+  let ob = buf * BK * BN4;
+  for (var r = 0u; r < RA; r++) {
+    let g = lid + r * NT;
+    if (g >= GA) { break; }
+    let mk = groupA(g);
+    for (var c = 0u; c < 4u; c++) {
+      if (TRANS_A) { As[oa + mk.y * BM + mk.x + c] = ra[r][c]; } else { As[oa + (mk.y + c) * BM + mk.x] = ra[r][c]; }
+    }
+  }
+  for (var r = 0u; r < RB; r++) {
+    let g = lid + r * NT;
+    if (g >= GB) { break; }
+    let kn = groupB(g);
+    if (TRANS_B) {
+      for (var c = 0u; c < 4u; c++) { Bs[ob + (kn.x + c) * BN4 + kn.y / 4u][kn.y % 4u] = rb[r][c]; }
+    } else {
+      Bs[ob + kn.x * BN4 + kn.y / 4u] = rb[r];
+    }
+  }
+}
+
 @compute @workgroup_size(WX, WY, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
   let lid = lid3.y * WX + lid3.x;
   let m0 = wg.y * BM;
   let n0 = wg.x * BN;
-  let baseC = p.offC + wg.z * p.strideC;
+  // With split-K the grid's z is the run; there is one C (batch 0).
+  let split = p.kSplit > 1u;
+  let z = select(wg.z, 0u, split);
+  let baseC = p.offC + z * p.strideC;
+  let nK = (p.K + BK - 1u) / BK;
+  let steps = max(p.zsum, 1u) * nK;
+  var t0 = 0u;
+  var t1 = steps;
+  if (split) {
+    let per = (steps + p.kSplit - 1u) / p.kSplit;
+    t0 = min(steps, wg.z * per);
+    t1 = min(steps, t0 + per);
+  }
   // Only the first column block's threads of column 0 sum A for the bias gradient.
   let sumA = BIAS_GRAD && wg.x == 0u && lid3.x == 0u;
 
@@ -74,52 +163,58 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
   for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
   var colA: array<f32, TM>;
 
-  for (var z = 0u; z < max(p.zsum, 1u); z++) {
-    let baseA = p.offA + (wg.z + z) * p.strideA;
-    let baseB = p.offB + (wg.z + z) * p.strideB;
-    for (var k0 = 0u; k0 < p.K; k0 += BK) {
-      // Stage the A tile; consecutive threads walk the contiguous dimension of A in memory.
-      for (var i = lid; i < BM * BK; i += NT) {
-        var m: u32; var k: u32;
-        if (TRANS_A) { m = i % BM; k = i / BM; } else { k = i % BK; m = i / BK; }
-        As[k * BM + m] = loadA(baseA, m0 + m, k0 + k);
+  if (t0 < t1) {
+    fetchTile(t0, nK, z, m0, n0, lid);
+    storeTile(0u, lid);
+  }
+  workgroupBarrier();
+  for (var t = t0; t < t1; t++) {
+    let cur = (t - t0) % 2u;
+    let more = t + 1u < t1;
+    if (more) { fetchTile(t + 1u, nK, z, m0, n0, lid); }
+    let oa = cur * BK * BM;
+    let ob = cur * BK * BN4;
+    for (var k = 0u; k < BK; k++) {
+      var b: array<vec4<f32>, TN4>;
+      for (var j = 0u; j < TN4; j++) { b[j] = Bs[ob + k * BN4 + lid3.x * TN4 + j]; }
+      for (var i = 0u; i < TM; i++) {
+        let a = As[oa + k * BM + lid3.y * TM + i];
+        if (sumA) { colA[i] += a; }
+        for (var j = 0u; j < TN4; j++) { acc[i * TN4 + j] = fma(vec4<f32>(a), b[j], acc[i * TN4 + j]); }
       }
-      // Stage the B tile, four columns at a time.
-      for (var i = lid; i < BK * BN / 4u; i += NT) {
-        var k: u32; var n: u32;
-        if (TRANS_B) { k = i % BK; n = (i / BK) * 4u; } else { n = (i % (BN / 4u)) * 4u; k = i / (BN / 4u); }
-        let kk = k0 + k;
-        let nn = n0 + n;
-        Bs[k * (BN / 4u) + n / 4u] = vec4<f32>(loadB(baseB, kk, nn), loadB(baseB, kk, nn + 1u),
-                                               loadB(baseB, kk, nn + 2u), loadB(baseB, kk, nn + 3u));
-      }
-      workgroupBarrier();
-
-      for (var k = 0u; k < BK; k++) {
-        var b: array<vec4<f32>, TN4>;
-        for (var j = 0u; j < TN4; j++) { b[j] = Bs[k * (BN / 4u) + lid3.x * TN4 + j]; }
-        for (var i = 0u; i < TM; i++) {
-          let a = As[k * BM + lid3.y * TM + i];
-          if (sumA) { colA[i] += a; }
-          for (var j = 0u; j < TN4; j++) { acc[i * TN4 + j] = fma(vec4<f32>(a), b[j], acc[i * TN4 + j]); }
-        }
-      }
-      workgroupBarrier();
     }
+    // The other buffer was last read in step t - 1, which every thread finished before the barrier below it.
+    if (more) { storeTile(1u - cur, lid); }
+    workgroupBarrier();
   }
 
   for (var i = 0u; i < TM; i++) {
     let m = m0 + lid3.y * TM + i;
     if (m >= p.M) { break; }
-    if (sumA) { storeBiasGrad1(m, colA[i]); }
+    if (sumA) { storeBiasGrad1(wg.z, m, colA[i]); }
     for (var j = 0u; j < TN; j++) {
       let n = n0 + lid3.x * TN + j;
       if (n >= p.N) { break; }
-      let idx = baseC + m * p.ldc + n;
-      var v = p.alpha * acc[i * TN4 + j / 4u][j % 4u];
-      if (p.beta != 0.0) { v += p.beta * C[idx]; }
-      C[idx] = v + epi1(idx, n);
+      storeOut(wg.z, m, n, baseC + m * p.ldc + n, acc[i * TN4 + j / 4u][j % 4u]);
     }
+  }
+}
+
+// Split-K, second pass: one thread per element of C adds the kSplit runs in order (and the bias-gradient
+// runs, in column 0's thread), then applies alpha, beta and the epilogue through the same store functions.
+@compute @workgroup_size(256)
+fn splitk_reduce(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = g.x + g.y * nwg.x * 256u;
+  if (i >= p.M * p.N) { return; }
+  let m = i / p.N;
+  let n = i % p.N;
+  var s = 0.0;
+  for (var r = 0u; r < p.kSplit; r++) { s += Part[r * p.M * p.N + i]; }
+  storeOut(0u, m, n, p.offC + m * p.ldc + n, s);
+  if (BIAS_GRAD && n == 0u) {
+    var sb = 0.0;
+    for (var r = 0u; r < p.kSplit; r++) { sb += Part[p.kSplit * p.M * p.N + r * p.M + m]; }
+    storeBiasGrad1(0u, m, sb);
   }
 }
 

@@ -1,7 +1,7 @@
 import { describe, test, expect } from "bun:test";
 import { getGpu } from "../src/gpu/device.ts";
 import { upload, read, submit, zeros } from "../src/gpu/tensor.ts";
-import { matmul, type Layout } from "../src/ops/matmul.ts";
+import { matmul, matmulTiles, type Layout } from "../src/ops/matmul.ts";
 import { matmulRef } from "../src/reference/matmul.ts";
 import { expectClose, randomArray } from "./harness.ts";
 
@@ -30,7 +30,7 @@ async function runCase(layout: Layout, M: number, N: number, K: number, batch = 
   const A = upload(gpu, a);
   const B = upload(gpu, b);
   const C = beta !== 0 ? upload(gpu, c0) : zeros(gpu, [batch * M * N]);
-  submit(gpu, [await matmul(gpu, { layout, M, N, K, a: A, b: B, c: C, batch, beta, variant })]);
+  submit(gpu, await matmul(gpu, { layout, M, N, K, a: A, b: B, c: C, batch, beta, variant }));
   const got = await read(C);
   const want = matmulRef(layout, a, b, M, N, K, batch, beta !== 0 ? c0 : undefined, 1, beta);
   for (const t of [A, B, C]) t.release();
@@ -75,7 +75,7 @@ describe("matmul kernel vs reference", () => {
     const A = upload(gpu, big);
     const B = upload(gpu, b);
     const C = zeros(gpu, [3 + M * N]);
-    submit(gpu, [await matmul(gpu, { layout: "nn", M, N, K, a: A, b: B, c: C, lda, offA: 4, offC: 3 })]);
+    submit(gpu, await matmul(gpu, { layout: "nn", M, N, K, a: A, b: B, c: C, lda, offA: 4, offC: 3 }));
     const got = (await read(C)).slice(3);
     expectClose(got, matmulRef("nn", sub, b, M, N, K), { atol: 6e-7, rtol: 0 }, "matmul with offsets"); // measured max abs 1.8e-7
     for (const t of [A, B, C]) t.release();
@@ -104,7 +104,7 @@ describe("matmul fused extras vs reference", () => {
       const a = randomArray(batch * M * K, 71), b = randomArray(batch * N * K, 72);
       const r = randomArray(batch * M * N, 73), bias = randomArray(N, 74);
       const [A, B, R, Bias, C] = [upload(gpu, a), upload(gpu, b), upload(gpu, r), upload(gpu, bias), zeros(gpu, [batch * M * N])];
-      submit(gpu, [await matmul(gpu, { layout: "nt", M, N, K, a: A, b: B, c: C, batch, residual: R, bias: Bias, variant })]);
+      submit(gpu, await matmul(gpu, { layout: "nt", M, N, K, a: A, b: B, c: C, batch, residual: R, bias: Bias, variant }));
       const want = matmulRef("nt", a, b, M, N, K, batch);
       for (let i = 0; i < want.length; i++) want[i] = want[i]! + r[i]! + bias[i % N]!;
       expectClose(await read(C), want, tol(K), `${variant} residual + bias`);
@@ -117,7 +117,7 @@ describe("matmul fused extras vs reference", () => {
         const batch = 3, M = 16, N = 8, K = 12;
         const a = randomArray(batch * M * K, 81), b = randomArray(batch * K * N, 82), c0 = randomArray(M * N, 83);
         const [A, B, C] = [upload(gpu, a), upload(gpu, b), upload(gpu, c0)];
-        submit(gpu, [await matmul(gpu, { layout, M, N, K, a: A, b: B, c: C, batch, sumBatches: true, beta: 1, variant })]);
+        submit(gpu, await matmul(gpu, { layout, M, N, K, a: A, b: B, c: C, batch, sumBatches: true, beta: 1, variant }));
         const each = matmulRef(layout, a, b, M, N, K, batch);
         const want = Float32Array.from(c0);
         for (let z = 0; z < batch; z++) for (let i = 0; i < M * N; i++) want[i] = want[i]! + each[z * M * N + i]!;
@@ -134,7 +134,7 @@ describe("matmul fused extras vs reference", () => {
         const M = 44, N = 72, K = 37;
         const a = randomArray(K * M, 91), b = randomArray(K * N, 92), db0 = randomArray(M, 93);
         const [A, B, C, DB] = [upload(gpu, a), upload(gpu, b), zeros(gpu, [M * N]), upload(gpu, db0)];
-        submit(gpu, [await matmul(gpu, { layout: "tn", M, N, K, a: A, b: B, c: C, biasGrad: DB, beta, variant })]);
+        submit(gpu, await matmul(gpu, { layout: "tn", M, N, K, a: A, b: B, c: C, biasGrad: DB, beta, variant }));
         expectClose(await read(C), matmulRef("tn", a, b, M, N, K), tol(K), `${variant} dW`);
         const want = new Float32Array(M);
         for (let m = 0; m < M; m++) {
@@ -154,4 +154,84 @@ describe("matmul fused extras vs reference", () => {
     await expect(matmul(gpu, { layout: "nn", M: 4, N: 4, K: 4, a: A, b: A, c: A, biasGrad: A })).rejects.toThrow(/biasGrad/);
     A.release();
   });
+});
+
+describe("matmul split-K and GPU tiles vs reference", () => {
+  // Split-K only reorders the f32 sum over K into runs added in order: the same error bound holds.
+  // K = 300 is 19 steps of BK 16: 4 runs of 5, 5, 5, 4 steps; 7 runs leave the last ones short; 25 runs
+  // leave runs with no steps at all, which must still write their zeros.
+  for (const layout of LAYOUTS) {
+    for (const [M, N, splitK] of [[37, 21, 4], [64, 68, 7], [5, 8, 25]] as const) {
+      test(`${layout} ${M}x${N}x300 in ${splitK} runs, beta 1`, async () => {
+        const gpu = await getGpu();
+        const K = 300;
+        const a = randomArray(M * K, 101 + M), b = randomArray(K * N, 102 + N), c0 = randomArray(M * N, 103);
+        const [A, B, C] = [upload(gpu, a), upload(gpu, b), upload(gpu, c0)];
+        const plan = await matmul(gpu, { layout, M, N, K, a: A, b: B, c: C, beta: 1, alpha: 0.5, variant: "tiled", splitK });
+        expect(plan.map((d) => d.kernel.name)).toEqual(["matmul.wgsl:main", "matmul.wgsl:splitk_reduce"]);
+        submit(gpu, plan);
+        expectClose(await read(C), matmulRef(layout, a, b, M, N, K, 1, c0, 0.5, 1), tol(K), `split ${layout}`);
+        for (const t of [A, B, C]) t.release();
+      });
+    }
+  }
+
+  test("split-K with summed batches, the bias gradient, a residual and a bias", async () => {
+    const gpu = await getGpu();
+    const batch = 2, M = 24, N = 20, K = 70;
+    const a = randomArray(batch * K * M, 111), b = randomArray(batch * K * N, 112);
+    const r = randomArray(M * N, 113), bias = randomArray(N, 114), db0 = randomArray(M, 115);
+    const [A, B, R, Bias, DB, C] = [upload(gpu, a), upload(gpu, b), upload(gpu, r), upload(gpu, bias), upload(gpu, db0), zeros(gpu, [M * N])];
+    submit(gpu, await matmul(gpu, {
+      layout: "tn", M, N, K, a: A, b: B, c: C, batch, sumBatches: true, residual: R, bias: Bias, biasGrad: DB, beta: 1, variant: "tiled", splitK: 3,
+    }));
+    const each = matmulRef("tn", a, b, M, N, K, batch);
+    const want = new Float32Array(M * N);
+    for (let i = 0; i < M * N; i++) want[i] = each[i]! + each[M * N + i]! + r[i]! + bias[i % N]!;
+    expectClose(await read(C), want, tol(batch * K), "split summed + epilogue");
+    const wantDb = Float32Array.from(db0);
+    for (let z = 0; z < batch; z++) for (let k = 0; k < K; k++) for (let m = 0; m < M; m++) wantDb[m] = wantDb[m]! + a[(z * K + k) * M + m]!;
+    expectClose(await read(DB), wantDb, tol(batch * K), "split bias gradient");
+    for (const t of [A, B, R, Bias, DB, C]) t.release();
+  });
+
+  test("split-K is refused where it cannot apply", async () => {
+    const gpu = await getGpu();
+    const A = zeros(gpu, [64]);
+    await expect(matmul(gpu, { layout: "nn", M: 4, N: 4, K: 4, a: A, b: A, c: A, batch: 2, splitK: 2, variant: "tiled" })).rejects.toThrow(/one C/);
+    await expect(matmul(gpu, { layout: "nn", M: 4, N: 4, K: 4, a: A, b: A, c: A, splitK: 2, variant: "vec4" })).rejects.toThrow(/split-K/);
+    A.release();
+  });
+
+  // What auto picks: the GPU tuning splits a weight gradient whose C is a few tiles and whose K is long
+  // (the router's dW: E x dSub over every sub-token); CPU adapters never split (the scripts run this file
+  // under both tunings). The result is checked either way.
+  test("auto: a long-K product with a small C", async () => {
+    const gpu = await getGpu();
+    const M = 16, N = 48, K = 2048;
+    const a = randomArray(K * M, 121), b = randomArray(K * N, 122);
+    const [A, B, C] = [upload(gpu, a), upload(gpu, b), zeros(gpu, [M * N])];
+    const plan = await matmul(gpu, { layout: "tn", M, N, K, a: A, b: B, c: C });
+    expect(plan.length).toBe(gpu.isCpu ? 1 : 2);
+    submit(gpu, plan);
+    expectClose(await read(C), matmulRef("tn", a, b, M, N, K), tol(K), "auto split");
+    for (const t of [A, B, C]) t.release();
+  });
+
+  // The GPU tuning takes 128 x 128 tiles once the grid has 96 of them: 1290 x 1290 is 11 x 11, with
+  // partial tiles at both edges; unaligned (scalar loads) and aligned (vec4 loads).
+  for (const M of [1290, 1288]) {
+    test(`tiled ${M}x${M}x12 (big tiles under the GPU tuning)`, async () => {
+      const gpu = await getGpu();
+      const N = M, K = 12;
+      const a = randomArray(M * K, 131), b = randomArray(N * K, 132);
+      const [A, B, C] = [upload(gpu, a), upload(gpu, b), zeros(gpu, [M * N])];
+      const [d] = await matmul(gpu, { layout: "nt", M, N, K, a: A, b: B, c: C, variant: "tiled" });
+      const big = matmulTiles(gpu).big;
+      expect(d!.workgroups).toEqual(big ? [11, 11, 1] : [Math.ceil(N / 64), Math.ceil(M / 64), 1]);
+      submit(gpu, [d!]);
+      expectClose(await read(C), matmulRef("nt", a, b, M, N, K), tol(K), "big tiles");
+      for (const t of [A, B, C]) t.release();
+    });
+  }
 });

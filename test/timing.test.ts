@@ -14,7 +14,7 @@ test("timePasses times each group in its own pass; more work takes longer", asyn
   const n = 192;
   const a = upload(gpu, randomArray(n * n, 1)), b = upload(gpu, randomArray(n * n, 2)), c = empty(gpu, [n, n]);
   const mm = await matmul(gpu, { layout: "nn", M: n, N: n, K: n, a, b, c });
-  const small = [mm], large = Array.from({ length: 12 }, () => mm);
+  const small = mm, large = Array.from({ length: 12 }, () => mm).flat();
   await timePasses(gpu, [small]); // warm-up
   const r = await timePasses(gpu, [small, large, small]);
   if (!r.ok) throw new Error(`timestamps unusable on an adapter that has the feature: ${r.reason}`);

@@ -109,12 +109,12 @@ async function planForward(gpu: Gpu, c: ModelConfig, io: AttentionIo, W: ParamSt
   const fwd: Dispatch[] = [];
   fwd.push(...(await planRmsNormForward(gpu, { x, w: W.get(`${p}.input_layernorm.weight`), y: s.a, rstd: s.rstd, N, d, eps: l.eps })));
   if (qkv) {
-    fwd.push(await matmul(gpu, { layout: "nt", M: N, N: d, K: d, a: s.a, b: l.fusedW!, c: qkv, batch: 3, strideA: 0, strideB: d * d, strideC: N * d }));
+    fwd.push(...(await matmul(gpu, { layout: "nt", M: N, N: d, K: d, a: s.a, b: l.fusedW!, c: qkv, batch: 3, strideA: 0, strideB: d * d, strideC: N * d })));
     if (l.ropeLaunches) fwd.push(...(await planRopeForward(gpu, { x: tensorView(qkv, 0, [2 * N, d], `${p}.qk`), table, B: 2 * B, T, H, dHead })));
   } else {
-    fwd.push(await linear(gpu, s.a, W.get(`${p}.self_attn.q_proj.weight`), s.q, N, d, d));
-    fwd.push(await linear(gpu, s.a, W.get(`${p}.self_attn.k_proj.weight`), s.k, N, d, d));
-    fwd.push(await linear(gpu, s.a, W.get(`${p}.self_attn.v_proj.weight`), s.v, N, d, d));
+    fwd.push(...(await linear(gpu, s.a, W.get(`${p}.self_attn.q_proj.weight`), s.q, N, d, d)));
+    fwd.push(...(await linear(gpu, s.a, W.get(`${p}.self_attn.k_proj.weight`), s.k, N, d, d)));
+    fwd.push(...(await linear(gpu, s.a, W.get(`${p}.self_attn.v_proj.weight`), s.v, N, d, d)));
     if (l.ropeLaunches) {
       fwd.push(...(await planRopeForward(gpu, { x: s.q, table, B, T, H, dHead })));
       fwd.push(...(await planRopeForward(gpu, { x: s.k, table, B, T, H, dHead })));
@@ -122,7 +122,7 @@ async function planForward(gpu: Gpu, c: ModelConfig, io: AttentionIo, W: ParamSt
   }
   const ropeTable = l.ropeLaunches ? undefined : table;
   fwd.push(...(await planAttentionForward(gpu, { B, T, H, dHead, causal: io.causal, ropeTable, q: s.q, k: s.k, v: s.v, o: s.o, lse: s.lse })));
-  fwd.push(await linear(gpu, s.o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 0, { residual: x })); // xMid = x + o Wo^T
+  fwd.push(...(await linear(gpu, s.o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 0, { residual: x }))); // xMid = x + o Wo^T
   return fwd;
 }
 
@@ -143,8 +143,8 @@ async function planBackward(gpu: Gpu, io: AttentionIo, W: ParamStore, G: ParamSt
   const da = Sc.f32([N, d], "da");
   const delta = Sc.f32(attentionSavedShapes({ B, T, H, dHead }).delta, "attn.delta");
   const bwd: Dispatch[] = [];
-  bwd.push(await linearDx(gpu, dRes, W.get(`${p}.self_attn.o_proj.weight`), dO, N, d, d));
-  bwd.push(await linearDw(gpu, dRes, s.o, G.get(`${p}.self_attn.o_proj.weight`), N, d, d));
+  bwd.push(...(await linearDx(gpu, dRes, W.get(`${p}.self_attn.o_proj.weight`), dO, N, d, d)));
+  bwd.push(...(await linearDw(gpu, dRes, s.o, G.get(`${p}.self_attn.o_proj.weight`), N, d, d)));
   const ropeTable = l.ropeLaunches ? undefined : table;
   bwd.push(...(await planAttentionBackward(gpu, { B, T, H, dHead, causal: io.causal, ropeTable, q: s.q, k: s.k, v: s.v, o: s.o, lse: s.lse, dO, dq, dk, dv, delta })));
   if (l.ropeLaunches && l.fusedG) bwd.push(...(await planRopeBackward(gpu, { x: tensorView(dqkv!, 0, [2 * N, d], "dqk"), table, B: 2 * B, T, H, dHead })));
@@ -156,15 +156,15 @@ async function planBackward(gpu: Gpu, io: AttentionIo, W: ParamStore, G: ParamSt
   if (io.recompute) bwd.push(...(await planRmsNormForward(gpu, { x: io.x, w: W.get(`${p}.input_layernorm.weight`), y: s.a, rstd: s.rstd, N, d, eps: l.eps })));
   if (l.fusedG) {
     // da = dq Wq + dk Wk + dv Wv as one launch summing the three products.
-    bwd.push(await matmul(gpu, { layout: "nn", M: N, N: d, K: d, a: dqkv!, b: l.fusedW!, c: da, batch: 3, strideA: N * d, strideB: d * d, sumBatches: true }));
-    bwd.push(await matmul(gpu, { layout: "tn", M: d, N: d, K: N, a: dqkv!, b: s.a, c: l.fusedG, batch: 3, strideA: N * d, strideB: 0, strideC: d * d, beta: 1 }));
+    bwd.push(...(await matmul(gpu, { layout: "nn", M: N, N: d, K: d, a: dqkv!, b: l.fusedW!, c: da, batch: 3, strideA: N * d, strideB: d * d, sumBatches: true })));
+    bwd.push(...(await matmul(gpu, { layout: "tn", M: d, N: d, K: N, a: dqkv!, b: s.a, c: l.fusedG, batch: 3, strideA: N * d, strideB: 0, strideC: d * d, beta: 1 })));
   } else {
-    bwd.push(await linearDx(gpu, dq, W.get(`${p}.self_attn.q_proj.weight`), da, N, d, d));
-    bwd.push(await linearDx(gpu, dk, W.get(`${p}.self_attn.k_proj.weight`), da, N, d, d, 1));
-    bwd.push(await linearDx(gpu, dv, W.get(`${p}.self_attn.v_proj.weight`), da, N, d, d, 1));
-    bwd.push(await linearDw(gpu, dq, s.a, G.get(`${p}.self_attn.q_proj.weight`), N, d, d));
-    bwd.push(await linearDw(gpu, dk, s.a, G.get(`${p}.self_attn.k_proj.weight`), N, d, d));
-    bwd.push(await linearDw(gpu, dv, s.a, G.get(`${p}.self_attn.v_proj.weight`), N, d, d));
+    bwd.push(...(await linearDx(gpu, dq, W.get(`${p}.self_attn.q_proj.weight`), da, N, d, d)));
+    bwd.push(...(await linearDx(gpu, dk, W.get(`${p}.self_attn.k_proj.weight`), da, N, d, d, 1)));
+    bwd.push(...(await linearDx(gpu, dv, W.get(`${p}.self_attn.v_proj.weight`), da, N, d, d, 1)));
+    bwd.push(...(await linearDw(gpu, dq, s.a, G.get(`${p}.self_attn.q_proj.weight`), N, d, d)));
+    bwd.push(...(await linearDw(gpu, dk, s.a, G.get(`${p}.self_attn.k_proj.weight`), N, d, d)));
+    bwd.push(...(await linearDw(gpu, dv, s.a, G.get(`${p}.self_attn.v_proj.weight`), N, d, d)));
   }
   bwd.push(...(await planRmsNormBackward(gpu, { dy: da, x: io.x, w: W.get(`${p}.input_layernorm.weight`), rstd: s.rstd, dx: dRes, dw: G.get(`${p}.input_layernorm.weight`), N, d, accumulateDx: true })));
   return bwd;

@@ -171,13 +171,13 @@ export class Decoder {
       const kCache = A.f32([maxT, d], `${p}.k_cache`), vCache = A.f32([maxT, d], `${p}.v_cache`);
       this.caches.push({ k: kCache, v: vCache });
       fwd.push(...(await planRmsNormForward(gpu, { x: xs[l]!, w: W.get(`${p}.input_layernorm.weight`), y: a, rstd, N: 1, d, eps })));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, 1, d, d));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, 1, d, d));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, 1, d, d));
+      fwd.push(...(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, 1, d, d)));
+      fwd.push(...(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, 1, d, d)));
+      fwd.push(...(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, 1, d, d)));
       fwd.push(...(await planRopeAppend(gpu, { ...shape, q, k, v, kCache, vCache, table, state: this.state })));
       fwd.push(...(await planDecodeAttention(gpu, { ...shape, q, kCache, vCache, state: this.state, scores, o, WG: this.opts.attentionWG })));
       fwd.push(...(await planCopy(gpu, { src: xs[l]!, dst: xMid, rows: 1, cols: d })));
-      fwd.push(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, 1, d, d, 1));
+      fwd.push(...(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, 1, d, d, 1)));
       fwd.push(...(await planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd, N: 1, d, eps })));
       fwd.push(...(await planCopy(gpu, { src: xMid, dst: xs[l + 1]!, rows: 1, cols: d })));
       const io = { N: 1, width: d, m, out: xs[l + 1]!, dOut: null, dm: null };
@@ -195,7 +195,7 @@ export class Decoder {
     const head = W.rowParts(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     this.tail = [
       ...(await planRmsNormForward(gpu, { x: this.xLast, w: W.get("model.norm.weight"), y: xf, rstd, N: 1, d, eps })),
-      ...(await Promise.all(head.map((p) => matmul(gpu, { layout: "nt", M: 1, N: p.rows, K: d, a: xf, b: p.tensor, c: this.logits, ldc: V, offC: p.row0 })))),
+      ...(await Promise.all(head.map((p) => matmul(gpu, { layout: "nt", M: 1, N: p.rows, K: d, a: xf, b: p.tensor, c: this.logits, ldc: V, offC: p.row0 })))).flat(),
     ];
     fwd.push(...this.tail);
   }
@@ -213,16 +213,16 @@ export class Decoder {
     for (let l = 0; l < L; l++) {
       const p = lp(l), cache = this.caches[l]!;
       fwd.push(...(await planRmsNormForward(gpu, { x, w: W.get(`${p}.input_layernorm.weight`), y: a, rstd, N, d, eps })));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, N, d, d));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, N, d, d));
-      fwd.push(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, N, d, d));
+      fwd.push(...(await linear(gpu, a, W.get(`${p}.self_attn.q_proj.weight`), q, N, d, d)));
+      fwd.push(...(await linear(gpu, a, W.get(`${p}.self_attn.k_proj.weight`), k, N, d, d)));
+      fwd.push(...(await linear(gpu, a, W.get(`${p}.self_attn.v_proj.weight`), v, N, d, d)));
       fwd.push(...(await planRopeForward(gpu, { x: q, table: this.table, B: 1, T: P, H, dHead })));
       fwd.push(...(await planRopeForward(gpu, { x: k, table: this.table, B: 1, T: P, H, dHead })));
       fwd.push(...(await planCopy(gpu, { src: k, dst: cache.k, rows: N, cols: d })));
       fwd.push(...(await planCopy(gpu, { src: v, dst: cache.v, rows: N, cols: d })));
       fwd.push(...(await planAttentionForward(gpu, { B: 1, T: P, H, dHead, q, k, v, o, lse })));
       fwd.push(...(await planCopy(gpu, { src: x, dst: xMid, rows: N, cols: d })));
-      fwd.push(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 1));
+      fwd.push(...(await linear(gpu, o, W.get(`${p}.self_attn.o_proj.weight`), xMid, N, d, d, 1)));
       fwd.push(...(await planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd, N, d, eps })));
       fwd.push(...(await planCopy(gpu, { src: xMid, dst: x, rows: N, cols: d })));
       const io = { N, width: d, m, out: x, dOut: null, dm: null };

@@ -61,17 +61,17 @@ export interface FfnIo {
 export function linear(
   gpu: Gpu, x: Tensor, w: Tensor, y: Tensor, rows: number, inF: number, outF: number, beta = 0,
   add: { bias?: Tensor; residual?: Tensor } = {},
-): Promise<Dispatch> {
+): Promise<Dispatch[]> {
   return matmul(gpu, { layout: "nt", M: rows, N: outF, K: inF, a: x, b: w, c: y, beta, ...add });
 }
 
 /** dx (+)= dy W for dy [rows, out], W [out, in]. */
-export function linearDx(gpu: Gpu, dy: Tensor, w: Tensor, dx: Tensor, rows: number, inF: number, outF: number, beta = 0): Promise<Dispatch> {
+export function linearDx(gpu: Gpu, dy: Tensor, w: Tensor, dx: Tensor, rows: number, inF: number, outF: number, beta = 0): Promise<Dispatch[]> {
   return matmul(gpu, { layout: "nn", M: rows, N: inF, K: outF, a: dy, b: w, c: dx, beta });
 }
 
 /** dW += dy^T x for dy [rows, out], x [rows, in] (gradients always accumulate), and dbias += sum of dy's rows. */
-export function linearDw(gpu: Gpu, dy: Tensor, x: Tensor, dw: Tensor, rows: number, inF: number, outF: number, dbias?: Tensor): Promise<Dispatch> {
+export function linearDw(gpu: Gpu, dy: Tensor, x: Tensor, dw: Tensor, rows: number, inF: number, outF: number, dbias?: Tensor): Promise<Dispatch[]> {
   return matmul(gpu, { layout: "tn", M: outF, N: inF, K: rows, a: dy, b: x, c: dw, beta: 1, ...(dbias ? { biasGrad: dbias } : {}) });
 }
 
@@ -106,7 +106,7 @@ export async function planDenseFfn(
     groupedMatmul(gpu, { layout, E: 1, M: N, N: n, K: k, a, b, c, offsets, fuse });
   const forward: Dispatch[] = [
     await grouped("nt", I, d, io.m, w.up, upPre, silu ? { kind: "swiglu", gate: w.gate!, gatePre: gatePre!, hidden } : { kind: "gelu", hidden }),
-    await linear(gpu, hidden, w.down, io.out, N, I, d, io.residual ? 0 : 1, io.residual ? { residual: io.residual } : {}),
+    ...(await linear(gpu, hidden, w.down, io.out, N, I, d, io.residual ? 0 : 1, io.residual ? { residual: io.residual } : {})),
   ];
   if (!g || !io.dOut || !io.dm) return { forward, backward: [] };
 
@@ -121,18 +121,18 @@ export async function planDenseFfn(
   const backward: Dispatch[] = [
     await grouped("nn", I, d, io.dOut, w.down, dUpPre, silu ? { kind: "swiglu_bwd", gatePre: gatePre!, upPre, dGatePre: dGatePre! } : { kind: "gelu_bwd", upPre }),
     ...recomputeHidden,
-    await linearDw(gpu, io.dOut, hidden, g.down, N, I, d),
+    ...(await linearDw(gpu, io.dOut, hidden, g.down, N, I, d)),
   ];
   if (fused) {
-    backward.push(await matmul(gpu, { layout: "nn", M: N, N: d, K: I, a: dPre!, b: w.gateUp!, c: io.dm, batch: 2, strideA: N * I, strideB: I * d, sumBatches: true, beta: b0 }));
-    backward.push(await matmul(gpu, { layout: "tn", M: I, N: d, K: N, a: dPre!, b: io.m, c: g.gateUp!, batch: 2, strideA: N * I, strideB: 0, strideC: I * d, beta: 1 }));
+    backward.push(...(await matmul(gpu, { layout: "nn", M: N, N: d, K: I, a: dPre!, b: w.gateUp!, c: io.dm, batch: 2, strideA: N * I, strideB: I * d, sumBatches: true, beta: b0 })));
+    backward.push(...(await matmul(gpu, { layout: "tn", M: I, N: d, K: N, a: dPre!, b: io.m, c: g.gateUp!, batch: 2, strideA: N * I, strideB: 0, strideC: I * d, beta: 1 })));
     return { forward, backward };
   }
   if (silu) {
-    backward.push(await linearDx(gpu, dGatePre!, w.gate!, io.dm, N, d, I, b0));
-    backward.push(await linearDw(gpu, dGatePre!, io.m, g.gate!, N, d, I));
+    backward.push(...(await linearDx(gpu, dGatePre!, w.gate!, io.dm, N, d, I, b0)));
+    backward.push(...(await linearDw(gpu, dGatePre!, io.m, g.gate!, N, d, I)));
   }
-  backward.push(await linearDx(gpu, dUpPre, w.up, io.dm, N, d, I, silu ? 1 : b0));
-  backward.push(await linearDw(gpu, dUpPre, io.m, g.up, N, d, I));
+  backward.push(...(await linearDx(gpu, dUpPre, w.up, io.dm, N, d, I, silu ? 1 : b0)));
+  backward.push(...(await linearDw(gpu, dUpPre, io.m, g.up, N, d, I)));
   return { forward, backward };
 }

@@ -73,7 +73,7 @@ export async function planMoeBlock(
   // 1-2. head projection; the split into S sub-tokens of dSub is the same memory read as [S, dSub].
   const s = head ? A.f32([N, d], `${p}.u`) : m;
   if (head) {
-    fwd.push(await linear(gpu, m, W.get(`${p}.head_proj.weight`), s, N, d, d, 0, { bias: W.get(`${p}.head_proj.bias`) }));
+    fwd.push(...(await linear(gpu, m, W.get(`${p}.head_proj.weight`), s, N, d, d, 0, { bias: W.get(`${p}.head_proj.bias`) })));
   }
 
   // 3. router logits
@@ -135,7 +135,7 @@ export async function planMoeBlock(
   // 12. merge back to [N, d] (a reshape) and the merge projection, added into the residual stream
   if (merge) {
     const bias = W.get(`${p}.merge_proj.bias`);
-    fwd.push(await linear(gpu, y, W.get(`${p}.merge_proj.weight`), io.out, N, d, d, io.residual ? 0 : 1, { bias, ...(io.residual ? { residual: io.residual } : {}) }));
+    fwd.push(...(await linear(gpu, y, W.get(`${p}.merge_proj.weight`), io.out, N, d, d, io.residual ? 0 : 1, { bias, ...(io.residual ? { residual: io.residual } : {}) })));
   } else if (io.residual) {
     fwd.push(...(await planAdd(gpu, { a: io.residual, b: y, y: io.out })));
   } else {
@@ -157,8 +157,8 @@ export async function planMoeBlock(
   const bwd: Dispatch[] = [];
   const dy = merge ? Sc.f32([S, dSub], "moe.dy") : io.dOut;
   if (merge) {
-    bwd.push(await linearDx(gpu, io.dOut, W.get(`${p}.merge_proj.weight`), dy, N, d, d));
-    bwd.push(await linearDw(gpu, io.dOut, y, G.get(`${p}.merge_proj.weight`), N, d, d, G.get(`${p}.merge_proj.bias`)));
+    bwd.push(...(await linearDx(gpu, io.dOut, W.get(`${p}.merge_proj.weight`), dy, N, d, d)));
+    bwd.push(...(await linearDw(gpu, io.dOut, y, G.get(`${p}.merge_proj.weight`), N, d, d, G.get(`${p}.merge_proj.bias`))));
   }
   const ds = head ? Sc.f32([S, dSub], "moe.ds") : io.dm;
   const dyPerm = Sc.f32([R, dSub], `moe.dyperm.${dSub}`), dxPerm = Sc.f32([R, dSub], `moe.dxperm.${dSub}`);
@@ -198,8 +198,8 @@ export async function planMoeBlock(
     })));
   }
   if (head) {
-    bwd.push(await linearDx(gpu, ds, W.get(`${p}.head_proj.weight`), io.dm, N, d, d));
-    bwd.push(await linearDw(gpu, ds, m, G.get(`${p}.head_proj.weight`), N, d, d, G.get(`${p}.head_proj.bias`)));
+    bwd.push(...(await linearDx(gpu, ds, W.get(`${p}.head_proj.weight`), io.dm, N, d, d)));
+    bwd.push(...(await linearDw(gpu, ds, m, G.get(`${p}.head_proj.weight`), N, d, d, G.get(`${p}.head_proj.bias`))));
   }
   if (shared) bwd.push(...shared.backward);
   return { block: { forward: fwd, backward: bwd }, outputs };

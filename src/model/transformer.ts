@@ -248,11 +248,11 @@ export class Transformer {
     // The head's weight [V, d] may come in row parts (larger than one binding): each part fills its
     // columns of the logits, takes its rows of the weight gradient, and adds its share of dx.
     const headW = W.rowParts(headName), headG = G ? G.rowParts(headName) : [];
-    const headForward = (x: Tensor, logits: Tensor, n: number) =>
-      Promise.all(headW.map((p) => matmul(gpu, { layout: "nt", M: n, N: p.rows, K: d, a: x, b: p.tensor, c: logits, ldc: V, offC: p.row0 })));
+    const headForward = async (x: Tensor, logits: Tensor, n: number) =>
+      (await Promise.all(headW.map((p) => matmul(gpu, { layout: "nt", M: n, N: p.rows, K: d, a: x, b: p.tensor, c: logits, ldc: V, offC: p.row0 })))).flat();
     const headBackward = async (dl: Tensor, x: Tensor, dx: Tensor, n: number) => [
-      ...(await Promise.all(headG.map((p) => matmul(gpu, { layout: "tn", M: p.rows, N: d, K: n, a: dl, lda: V, offA: p.row0, b: x, c: p.tensor, beta: 1 })))),
-      ...(await Promise.all(headW.map((p, i) => matmul(gpu, { layout: "nn", M: n, N: d, K: p.rows, a: dl, lda: V, offA: p.row0, b: p.tensor, c: dx, beta: i === 0 ? 0 : 1 })))),
+      ...(await Promise.all(headG.map((p) => matmul(gpu, { layout: "tn", M: p.rows, N: d, K: n, a: dl, lda: V, offA: p.row0, b: x, c: p.tensor, beta: 1 })))).flat(),
+      ...(await Promise.all(headW.map((p, i) => matmul(gpu, { layout: "nn", M: n, N: d, K: p.rows, a: dl, lda: V, offA: p.row0, b: p.tensor, c: dx, beta: i === 0 ? 0 : 1 })))).flat(),
     ];
     if (chunkRows >= N) {
       // The whole [N, V] logits at once: the head's backward reads the gradient the fused loss wrote.

@@ -13,7 +13,7 @@
 import type { Gpu } from "../gpu/device.ts";
 import { STORAGE_USAGE } from "../gpu/pool.ts";
 import { bindSlots, sharesMemory, Tensor, uniform, type Binding, type Dispatch } from "../gpu/tensor.ts";
-import { matmulTiles } from "./matmul.ts";
+import { matmulTiles, tileTemplate } from "./matmul.ts";
 
 export type GroupedLayout = "nt" | "nn" | "tn";
 
@@ -179,7 +179,7 @@ export async function groupedMatmul(gpu: Gpu, args: GroupedMatmulArgs): Promise<
   const vec4 = variant === "vec4" || (variant === "auto" && aligned && gpu.isCpu);
   const entry = vec4 ? (layout === "tn" ? "wgrad4" : `rows_${layout}4`) : layout === "tn" ? "wgrad_tiled" : "rows_tiled";
   const constants = mode.mode ? { MODE: mode.mode } : undefined;
-  const kernel = await gpu.kernel({ shader: "grouped_gemm", entry, template: { ...t }, constants });
+  const kernel = await gpu.kernel({ shader: "grouped_gemm", entry, template: tileTemplate(t), constants });
   const u = vec4 ? 4 : 1;
   const params = uniform(gpu, [
     M, N, K, E,

@@ -40,7 +40,7 @@ export interface RouterProjectionArgs {
 
 /** out = s W^T. */
 export async function planRouterProjectionForward(gpu: Gpu, a: RouterProjectionArgs): Promise<Dispatch[]> {
-  return [await matmul(gpu, { layout: "nt", M: a.S, N: a.outDim, K: a.dSub, a: a.s, b: a.weight, c: a.out })];
+  return matmul(gpu, { layout: "nt", M: a.S, N: a.outDim, K: a.dSub, a: a.s, b: a.weight, c: a.out });
 }
 
 export interface RouterProjectionBackwardArgs {
@@ -64,8 +64,8 @@ export interface RouterProjectionBackwardArgs {
 export async function planRouterProjectionBackward(gpu: Gpu, a: RouterProjectionBackwardArgs): Promise<Dispatch[]> {
   const { S, dSub, outDim } = a;
   return [
-    await matmul(gpu, { layout: "tn", M: outDim, N: dSub, K: S, a: a.dOut, b: a.s, c: a.dWeight, beta: a.accumulateGrad ? 1 : 0 }),
-    await matmul(gpu, { layout: "nn", M: S, N: dSub, K: outDim, a: a.dOut, b: a.weight, c: a.ds, beta: a.accumulateDs === false ? 0 : 1 }),
+    ...(await matmul(gpu, { layout: "tn", M: outDim, N: dSub, K: S, a: a.dOut, b: a.s, c: a.dWeight, beta: a.accumulateGrad ? 1 : 0 })),
+    ...(await matmul(gpu, { layout: "nn", M: S, N: dSub, K: outDim, a: a.dOut, b: a.weight, c: a.ds, beta: a.accumulateDs === false ? 0 : 1 })),
   ];
 }
 
@@ -125,8 +125,8 @@ export async function planCosineLogitsBackward(gpu: Gpu, a: CosineLogitsBackward
       bindGroup: bindGroup(gpu, rows, [a.dz, a.z, a.p, a.pNorm, a.embNorm, a.temperature, G, a.dp, uRows]),
       workgroups: grid1d(S, wg),
     },
-    await matmul(gpu, { layout: "nn", M: S, N: R, K: E, a: G, b: a.embeddings, c: a.dp, beta: 1 }),
-    await matmul(gpu, { layout: "tn", M: E, N: R, K: S, a: G, b: a.p, c: M }),
+    ...(await matmul(gpu, { layout: "nn", M: S, N: R, K: E, a: G, b: a.embeddings, c: a.dp, beta: 1 })),
+    ...(await matmul(gpu, { layout: "tn", M: E, N: R, K: S, a: G, b: a.p, c: M })),
     {
       kernel: emb,
       bindGroup: bindGroup(gpu, emb, [M, a.embeddings, a.embNorm, a.temperature, a.dEmbeddings, a.dTemperature, uEmb]),
