@@ -8,6 +8,7 @@ import { presetConfig, type ModelConfig } from "../src/model/config.ts";
 import { initParams, parameterSpecs } from "../src/model/params.ts";
 import { ParamStore, uploadParams } from "../src/model/weights.ts";
 import { Transformer } from "../src/model/transformer.ts";
+import { attentionRopeFusable } from "../src/ops/attention.ts";
 import { GpuAdamW } from "../src/train/optimizer.ts";
 import { StepRunner } from "../src/train/step.ts";
 
@@ -250,5 +251,31 @@ describe("fused q, k, v projection", () => {
     const worst = worstScaledDifference(three.grads, fused.grads);
     if (process.env.MHMOE_REPORT_TOL) console.log("fused qkv: worst scaled gradient difference", worst);
     expect(worst).toBeLessThan(1e-6); // measured 0
+  });
+  // Adapters binding only 8 storage buffers take RoPE as separate launches, and a dense SwiGLU whose N * I is
+  // not binding-aligned takes gate and up as separate products: forced here so CI runs those paths too.
+  test("RoPE launches and separate gate/up products give the loss and gradients of the fused ones", async () => {
+    const gpu = await getGpu();
+    const B = 2, T = 16;
+    const ids = Int32Array.from({ length: B * (T + 1) }, (_, i) => (i * 104729 + 5) % 257);
+    const run = async (fused: boolean) => {
+      const W = uploadParams(gpu, CONFIG, initParams(CONFIG, 29));
+      const G = ParamStore.allocate(gpu, CONFIG, "grad");
+      const model = await Transformer.plan(gpu, CONFIG, W, { B, T, grads: G, fuseRope: fused, fuseGateUp: fused });
+      model.setBatch(ids);
+      await model.run();
+      const out = { loss: await model.readScalar(model.ceLoss), grads: await G.download(), launches: model.forward.length + model.backward.length };
+      model.release(); G.release(); W.release();
+      return out;
+    };
+    const fused = await run(true), apart = await run(false);
+    // RoPE: one forward and one backward launch per layer where the attention kernels could rotate on load;
+    // gate/up: two more backward launches per dense layer (layer 0 here).
+    const rope = attentionRopeFusable(gpu) ? 2 * CONFIG.num_hidden_layers : 0;
+    expect(apart.launches - fused.launches).toBe(rope + 2);
+    const worst = worstScaledDifference(apart.grads, fused.grads);
+    if (process.env.MHMOE_REPORT_TOL) console.log("unfused rope/gate-up: loss", apart.loss - fused.loss, "worst scaled gradient difference", worst);
+    expect(Math.abs(apart.loss - fused.loss)).toBeLessThan(1e-6 * fused.loss);
+    expect(worst).toBeLessThan(1e-5);
   });
 });

@@ -33,6 +33,8 @@ export interface AttentionIo {
   ropeTable: Tensor;
   /** [3, N, d] views are bindable (offsets aligned), so q/k/v may live in one tensor when the weights span */
   fuseQkv: boolean;
+  /** false: RoPE as its own launches even where the attention kernels could rotate on load (tests that path) */
+  fuseRope?: boolean;
   /** keep the normed input in scratch shared by all layers (and the post-attention norm) and recompute it in backward */
   recompute?: boolean;
 }
@@ -95,7 +97,7 @@ export async function planAttentionBlock(
     o: A.f32([N, d], `${p}.o`),
     lse: A.f32(attentionSavedShapes({ B: io.B, T: io.T, H, dHead }).lse, `${p}.lse`),
   };
-  const ropeLaunches = !attentionRopeFusable(gpu);
+  const ropeLaunches = io.fuseRope === false || !attentionRopeFusable(gpu);
   const l: Layer = { p, N, d, dHead, H, qkv, fusedW: fused ? fusedW : null, fusedG: qkv ? fusedG : null, ropeLaunches, eps: c.rms_norm_eps, saved };
   const forward = await planForward(gpu, c, io, W, l);
   const backward = G && io.dRes ? await planBackward(gpu, io, W, G, Sc, l) : [];

@@ -55,6 +55,8 @@ export interface FfnIo {
   accumulateDm?: boolean;
   /** keep the hidden activation in shared scratch and recompute it in backward (less memory, one launch more) */
   recompute?: boolean;
+  /** false: gate and up as separate products even where they could be batched (tests the other path) */
+  fuseGateUp?: boolean;
 }
 
 /** y = x W^T (+ bias) (+ residual) for x [rows, in], W [out, in]; beta 1 adds into y. */
@@ -82,7 +84,7 @@ export function linearDw(gpu: Gpu, dy: Tensor, x: Tensor, dw: Tensor, rows: numb
  */
 function fusedGateUp(gpu: Gpu, io: FfnIo, w: FfnWeights, g: FfnWeights | null): boolean {
   const align = (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4;
-  return io.act === "silu" && !!w.gateUp && (!g || !!g.gateUp) && (io.N * io.inner) % align === 0;
+  return io.fuseGateUp !== false && io.act === "silu" && !!w.gateUp && (!g || !!g.gateUp) && (io.N * io.inner) % align === 0;
 }
 
 /**

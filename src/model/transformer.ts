@@ -36,6 +36,12 @@ export interface TransformerPlanOptions {
   /** project q, k, v in one batched launch when the weights and blocks allow (default true; tests turn it off) */
   fuseQkv?: boolean;
   /**
+   * Tests turn these off to cover the paths other adapters and shapes take: RoPE as separate launches (adapters
+   * binding 8 storage buffers) and the dense SwiGLU's gate and up as separate products (unaligned N * I).
+   */
+  fuseRope?: boolean;
+  fuseGateUp?: boolean;
+  /**
    * Activation recomputation: keep the RMSNorm outputs and the dense FFN's hidden activation in scratch shared
    * by all layers and compute them again in backward (less memory, a few more launches; the same numbers).
    */
@@ -213,7 +219,7 @@ export class Transformer {
       // With recompute the two norm outputs of every layer share one scratch tensor (each is dead once its
       // projections have read it, and backward recomputes it right before its weight gradients).
       const m = recompute ? S.f32([N, d], "norm.recompute") : A.f32([N, d], `${p}.m`);
-      const attn = await planAttentionBlock(gpu, c, l, { B, T, x: xs[l]!, xMid, dRes, causal, ropeTable: ropeTab, fuseQkv, recompute }, W, G, A, S);
+      const attn = await planAttentionBlock(gpu, c, l, { B, T, x: xs[l]!, xMid, dRes, causal, ropeTable: ropeTab, fuseQkv, fuseRope: this.opts.fuseRope, recompute }, W, G, A, S);
       fwd.push(...attn.forward);
       const normM = () => planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd: rstd2, N, d, eps });
       fwd.push(...(await normM()));
@@ -227,7 +233,7 @@ export class Transformer {
       } else {
         const silu = c.hidden_act === "silu";
         const w = ffnWeights(W, `${p}.mlp`, silu), g = G && ffnWeights(G, `${p}.mlp`, silu);
-        ffn = await planDenseFfn(gpu, { ...io, inner: c.intermediate_size, act: c.hidden_act }, w, g, A, S, `${p}.mlp`);
+        ffn = await planDenseFfn(gpu, { ...io, inner: c.intermediate_size, act: c.hidden_act, fuseGateUp: this.opts.fuseGateUp }, w, g, A, S, `${p}.mlp`);
       }
       fwd.push(...ffn.forward);
       saved.push({ attn, xMid, m, rstd2, ffn, recomputeM: recompute && G ? await normM() : [] });
