@@ -1,6 +1,7 @@
 // Prints one JSON line: forward, backward and forward+backward time of causal attention on this adapter.
 // Usage: bun bench/attention.ts [--B 4] [--T 256] [--H 4] [--dhead 32] [--reps N] [--adapter SEL]
-// MHMOE_ATTENTION_TILES="WG,BT" overrides the tile choice (see src/ops/attention.ts).
+// MHMOE_ATTENTION_TILES="WG,BT" (row-per-thread kernels) or "BQxBK" (tiled kernels) overrides the tile
+// choice (see src/ops/attention.ts).
 import { parseArgs } from "node:util";
 import { getGpu } from "../src/gpu/device.ts";
 import { empty, encode, upload, type Dispatch } from "../src/gpu/tensor.ts";
@@ -60,7 +61,9 @@ console.log(
     op: "attention", ...s,
     ms_forward: round(fwd.ms), ms_backward: round(bwd.ms), ms_forward_backward: round(both.ms),
     gflops_forward_backward: round((flops.forward + flops.backward) / (both.ms / 1000) / 1e9),
-    reps: both.reps, tiles: attentionTiles(gpu, s.dHead), adapter: gpu.adapter.name, backend: gpu.adapter.backend,
+    reps: both.reps,
+    tiles: Object.fromEntries((["forward", "backward_dq", "backward_dkdv"] as const).map((e) => [e, attentionTiles(gpu, s.dHead, e)])),
+    adapter: gpu.adapter.name, backend: gpu.adapter.backend,
   }),
 );
 for (const t of [q, k, v, dO, o, dq, dk, dv, lse, delta]) t.release();

@@ -14,7 +14,8 @@ import { expectClose, randomArray } from "./harness.ts";
 // softmax rescales in another order than the reference's two-pass softmax). Worst over the 11 shapes
 // (T up to 255) of checkAgainstReference, measured max abs: o 1.8e-7, dq 1.2e-7, lse 9.5e-7 (|lse| up
 // to ~6), dk 3.9e-7, dv 4.8e-7 (both sum over up to T queries). With RoPE fused (13 shapes, dHead 6 to 64,
-// T up to 250): o 1.4e-7, dq 7.4e-8, lse 9.6e-7, dk 5.6e-7, dv 4.2e-7.
+// T up to 250): o 1.4e-7, dq 7.4e-8, lse 9.6e-7, dk 5.6e-7, dv 4.2e-7. The tiled kernels (the 8 forced-tile
+// shapes, dHead up to 128): o 1.5e-7, dq 1.0e-7, lse 7.2e-7, dk 1.5e-7, dv 4.2e-7.
 const O_DQ_TOL = { atol: 8e-7, rtol: 0 };
 const LSE_TOL = { atol: 4e-6, rtol: 0 };
 const DKV_TOL = { atol: 2e-6, rtol: 0 };
@@ -41,7 +42,7 @@ interface Setup {
  * rope: q and k are uploaded un-rotated and the kernels rotate them (ropeTable); the table has more rows
  * than T, so that a kernel which strides the sin half by T instead of the table's rows fails.
  */
-async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles, rope = false): Promise<Setup> {
+async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles, rope = false, bwdTiles = tiles): Promise<Setup> {
   const gpu = await getGpu();
   const table = rope ? ropeTable(gpu, s.T + 3, s.dHead, THETA) : null;
   s = table ? { ...s, ropeTable: table } : s;
@@ -54,7 +55,7 @@ async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles, ro
     lse: nans(gpu, saved.lse.reduce((a, b) => a * b)), delta: nans(gpu, saved.delta.reduce((a, b) => a * b)),
   };
   const forward = await planAttentionForward(gpu, { ...s, q: t.q, k: t.k, v: t.v, o: t.o, lse: t.lse, tiles });
-  const backward = await planAttentionBackward(gpu, { ...s, ...t, tiles });
+  const backward = await planAttentionBackward(gpu, { ...s, ...t, tiles: bwdTiles });
   return { s, table, x, t, forward, backward, release: () => [...Object.values(t), ...(table ? [table] : [])].forEach((z) => z.release()) };
 }
 
@@ -64,8 +65,9 @@ async function runBoth(gpu: Gpu, u: Setup) {
   return { o: o!, lse: lse!, dq: dq!, dk: dk!, dv: dv! };
 }
 
+const tileName = (t: AttentionTiles) => ("WG" in t ? `WG=${t.WG} BT=${t.BT}` : `BQ=${t.BQ} BK=${t.BK}`);
 const name = (s: AttentionShape, tiles?: AttentionTiles, rope = false) =>
-  `B=${s.B} T=${s.T} H=${s.H} dHead=${s.dHead}${s.causal === false ? " bidirectional" : ""}${tiles ? ` tiles WG=${tiles.WG} BT=${tiles.BT}` : ""}${rope ? " rope fused" : ""}`;
+  `B=${s.B} T=${s.T} H=${s.H} dHead=${s.dHead}${s.causal === false ? " bidirectional" : ""}${tiles ? ` tiles ${tileName(tiles)}` : ""}${rope ? " rope fused" : ""}`;
 
 /**
  * The reference of a setup: with rope, attention over ropeForward(q), ropeForward(k) and the gradients
@@ -83,13 +85,13 @@ function reference(u: Setup) {
   return { o: ref.o, lse: ref.lse, dq: back(grad.dq), dk: back(grad.dk), dv: grad.dv };
 }
 
-async function checkAgainstReference(s: AttentionShape, tiles?: AttentionTiles, rope = false) {
+async function checkAgainstReference(s: AttentionShape, tiles?: AttentionTiles, rope = false, bwdTiles = tiles) {
   const gpu = await getGpu();
-  const u = await setup(s, 11 * s.T + s.dHead, tiles, rope);
+  const u = await setup(s, 11 * s.T + s.dHead, tiles, rope, bwdTiles);
   const got = await runBoth(gpu, u);
   const want = reference(u);
   u.release();
-  const what = name(s, tiles, rope);
+  const what = `${name(s, tiles, rope)}${bwdTiles !== tiles && bwdTiles ? ` backward ${tileName(bwdTiles)}` : ""}`;
   expectClose(got.o, want.o, O_DQ_TOL, `o ${what}`);
   expectClose(got.lse, want.lse, LSE_TOL, `lse ${what}`);
   expectClose(got.dq, want.dq, O_DQ_TOL, `dq ${what}`);
@@ -105,6 +107,7 @@ describe("attention kernels vs reference (forward o, lse; backward dq, dk, dv)",
     { B: 2, T: 33, H: 1, dHead: 12 },
     { B: 2, T: 100, H: 3, dHead: 12 }, // more than one 64-row tile with the default tiles
     { B: 2, T: 9, H: 2, dHead: 5 }, // dHead not a multiple of 4: padded vec4 lanes
+    { B: 1, T: 37, H: 2, dHead: 128 }, // under MHMOE_TUNING=gpu: the default tiles at dHead 128
   ];
   for (const s of shapes) test(name(s), () => checkAgainstReference(s));
   // Small tiles: many query and key tiles, staged tiles smaller than the workgroup, T a multiple of neither.
@@ -199,12 +202,40 @@ describe("attention with RoPE fused into the kernels vs reference (ropeForward o
   });
 });
 
+describe("tiled attention kernels (the GPU tuning) vs reference", () => {
+  // Forced tiles, so the tiled kernels run on any adapter (MHMOE_TUNING=gpu also picks them for every
+  // test that leaves tiles unset). 16x8 tiles give several query and key tiles at small T; T = 37 and 50
+  // end in ragged tiles; dHead 8, 64 (a real one), 6 (rope pairs and padding columns in one vec4) and 12;
+  // 8x4 tiles run 32-thread workgroups, 64x32 the forward's largest. dHead 128 (two vec4 columns per
+  // thread) runs with the default tiles under MHMOE_TUNING=gpu (the reference tests above): forced here
+  // it would compile for two minutes on lavapipe. Few shapes: each compiles three pipelines, which takes
+  // lavapipe seconds to minutes.
+  const q16k8 = { BQ: 16, BK: 8 };
+  const shapes: [AttentionShape, AttentionTiles, boolean][] = [
+    [{ B: 2, T: 1, H: 1, dHead: 8 }, q16k8, false],
+    [{ B: 2, T: 37, H: 2, dHead: 8 }, q16k8, false],
+    [{ B: 2, T: 9, H: 2, dHead: 6, causal: false }, q16k8, true],
+    [{ B: 1, T: 50, H: 2, dHead: 64 }, q16k8, true],
+    [{ B: 1, T: 50, H: 2, dHead: 64, causal: false }, q16k8, false],
+    [{ B: 2, T: 50, H: 3, dHead: 12 }, { BQ: 8, BK: 4 }, false],
+    [{ B: 2, T: 50, H: 3, dHead: 12, causal: false }, { BQ: 64, BK: 32 }, true],
+  ];
+  for (const [s, tiles, rope] of shapes) test(name(s, tiles, rope), () => checkAgainstReference(s, tiles, rope));
+
+  // Both families define lse alike, so the backward of either reads the other's forward.
+  const s = { B: 2, T: 37, H: 2, dHead: 12 };
+  const row = { WG: 8, BT: 3 };
+  test(`${name(s, row, true)}, backward tiled`, () => checkAgainstReference(s, row, true, q16k8));
+  test(`${name(s, q16k8, true)}, backward row-per-thread`, () => checkAgainstReference(s, q16k8, true, row));
+});
+
 describe("attention causal mask", () => {
   // Changing token t0's k and v (every sequence, every head) must leave o and dq of earlier tokens
   // bit-identical, and must change token t0's own output (so the test can tell a kernel that ignores k/v).
   const cases: [AttentionShape, AttentionTiles | undefined, number][] = [
     [{ B: 2, T: 33, H: 3, dHead: 8 }, undefined, 10],
     [{ B: 2, T: 33, H: 3, dHead: 12 }, { WG: 8, BT: 3 }, 10],
+    [{ B: 2, T: 33, H: 3, dHead: 8 }, { BQ: 16, BK: 8 }, 10],
   ];
   for (const [s, tiles, t0] of cases) {
     test(`future k/v do not leak: ${name(s, tiles)} t0=${t0}`, async () => {
@@ -258,15 +289,17 @@ describe("attention backward vs finite differences of the GPU forward", () => {
   // truncation ~h^2 * L''' and rounding ~1e-7 * |L| / h in the quotient: measured max abs 1.9e-5 (worst
   // of dq, dk, dv; 2.9e-5 with RoPE fused), so atol 1e-4 fails a coefficient off by a few percent, let alone a missing scale
   // (factor 1/sqrt(12)), a wrong mask or a dropped term.
-  // The small tiles of the reference test above (no extra pipelines to compile): two query tiles, four
-  // staged key tiles, even at this size.
-  const tiles = { WG: 8, BT: 3 };
+  // The small tiles of the reference tests above (no extra pipelines to compile): two query tiles, four
+  // staged key tiles, even at this size; and the tiled kernels' 8x4 tiles.
+  const row = { WG: 8, BT: 3 };
+  const block = { BQ: 8, BK: 4 };
   // With RoPE fused, dq and dk are w.r.t. the un-rotated q, k the kernels are given.
-  for (const [which, s, rope] of [
-    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }, false] as const),
-    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12, causal: false }, false] as const),
-    ...(["q", "k"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }, true] as const),
-    ...(["q", "k"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12, causal: false }, true] as const),
+  for (const [which, s, rope, tiles] of [
+    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }, false, row] as const),
+    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12, causal: false }, false, row] as const),
+    ...(["q", "k"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }, true, row] as const),
+    ...(["q", "k"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12, causal: false }, true, row] as const),
+    ...(["q", "k", "v"] as const).map((w) => [w, { B: 2, T: 11, H: 1, dHead: 12 }, false, block] as const),
   ]) {
     test(`d${which} ${name(s, tiles, rope)}`, async () => {
       const gpu = await getGpu();
@@ -324,5 +357,15 @@ describe("attention planning", () => {
       await expect(planAttentionForward(gpu, { ...s, q, k: q, v: q, o: q, lse, ropeTable: table })).rejects.toThrow(/does not cover/);
     }
     for (const t of [q, lse, short, narrow]) t.release();
+  });
+
+  test("refuses tiled-kernel tiles that are not powers of two or do not fit the workgroup memory", async () => {
+    const gpu = await getGpu();
+    const s = { B: 1, T: 4, H: 1, dHead: 128 };
+    const q = nans(gpu, s.T * s.dHead), lse = nans(gpu, s.T);
+    const args = { ...s, q, k: q, v: q, o: q, lse };
+    await expect(planAttentionForward(gpu, { ...args, tiles: { BQ: 12, BK: 8 } })).rejects.toThrow(/powers of two/);
+    await expect(planAttentionForward(gpu, { ...args, tiles: { BQ: 64, BK: 64 } })).rejects.toThrow(/workgroup memory/);
+    for (const t of [q, lse]) t.release();
   });
 });

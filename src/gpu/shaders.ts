@@ -11,6 +11,7 @@ import norm from "../../shaders/norm.wgsl" with { type: "text" };
 import rope from "../../shaders/rope.wgsl" with { type: "text" };
 import elementwise from "../../shaders/elementwise.wgsl" with { type: "text" };
 import attention from "../../shaders/attention.wgsl" with { type: "text" };
+import attention_tiled from "../../shaders/attention_tiled.wgsl" with { type: "text" };
 import attention_decode from "../../shaders/attention_decode.wgsl" with { type: "text" };
 import grouped_gemm from "../../shaders/grouped_gemm.wgsl" with { type: "text" };
 import adamw from "../../shaders/adamw.wgsl" with { type: "text" };
@@ -37,6 +38,7 @@ export const SHADERS: Record<string, string> = {
   rope,
   elementwise,
   attention,
+  attention_tiled,
   attention_decode,
 };
 

@@ -1,7 +1,9 @@
 /**
- * Multi-head self-attention, causal (clm) or bidirectional (mlm), (shaders/attention.wgsl), flash style: forward saves only the per-row
+ * Multi-head self-attention, causal (clm) or bidirectional (mlm), flash style: forward saves only the per-row
  * log-sum-exp [B, H, T]; backward recomputes the probabilities from it, so memory stays O(B*H*T) rather
- * than the O(B*H*T^2) of a saved probability matrix (T reaches 1024 in real runs).
+ * than the O(B*H*T^2) of a saved probability matrix (T reaches 1024 in real runs). Two kernel families
+ * (see attentionTiles): one row per thread (shaders/attention.wgsl) for CPU adapters, and tiles shared
+ * by a workgroup's threads (shaders/attention_tiled.wgsl) for GPUs.
  *
  * q, k, v, o (and dO, dq, dk, dv) are [B, T, H, dHead]: rows of the q/k/v projections. Without ropeTable,
  * q and k come with RoPE already applied (the decoder's prefill, whose k cache holds rotated keys); with
@@ -28,12 +30,27 @@ export interface AttentionShape {
   ropeTable?: Tensor;
 }
 
-export interface AttentionTiles {
+/** Row-per-thread kernels (shaders/attention.wgsl): the tuning for CPU adapters. */
+export interface AttentionRowTiles {
   /** Threads per workgroup; each owns one query (forward, dq) or key (dk/dv) row. */
   WG: number;
   /** Rows staged per pass through workgroup memory (at most WG; smaller when dHead is large). */
   BT: number;
 }
+
+/**
+ * Tiled kernels (shaders/attention_tiled.wgsl): the tuning for GPUs. Score tiles are BQ queries x BK
+ * keys: a forward or dq workgroup owns BQ queries and streams the keys BK at a time, a dk/dv workgroup
+ * owns BK keys and streams the queries BQ at a time. Powers of two up to 64.
+ */
+export interface AttentionBlockTiles {
+  BQ: number;
+  BK: number;
+}
+
+export type AttentionTiles = AttentionRowTiles | AttentionBlockTiles;
+
+export type AttentionEntry = "forward" | "backward_dq" | "backward_dkdv";
 
 /** Sizes (element shapes) of the buffers the caller owns besides q, k, v, o and the gradients. */
 export interface AttentionSavedShapes {
@@ -55,7 +72,7 @@ export interface AttentionForwardArgs extends AttentionShape {
   o: Tensor;
   /** Saved [B, H, T] log-sum-exp of each query's scaled scores (see attentionSavedShapes). */
   lse: Tensor;
-  /** Tests force small tiles to exercise multi-tile paths; default attentionTiles(). */
+  /** Tests force a kernel family and small tiles to exercise multi-tile paths; default attentionTiles(). */
   tiles?: AttentionTiles;
 }
 
@@ -82,21 +99,84 @@ function bytesPerStagedRow(dHead: number): number {
 }
 
 /**
- * One row per thread: 64 threads suit both lavapipe (8-lane SIMD over the workgroup) and GPUs (two warps);
- * BT shrinks only when two staged tiles of 64 rows would not fit in workgroup memory.
- * MHMOE_ATTENTION_TILES="WG,BT" overrides, for tuning with bench/attention.ts.
+ * One row per thread: 64 threads suit lavapipe (8-lane SIMD over the workgroup); BT shrinks only when two
+ * staged tiles of 64 rows would not fit in workgroup memory.
  */
-export function attentionTiles(gpu: Gpu, dHead: number): AttentionTiles {
+function rowTiles(gpu: Gpu, dHead: number): AttentionRowTiles {
+  const WG = 64;
+  return { WG, BT: Math.max(1, Math.min(WG, Math.floor(workgroupStorage(gpu) / bytesPerStagedRow(dHead)))) };
+}
+
+function workgroupStorage(gpu: Gpu): number {
+  return gpu.limits.maxComputeWorkgroupStorageSize ?? 16384;
+}
+
+/**
+ * Threads per tiled workgroup: four warps, each thread with at most 32 accumulator floats at the default
+ * tiles for dHead 64 and 128 (forward: o; dq: 16; dk/dv: 16 each).
+ */
+const BLOCK_THREADS = 128;
+
+/** attention_tiled.wgsl's template for a workgroup that owns `rows` rows and streams `cols` at a time. */
+function blockLayout(rows: number, cols: number, dHead: number) {
+  const NT = Math.min(BLOCK_THREADS, rows * cols);
+  // Score block per thread: as square as the tile allows (TN <= TM), so each staged value feeds several products.
+  const perThread = (rows * cols) / NT;
+  let TN = 1;
+  while (4 * TN * TN <= perThread && 2 * TN <= cols) TN *= 2;
+  // Accumulators: CG threads across the head dimension, each one vec4 column per 4*CG (up to 16 threads,
+  // so that at dHead 64 a thread owns one vec4 of each of its rows, two at 128); at least NT/rows, so that
+  // the NT/CG row groups fit in the rows.
+  const vec4s = 2 ** Math.ceil(Math.log2(Math.ceil(dHead / 4)));
+  const CG = Math.min(NT, Math.max(NT / rows, Math.min(16, vec4s)));
+  return { ROWS: rows, COLS: cols, NT, TM: perThread / TN, TN, RM: (rows * CG) / NT, CG, DP: Math.ceil(dHead / (4 * CG)) * 4 * CG };
+}
+type BlockLayout = ReturnType<typeof blockLayout>;
+
+/** Workgroup memory of one tiled entry point: the staged tiles, score weights and per-row values it declares. */
+function blockBytes(entry: AttentionEntry, l: BlockLayout): number {
+  // Floats: staged rows are DP + 4 apart, score rows COLS + 1.
+  const own = l.ROWS * (l.DP + 4), str = l.COLS * (l.DP + 4), w = l.ROWS * (l.COLS + 1);
+  if (entry === "forward") return 4 * (own + str + w + 3 * l.ROWS);
+  if (entry === "backward_dq") return 4 * (2 * own + 2 * str + w + 2 * l.ROWS);
+  return 4 * (2 * own + 2 * str + 2 * w + 2 * l.COLS);
+}
+
+const ownsQueries = (entry: AttentionEntry) => entry !== "backward_dkdv";
+const blockLayoutOf = (entry: AttentionEntry, t: AttentionBlockTiles, dHead: number) =>
+  ownsQueries(entry) ? blockLayout(t.BQ, t.BK, dHead) : blockLayout(t.BK, t.BQ, dHead);
+
+/**
+ * Owned x streamed rows, most preferred first: more owned rows amortise each streamed tile over more
+ * rows (global traffic), more streamed rows mean fewer barriers. The first that fits the workgroup
+ * memory wins (at 32 KiB: forward 64x16 at dHead 64 and 32x16 at 128, both backward kernels 32x16 at
+ * 64 and 16x8 at 128, as they stage four tiles).
+ */
+const BLOCK_CANDIDATES: [number, number][] = [[64, 32], [64, 16], [32, 32], [32, 16], [16, 16], [16, 8]];
+
+/**
+ * The tiles of one entry point. CPU adapters take the row-per-thread kernels; GPUs the tiled ones,
+ * unless no candidate fits the workgroup memory (dHead 128 backward under the 16 KiB minimum), where
+ * they fall back to the row kernels. MHMOE_ATTENTION_TILES="WG,BT" (row kernels) or "BQxBK" (tiled)
+ * overrides, for tuning with bench/attention.ts.
+ */
+export function attentionTiles(gpu: Gpu, dHead: number, entry: AttentionEntry = "forward"): AttentionTiles {
   const env = process.env.MHMOE_ATTENTION_TILES;
   if (env) {
+    const block = /^(\d+)x(\d+)$/.exec(env);
+    if (block) return { BQ: Number(block[1]), BK: Number(block[2]) };
     const [WG, BT] = env.split(",").map(Number);
     if (!Number.isInteger(WG) || !Number.isInteger(BT) || WG! <= 0 || BT! <= 0 || BT! > WG!)
-      throw new Error(`MHMOE_ATTENTION_TILES="${env}" must be two positive integers WG,BT with BT <= WG`);
+      throw new Error(`MHMOE_ATTENTION_TILES="${env}" must be WG,BT (row kernels, BT <= WG) or BQxBK (tiled kernels)`);
     return { WG: WG!, BT: BT! };
   }
-  const WG = 64;
-  const storage = gpu.limits.maxComputeWorkgroupStorageSize ?? 16384;
-  return { WG, BT: Math.max(1, Math.min(WG, Math.floor(storage / bytesPerStagedRow(dHead)))) };
+  if (gpu.isCpu) return rowTiles(gpu, dHead);
+  for (const [rows, cols] of BLOCK_CANDIDATES) {
+    if (blockBytes(entry, blockLayout(rows, cols, dHead)) <= workgroupStorage(gpu)) {
+      return ownsQueries(entry) ? { BQ: rows, BK: cols } : { BQ: cols, BK: rows };
+    }
+  }
+  return rowTiles(gpu, dHead);
 }
 
 /**
@@ -134,43 +214,58 @@ function checkShape(s: AttentionShape, tensors: Record<string, Tensor>, saved: R
 }
 
 interface Planned {
-  kernels: Kernel[];
-  params: GPUBuffer;
+  kernel: Kernel;
   workgroups: [number, number, number];
 }
 
-async function plan(gpu: Gpu, s: AttentionShape, entries: string[], tiles?: AttentionTiles): Promise<Planned> {
-  const t = tiles ?? attentionTiles(gpu, s.dHead);
-  const template = { D4: Math.ceil(s.dHead / 4), WG: t.WG, BT: t.BT, CAUSAL: s.causal === false ? "false" : "true", QK: s.ropeTable ? "rope" : "plain" };
-  const kernels = await Promise.all(entries.map((entry) => gpu.kernel({ shader: "attention", entry, template })));
+const isPow2 = (n: number) => Number.isInteger(n) && n >= 1 && n <= 64 && (n & (n - 1)) === 0;
+
+async function planEntry(gpu: Gpu, s: AttentionShape, entry: AttentionEntry, tiles?: AttentionTiles): Promise<Planned> {
+  const t = tiles ?? attentionTiles(gpu, s.dHead, entry);
+  const common = { CAUSAL: s.causal === false ? "false" : "true", QK: s.ropeTable ? "rope" : "plain" };
+  if ("WG" in t) {
+    const kernel = await gpu.kernel({ shader: "attention", entry, template: { ...common, D4: Math.ceil(s.dHead / 4), WG: t.WG, BT: t.BT } });
+    return { kernel, workgroups: [Math.ceil(s.T / t.WG), s.B * s.H, 1] };
+  }
+  if (!isPow2(t.BQ) || !isPow2(t.BK)) throw new Error(`attention: tiles BQ=${t.BQ}, BK=${t.BK} must be powers of two up to 64`);
+  const layout = blockLayoutOf(entry, t, s.dHead);
+  const bytes = blockBytes(entry, layout);
+  if (bytes > workgroupStorage(gpu))
+    throw new Error(`attention: ${entry} tiles BQ=${t.BQ}, BK=${t.BK} need ${bytes} bytes of workgroup memory at dHead ${s.dHead}, the adapter offers ${workgroupStorage(gpu)}`);
+  const kernel = await gpu.kernel({ shader: "attention_tiled", entry, template: { ...common, ...layout } });
+  return { kernel, workgroups: [Math.ceil(s.T / layout.ROWS), s.B * s.H, 1] };
+}
+
+function paramsOf(gpu: Gpu, s: AttentionShape): GPUBuffer {
   const rowStride = s.H * s.dHead;
-  const params = uniform(gpu, [
+  return uniform(gpu, [
     s.T, s.H, s.dHead, rowStride,
     s.T * rowStride, { f32: 1 / Math.sqrt(s.dHead) }, s.ropeTable?.shape[1] ?? 0, 0,
   ], "attention.params");
-  return { kernels, params, workgroups: [Math.ceil(s.T / t.WG), s.B * s.H, 1] };
 }
 
 /** One dispatch: o = softmax(q k^T / sqrt(dHead) (+ causal mask)) v per (b, h), and lse. */
 export async function planAttentionForward(gpu: Gpu, a: AttentionForwardArgs): Promise<Dispatch[]> {
   checkShape(a, { q: a.q, k: a.k, v: a.v, o: a.o }, { lse: a.lse }, gpu);
-  const { kernels, params, workgroups } = await plan(gpu, a, ["forward"], a.tiles);
-  const kernel = kernels[0]!;
+  const { kernel, workgroups } = await planEntry(gpu, a, "forward", a.tiles);
   // The table takes binding 9 (after the backward's 0..8), a gap for forward: explicit slots.
-  const slots: [number, Tensor | GPUBuffer][] = [[0, a.q], [1, a.k], [2, a.v], [3, params], [4, a.lse], [5, a.o]];
+  const slots: [number, Tensor | GPUBuffer][] = [[0, a.q], [1, a.k], [2, a.v], [3, paramsOf(gpu, a)], [4, a.lse], [5, a.o]];
   if (a.ropeTable) slots.push([9, a.ropeTable]);
   return [{ kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups }];
 }
 
-/** Two dispatches: dq (which also writes delta), then dk and dv (which read delta). */
+/**
+ * Two dispatches: dq (which also writes delta), then dk and dv (which read delta). Either kernel family
+ * reads the lse of either forward (same definition).
+ */
 export async function planAttentionBackward(gpu: Gpu, a: AttentionBackwardArgs): Promise<Dispatch[]> {
   checkShape(a, { q: a.q, k: a.k, v: a.v, o: a.o, dO: a.dO, dq: a.dq, dk: a.dk, dv: a.dv }, { lse: a.lse, delta: a.delta }, gpu);
-  const { kernels, params, workgroups } = await plan(gpu, a, ["backward_dq", "backward_dkdv"], a.tiles);
-  const [dqKernel, dkdvKernel] = kernels as [Kernel, Kernel];
+  const [dq, dkdv] = await Promise.all([planEntry(gpu, a, "backward_dq", a.tiles), planEntry(gpu, a, "backward_dkdv", a.tiles)]);
+  const params = paramsOf(gpu, a);
   const table = a.ropeTable ? [a.ropeTable] : [];
   return [
-    { kernel: dqKernel, bindGroup: bindGroup(gpu, dqKernel, [a.q, a.k, a.v, params, a.lse, a.dO, a.delta, a.dq, a.o, ...table]), workgroups },
-    { kernel: dkdvKernel, bindGroup: bindGroup(gpu, dkdvKernel, [a.q, a.k, a.v, params, a.lse, a.dO, a.delta, a.dk, a.dv, ...table]), workgroups },
+    { kernel: dq.kernel, bindGroup: bindGroup(gpu, dq.kernel, [a.q, a.k, a.v, params, a.lse, a.dO, a.delta, a.dq, a.o, ...table]), workgroups: dq.workgroups },
+    { kernel: dkdv.kernel, bindGroup: bindGroup(gpu, dkdv.kernel, [a.q, a.k, a.v, params, a.lse, a.dO, a.delta, a.dk, a.dv, ...table]), workgroups: dkdv.workgroups },
   ];
 }
 
