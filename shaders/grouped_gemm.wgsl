@@ -60,10 +60,8 @@ const BN: u32 = {{BN}}u;
 const BK: u32 = {{BK}}u;
 const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
-const TN4: u32 = TN / 4u;
-const WX: u32 = BN / TN;
-const WY: u32 = BM / TM;
-const NT: u32 = WX * WY;
+
+// #include "lib/tile"
 
 // Rows of expert e, clamped to the R rows that exist so a corrupt offsets buffer cannot address outside.
 fn groupRows(e: u32) -> vec2<u32> {
@@ -84,9 +82,11 @@ fn findBlock(slot: u32, h: u32) -> vec3<u32> {
   return vec3<u32>(p.E, 0u, 0u);
 }
 
-var<workgroup> As: array<f32, BK * BM>;           // As[k * BM + m]
-var<workgroup> Bs: array<vec4<f32>, BK * BN / 4u>; // Bs[k * BN/4 + n/4]
-var<workgroup> Gs: array<vec4<f32>, BK * BN / 4u>; // swiglu: the gate weights' tile, like Bs
+// swiglu: the gate weights' tiles, double-buffered and laid out like Bs, their groups in flight, and the
+// gate product's accumulators.
+var<workgroup> Gs: array<vec4<f32>, 2u * BK * BN4>;
+var<private> rg: array<vec4<f32>, RB>;
+var<private> gacc: array<vec4<f32>, TM * TN4>;
 
 // `second` selects the second operand pair (X0, X1): sum's second product, swiglu's gate weights.
 fn loadA(i: u32, second: bool) -> f32 {
@@ -101,7 +101,12 @@ fn loadW(base: u32, k: u32, n: u32, second: bool) -> f32 {
   return B[i];
 }
 
-fn loadW4(base: u32, k: u32, n: u32, second: bool) -> vec4<f32> {
+// W's 4 elements from (k, n) along its contiguous dimension: k when transB (W_e stored [N, K]), else n.
+fn fetchW(base: u32, k: u32, n: u32, second: bool) -> vec4<f32> {
+  if (p.transB != 0u) {
+    return vec4<f32>(loadW(base, k, n, second), loadW(base, k + 1u, n, second),
+                     loadW(base, k + 2u, n, second), loadW(base, k + 3u, n, second));
+  }
   return vec4<f32>(loadW(base, k, n, second), loadW(base, k, n + 1u, second),
                    loadW(base, k, n + 2u, second), loadW(base, k, n + 3u, second));
 }
@@ -138,7 +143,64 @@ fn rowsOut(r: u32, n: u32, v: f32, g: f32) {
   }
 }
 
-// Row-grouped tiled kernel: workgroup (x, y) computes columns x*BN.. of row block y (BM rows of one expert).
+// The row kernels' K step t: term t / nK (sum's second product from t = nK on), k0 = (t % nK) * BK. Loads
+// A's rows r0.. (below rEnd) and W_e's tile (and swiglu's gate weights) into ra / rb (/ rg).
+fn fetchRows(t: u32, nK: u32, e: u32, r0: u32, rEnd: u32, n0: u32, lid: u32) {
+  let second = MODE == M_SUM && t >= nK;
+  let k0 = (t % nK) * BK;
+  let offA = select(p.offA, p.offX0, second);
+  let baseW = select(p.offB, p.offX1, second) + e * p.strideW;
+  for (var q = 0u; q < RA; q++) {
+    let g = lid + q * NT;
+    if (g >= GA) { break; }
+    let mk = groupA(g, false);
+    let r = r0 + mk.x;
+    var v = vec4<f32>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+      if (r < rEnd && k0 + mk.y + c < p.K) { v[c] = loadA(offA + r * p.lda + k0 + mk.y + c, second); }
+    }
+    ra[q] = v;
+  }
+  for (var q = 0u; q < RB; q++) {
+    let g = lid + q * NT;
+    if (g >= GB) { break; }
+    let kn = groupB(g, p.transB != 0u);
+    rb[q] = fetchW(baseW, k0 + kn.x, n0 + kn.y, second);
+    if (MODE == M_SWIGLU) { rg[q] = fetchW(p.offX1 + e * p.strideW, k0 + kn.x, n0 + kn.y, true); }
+  }
+}
+
+// storeTile's B half for the gate weights: rg into Gs buffer `buf`.
+fn storeGateTile(buf: u32, lid: u32) {
+  let ob = buf * BK * BN4;
+  for (var q = 0u; q < RB; q++) {
+    let g = lid + q * NT;
+    if (g >= GB) { break; }
+    let kn = groupB(g, p.transB != 0u);
+    if (p.transB != 0u) {
+      for (var c = 0u; c < 4u; c++) { Gs[ob + (kn.x + c) * BN4 + kn.y / 4u][kn.y % 4u] = rg[q][c]; }
+    } else {
+      Gs[ob + kn.x * BN4 + kn.y / 4u] = rg[q];
+    }
+  }
+}
+
+// tileMac's second product for swiglu: gacc += the A tile x the gate weights' tile.
+fn tileMacGate(buf: u32, lx: u32, ly: u32) {
+  let oa = buf * BK * BM;
+  let ob = buf * BK * BN4;
+  for (var k = 0u; k < BK; k++) {
+    var b: array<vec4<f32>, TN4>;
+    for (var j = 0u; j < TN4; j++) { b[j] = Gs[ob + k * BN4 + lx * TN4 + j]; }
+    for (var i = 0u; i < TM; i++) {
+      let a = vec4<f32>(As[oa + k * BM + ly * TM + i]);
+      for (var j = 0u; j < TN4; j++) { gacc[i * TN4 + j] = fma(a, b[j], gacc[i * TN4 + j]); }
+    }
+  }
+}
+
+// Row-grouped tiled kernel: workgroup (x, y) computes columns x*BN.. of row block y (BM rows of one expert),
+// on lib/tile.wgsl's double-buffered core.
 @compute @workgroup_size(WX, WY, 1)
 fn rows_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
   // Uniform across the workgroup (workgroup id, read-only storage and pipeline constants only), so the
@@ -149,49 +211,26 @@ fn rows_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
   let r0 = blk.y;
   let rEnd = min(r0 + BM, blk.z);
   let n0 = wg.x * BN;
-  let baseG = p.offX1 + blk.x * p.strideW;
+  let nK = (p.K + BK - 1u) / BK;
+  let steps = select(1u, 2u, MODE == M_SUM) * nK;
 
-  var acc: array<vec4<f32>, TM * TN4>;
-  var accG: array<vec4<f32>, TM * TN4>;
-  for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); accG[i] = vec4<f32>(0.0); }
-
-  for (var term = 0u; term < select(1u, 2u, MODE == M_SUM); term++) {
-    let second = MODE == M_SUM && term == 1u;
-    let offA = select(p.offA, p.offX0, second);
-    let baseW = select(p.offB, p.offX1, second) + blk.x * p.strideW;
-    for (var k0 = 0u; k0 < p.K; k0 += BK) {
-      for (var i = lid; i < BM * BK; i += NT) {
-        let k = i % BK;
-        let m = i / BK;
-        let r = r0 + m;
-        var v = 0.0;
-        if (r < rEnd && k0 + k < p.K) { v = loadA(offA + r * p.lda + k0 + k, second); }
-        As[k * BM + m] = v;
-      }
-      for (var i = lid; i < BK * BN / 4u; i += NT) {
-        var k: u32; var n: u32;
-        if (p.transB != 0u) { k = i % BK; n = (i / BK) * 4u; } else { n = (i % (BN / 4u)) * 4u; k = i / (BN / 4u); }
-        Bs[k * (BN / 4u) + n / 4u] = loadW4(baseW, k0 + k, n0 + n, second);
-        if (MODE == M_SWIGLU) { Gs[k * (BN / 4u) + n / 4u] = loadW4(baseG, k0 + k, n0 + n, true); }
-      }
-      workgroupBarrier();
-      for (var k = 0u; k < BK; k++) {
-        var b: array<vec4<f32>, TN4>;
-        var bg: array<vec4<f32>, TN4>;
-        for (var j = 0u; j < TN4; j++) {
-          b[j] = Bs[k * (BN / 4u) + lid3.x * TN4 + j];
-          if (MODE == M_SWIGLU) { bg[j] = Gs[k * (BN / 4u) + lid3.x * TN4 + j]; }
-        }
-        for (var i = 0u; i < TM; i++) {
-          let a = vec4<f32>(As[k * BM + lid3.y * TM + i]);
-          for (var j = 0u; j < TN4; j++) {
-            acc[i * TN4 + j] = fma(a, b[j], acc[i * TN4 + j]);
-            if (MODE == M_SWIGLU) { accG[i * TN4 + j] = fma(a, bg[j], accG[i * TN4 + j]); }
-          }
-        }
-      }
-      workgroupBarrier();
+  if (steps > 0u) {
+    fetchRows(0u, nK, blk.x, r0, rEnd, n0, lid);
+    storeTile(0u, lid, false, p.transB != 0u);
+    if (MODE == M_SWIGLU) { storeGateTile(0u, lid); }
+  }
+  workgroupBarrier();
+  for (var t = 0u; t < steps; t++) {
+    let cur = t % 2u;
+    let more = t + 1u < steps;
+    if (more) { fetchRows(t + 1u, nK, blk.x, r0, rEnd, n0, lid); }
+    tileMac(cur, lid3.x, lid3.y);
+    if (MODE == M_SWIGLU) { tileMacGate(cur, lid3.x, lid3.y); }
+    if (more) {
+      storeTile(1u - cur, lid, false, p.transB != 0u);
+      if (MODE == M_SWIGLU) { storeGateTile(1u - cur, lid); }
     }
+    workgroupBarrier();
   }
 
   for (var i = 0u; i < TM; i++) {
@@ -200,8 +239,32 @@ fn rows_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     for (var j = 0u; j < TN; j++) {
       let n = n0 + lid3.x * TN + j;
       if (n >= p.N) { break; }
-      rowsOut(r, n, acc[i * TN4 + j / 4u][j % 4u], accG[i * TN4 + j / 4u][j % 4u]);
+      rowsOut(r, n, tacc[i * TN4 + j / 4u][j % 4u], gacc[i * TN4 + j / 4u][j % 4u]);
     }
+  }
+}
+
+// The weight-gradient kernel's K step: expert rows r0.. (below rEnd) of A (read as A^T) and of B.
+fn fetchWgrad(r0: u32, rEnd: u32, m0: u32, n0: u32, offA: u32, second: bool, lid: u32) {
+  for (var q = 0u; q < RA; q++) {
+    let g = lid + q * NT;
+    if (g >= GA) { break; }
+    let mk = groupA(g, true);
+    var v = vec4<f32>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+      if (r0 + mk.y < rEnd && m0 + mk.x + c < p.M) { v[c] = loadA(offA + (r0 + mk.y) * p.lda + m0 + mk.x + c, second); }
+    }
+    ra[q] = v;
+  }
+  for (var q = 0u; q < RB; q++) {
+    let g = lid + q * NT;
+    if (g >= GB) { break; }
+    let kn = groupB(g, false);
+    var v = vec4<f32>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+      if (r0 + kn.x < rEnd && n0 + kn.y + c < p.N) { v[c] = B[p.offB + (r0 + kn.x) * p.ldb + n0 + kn.y + c]; }
+    }
+    rb[q] = v;
   }
 }
 
@@ -216,37 +279,19 @@ fn wgrad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   let m0 = wg.y * BM;
   let n0 = wg.x * BN;
   let offA = select(p.offA, p.offX0, second);
+  let steps = (g.y - g.x + BK - 1u) / BK;
 
-  var acc: array<vec4<f32>, TM * TN4>;
-  for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
-
-  for (var r0 = g.x; r0 < g.y; r0 += BK) {
-    for (var i = lid; i < BM * BK; i += NT) {
-      let m = i % BM;
-      let k = i / BM;
-      var v = 0.0;
-      if (r0 + k < g.y && m0 + m < p.M) { v = loadA(offA + (r0 + k) * p.lda + m0 + m, second); }
-      As[k * BM + m] = v;
-    }
-    for (var i = lid; i < BK * BN / 4u; i += NT) {
-      let n = (i % (BN / 4u)) * 4u;
-      let k = i / (BN / 4u);
-      var v = vec4<f32>(0.0);
-      if (r0 + k < g.y) {
-        let base = p.offB + (r0 + k) * p.ldb;
-        for (var j = 0u; j < 4u; j++) { if (n0 + n + j < p.N) { v[j] = B[base + n0 + n + j]; } }
-      }
-      Bs[k * (BN / 4u) + n / 4u] = v;
-    }
-    workgroupBarrier();
-    for (var k = 0u; k < BK; k++) {
-      var b: array<vec4<f32>, TN4>;
-      for (var j = 0u; j < TN4; j++) { b[j] = Bs[k * (BN / 4u) + lid3.x * TN4 + j]; }
-      for (var i = 0u; i < TM; i++) {
-        let a = vec4<f32>(As[k * BM + lid3.y * TM + i]);
-        for (var j = 0u; j < TN4; j++) { acc[i * TN4 + j] = fma(a, b[j], acc[i * TN4 + j]); }
-      }
-    }
+  if (steps > 0u) {
+    fetchWgrad(g.x, g.y, m0, n0, offA, second, lid);
+    storeTile(0u, lid, true, false);
+  }
+  workgroupBarrier();
+  for (var t = 0u; t < steps; t++) {
+    let cur = t % 2u;
+    let more = t + 1u < steps;
+    if (more) { fetchWgrad(g.x + (t + 1u) * BK, g.y, m0, n0, offA, second, lid); }
+    tileMac(cur, lid3.x, lid3.y);
+    if (more) { storeTile(1u - cur, lid, true, false); }
     workgroupBarrier();
   }
 
@@ -257,7 +302,7 @@ fn wgrad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
       let n = n0 + lid3.x * TN + j;
       if (n >= p.N) { break; }
       let at = e * p.strideW + m * p.ldc + n;
-      storeC(select(p.offC, p.offC2, second) + at, acc[i * TN4 + j / 4u][j % 4u], second);
+      storeC(select(p.offC, p.offC2, second) + at, tacc[i * TN4 + j / 4u][j % 4u], second);
     }
   }
 }

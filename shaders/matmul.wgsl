@@ -1,12 +1,11 @@
 // Tiled f32 matrix multiply, batched: C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b].
 // Layouts (TRANS_A, TRANS_B): nn: A [M,K], B [K,N]; nt: A [M,K], B [N,K] (A B^T); tn: A [K,M], B [K,N] (A^T B).
 // Each workgroup computes a BM x BN tile of C; each thread a TM x TN block held in registers. A and B tiles
-// are staged through workgroup memory BK deep, double-buffered: while the threads multiply out one tile,
-// the next one's global loads are already in flight into registers, and one barrier per step suffices.
-// Global loads come in groups of 4 elements along each operand's contiguous dimension, so consecutive
-// threads read consecutive addresses; FETCH (template text from src/ops/matmul.ts) reads a group as one
-// vec4 when every stride and extent is 4-aligned and as 4 masked scalars otherwise. Any M, N, K works:
-// loads and stores outside are masked.
+// are staged through workgroup memory BK deep, double-buffered, by the tile core in lib/tile.wgsl (shared
+// with the grouped expert GEMMs). Its global loads come in groups of 4 elements along each operand's
+// contiguous dimension; FETCH (template text from src/ops/matmul.ts) reads a group as one vec4 when every
+// stride and extent is 4-aligned and as 4 masked scalars otherwise. Any M, N, K works: loads and stores
+// outside are masked.
 // Template parameters: BM BN BK TM TN (TN, BK and BM multiples of 4), TRANS_A TRANS_B (true/false).
 //
 // Fused extras, each saving a launch (src/ops/matmul.ts writes the template text for them):
@@ -41,15 +40,6 @@ const BN: u32 = {{BN}}u;
 const BK: u32 = {{BK}}u;
 const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
-const TN4: u32 = TN / 4u;
-const BN4: u32 = BN / 4u;
-const WX: u32 = BN / TN;
-const WY: u32 = BM / TM;
-const NT: u32 = WX * WY;
-const GA: u32 = BM * BK / 4u;      // groups of 4 A elements per tile
-const GB: u32 = BK * BN / 4u;      // groups of 4 B elements per tile
-const RA: u32 = (GA + NT - 1u) / NT; // groups per thread
-const RB: u32 = (GB + NT - 1u) / NT;
 const TRANS_A: bool = {{TRANS_A}};
 const TRANS_B: bool = {{TRANS_B}};
 const BIAS_GRAD: bool = {{BIAS_GRAD}};
@@ -67,10 +57,7 @@ fn storeBiasGrad4(m4: u32, v: vec4<f32>) { {{BG_STORE4}} }
 // C's element idx (row m, column n) from the sum `a` over K (run s of a split).
 fn storeOut(s: u32, m: u32, n: u32, idx: u32, a: f32) { {{STORE_OUT}} }
 
-var<workgroup> As: array<f32, 2u * BK * BM>;           // buffer b: As[b * BK * BM + k * BM + m]
-var<workgroup> Bs: array<vec4<f32>, 2u * BK * BN4>;    // buffer b: Bs[b * BK * BN4 + k * BN4 + n/4]
-var<private> ra: array<vec4<f32>, RA>;                 // the next tile's groups, in flight
-var<private> rb: array<vec4<f32>, RB>;
+// #include "lib/tile"
 
 fn loadA(base: u32, m: u32, k: u32) -> f32 {
   if (m >= p.M || k >= p.K) { return 0.0; }
@@ -88,16 +75,6 @@ fn loadB(base: u32, k: u32, n: u32) -> f32 {
 // fetchB(base, k, n): B's along its own (k for nt, else n).
 {{FETCH}}
 
-// Group g of a tile: the (row, column) of its first element in the tile, (m, k) for A and (k, n) for B.
-fn groupA(g: u32) -> vec2<u32> {
-  if (TRANS_A) { return vec2<u32>((g % (BM / 4u)) * 4u, g / (BM / 4u)); }
-  return vec2<u32>(g / (BK / 4u), (g % (BK / 4u)) * 4u);
-}
-fn groupB(g: u32) -> vec2<u32> {
-  if (TRANS_B) { return vec2<u32>((g % (BK / 4u)) * 4u, g / (BK / 4u)); }
-  return vec2<u32>(g / BN4, (g % BN4) * 4u);
-}
-
 // Issues the global loads of K step t (batch z + t / nK, k0 = (t % nK) * BK) into ra / rb.
 fn fetchTile(t: u32, nK: u32, z: u32, m0: u32, n0: u32, lid: u32) {
   let zz = z + t / nK;
@@ -106,35 +83,11 @@ fn fetchTile(t: u32, nK: u32, z: u32, m0: u32, n0: u32, lid: u32) {
   let baseB = p.offB + zz * p.strideB;
   for (var r = 0u; r < RA; r++) {
     let g = lid + r * NT;
-    if (g < GA) { let mk = groupA(g); ra[r] = fetchA(baseA, m0 + mk.x, k0 + mk.y); }
+    if (g < GA) { let mk = groupA(g, TRANS_A); ra[r] = fetchA(baseA, m0 + mk.x, k0 + mk.y); }
   }
   for (var r = 0u; r < RB; r++) {
     let g = lid + r * NT;
-    if (g < GB) { let kn = groupB(g); rb[r] = fetchB(baseB, k0 + kn.x, n0 + kn.y); }
-  }
-}
-
-// Writes ra / rb into workgroup buffer `buf`, A transposed to k-major so the inner loop reads rows of k.
-fn storeTile(buf: u32, lid: u32) {
-  let oa = buf * BK * BM;
-  let ob = buf * BK * BN4;
-  for (var r = 0u; r < RA; r++) {
-    let g = lid + r * NT;
-    if (g >= GA) { break; }
-    let mk = groupA(g);
-    for (var c = 0u; c < 4u; c++) {
-      if (TRANS_A) { As[oa + mk.y * BM + mk.x + c] = ra[r][c]; } else { As[oa + (mk.y + c) * BM + mk.x] = ra[r][c]; }
-    }
-  }
-  for (var r = 0u; r < RB; r++) {
-    let g = lid + r * NT;
-    if (g >= GB) { break; }
-    let kn = groupB(g);
-    if (TRANS_B) {
-      for (var c = 0u; c < 4u; c++) { Bs[ob + (kn.x + c) * BN4 + kn.y / 4u][kn.y % 4u] = rb[r][c]; }
-    } else {
-      Bs[ob + kn.x * BN4 + kn.y / 4u] = rb[r];
-    }
+    if (g < GB) { let kn = groupB(g, TRANS_B); rb[r] = fetchB(baseB, k0 + kn.x, n0 + kn.y); }
   }
 }
 
@@ -159,32 +112,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
   // Only the first column block's threads of column 0 sum A for the bias gradient.
   let sumA = BIAS_GRAD && wg.x == 0u && lid3.x == 0u;
 
-  var acc: array<vec4<f32>, TM * TN4>;
-  for (var i = 0u; i < TM * TN4; i++) { acc[i] = vec4<f32>(0.0); }
   var colA: array<f32, TM>;
 
   if (t0 < t1) {
     fetchTile(t0, nK, z, m0, n0, lid);
-    storeTile(0u, lid);
+    storeTile(0u, lid, TRANS_A, TRANS_B);
   }
   workgroupBarrier();
   for (var t = t0; t < t1; t++) {
     let cur = (t - t0) % 2u;
     let more = t + 1u < t1;
     if (more) { fetchTile(t + 1u, nK, z, m0, n0, lid); }
-    let oa = cur * BK * BM;
-    let ob = cur * BK * BN4;
-    for (var k = 0u; k < BK; k++) {
-      var b: array<vec4<f32>, TN4>;
-      for (var j = 0u; j < TN4; j++) { b[j] = Bs[ob + k * BN4 + lid3.x * TN4 + j]; }
-      for (var i = 0u; i < TM; i++) {
-        let a = As[oa + k * BM + lid3.y * TM + i];
-        if (sumA) { colA[i] += a; }
-        for (var j = 0u; j < TN4; j++) { acc[i * TN4 + j] = fma(vec4<f32>(a), b[j], acc[i * TN4 + j]); }
+    tileMac(cur, lid3.x, lid3.y);
+    if (sumA) {
+      for (var k = 0u; k < BK; k++) {
+        for (var i = 0u; i < TM; i++) { colA[i] += As[cur * BK * BM + k * BM + lid3.y * TM + i]; }
       }
     }
-    // The other buffer was last read in step t - 1, which every thread finished before the barrier below it.
-    if (more) { storeTile(1u - cur, lid); }
+    if (more) { storeTile(1u - cur, lid, TRANS_A, TRANS_B); }
     workgroupBarrier();
   }
 
@@ -195,7 +140,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     for (var j = 0u; j < TN; j++) {
       let n = n0 + lid3.x * TN + j;
       if (n >= p.N) { break; }
-      storeOut(wg.z, m, n, baseC + m * p.ldc + n, acc[i * TN4 + j / 4u][j % 4u]);
+      storeOut(wg.z, m, n, baseC + m * p.ldc + n, tacc[i * TN4 + j / 4u][j % 4u]);
     }
   }
 }

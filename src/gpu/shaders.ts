@@ -20,10 +20,12 @@ import dispatch from "../../shaders/dispatch.wgsl" with { type: "text" };
 import aux_loss from "../../shaders/aux_loss.wgsl" with { type: "text" };
 import libReduce from "../../shaders/lib/reduce.wgsl" with { type: "text" };
 import libActivation from "../../shaders/lib/activation.wgsl" with { type: "text" };
+import libTile from "../../shaders/lib/tile.wgsl" with { type: "text" };
 
 export const SHADERS: Record<string, string> = {
   "lib/reduce": libReduce,
   "lib/activation": libActivation,
+  "lib/tile": libTile,
   router,
   dispatch,
   aux_loss,

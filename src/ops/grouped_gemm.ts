@@ -13,7 +13,7 @@
 import type { Gpu } from "../gpu/device.ts";
 import { STORAGE_USAGE } from "../gpu/pool.ts";
 import { bindSlots, sharesMemory, Tensor, uniform, type Binding, type Dispatch } from "../gpu/tensor.ts";
-import { matmulTiles, tileTemplate } from "./matmul.ts";
+import { matmulTiles, tileBytes, tileTemplate, type TileShape } from "./matmul.ts";
 
 export type GroupedLayout = "nt" | "nn" | "tn";
 
@@ -179,7 +179,7 @@ export async function groupedMatmul(gpu: Gpu, args: GroupedMatmulArgs): Promise<
   const vec4 = variant === "vec4" || (variant === "auto" && aligned && gpu.isCpu);
   const entry = vec4 ? (layout === "tn" ? "wgrad4" : `rows_${layout}4`) : layout === "tn" ? "wgrad_tiled" : "rows_tiled";
   const constants = mode.mode ? { MODE: mode.mode } : undefined;
-  const kernel = await gpu.kernel({ shader: "grouped_gemm", entry, template: tileTemplate(t), constants });
+  const kernel = await gpu.kernel({ shader: "grouped_gemm", entry, template: { ...tileTemplate(t), BK: groupedDepth(gpu, t) }, constants });
   const u = vec4 ? 4 : 1;
   const params = uniform(gpu, [
     M, N, K, E,
@@ -204,6 +204,17 @@ export async function groupedMatmul(gpu: Gpu, args: GroupedMatmulArgs): Promise<
   const slots: [number, Binding][] = [[0, args.a], [1, args.b], [2, args.c], [3, params], [4, args.offsets]];
   for (const slot of EXTRA_SLOTS[entry]!) slots.push([slot, extra.get(slot)?.t ?? placeholder(gpu, slot)]);
   return { kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups };
+}
+
+/**
+ * The tiled row kernel double-buffers three tiles (A, W and swiglu's gate weights: tileBytes plus one more
+ * B tile), so on an adapter with less workgroup memory than that it stages shallower K steps.
+ */
+function groupedDepth(gpu: Gpu, t: TileShape): number {
+  const smem = gpu.limits.maxComputeWorkgroupStorageSize ?? 16384;
+  let bk = t.BK;
+  while (bk > 4 && tileBytes({ ...t, BK: bk }) + 2 * bk * t.BN * 4 > smem) bk /= 2;
+  return bk;
 }
 
 /** A written operand (C, and the fused C2 and H) may share memory with no other operand of the launch. */
