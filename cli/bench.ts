@@ -39,7 +39,7 @@ export function registerBench(program: Command): void {
     .description("one training step (forward, backward, AdamW in one submit) of a config on random tokens: ms/step, tokens/s, dispatches, GFLOP/s"))
     .option("--steps <n>", "timed steps after one warm-up (default: about two seconds of work)", int("--steps"))
     .option("--matmul-size <n>", "square matmul timed for the fraction of its GFLOP/s the step reaches (0: skip)", (v: string) => parseNumber("--matmul-size", v, false), 512)
-    .option("--recompute", "as train --recompute: recompute norm outputs and dense FFN activations in backward")
+    .option("--recompute", "as train --recompute: recompute norm outputs and FFN/expert hidden activations in backward")
     .option("--json", "print the JSON line only")
     .action(async (o: ModelShapeFlags & { steps?: number; matmulSize: number; recompute?: boolean; json?: boolean }) => {
       const { config } = modelShape(o);

@@ -58,7 +58,7 @@ export function registerTrain(program: Command): void {
     .option("--resume [dir]", "continue from the latest checkpoint of a run directory (default --out) or a checkpoint")
     .option("--init <checkpoint>", "start from a checkpoint's weights (its model config; step 0, fresh optimizer)")
     .option("--skip-nonfinite", "skip (and count) steps with a non-finite loss or gradient instead of stopping")
-    .option("--recompute", "recompute norm outputs and dense FFN activations in backward: less GPU memory, same numbers")
+    .option("--recompute", "recompute norm outputs and FFN/expert hidden activations in backward: less GPU memory, same numbers")
     .option("--mask-unit <unit>", "mlm: mask text token by token, or whole words (byte tokenizer)", TRAIN_DEFAULTS.maskUnit)
     .option("--json", "print JSON lines on stdout")
     .action(async (raw: Record<string, unknown>, cmd: Command) => {

@@ -53,6 +53,11 @@ export interface MoeIo {
   residual?: Tensor;
   dOut: Tensor | null;
   dm: Tensor | null;
+  /**
+   * activation recomputation: the routed experts' hidden (and the shared expert's) lives in scratch shared
+   * by all MoE layers, and backward computes it again from the saved pre-activations
+   */
+  recompute?: boolean;
 }
 
 export async function planMoeBlock(
@@ -124,7 +129,10 @@ export async function planMoeBlock(
   // 10-11. grouped expert FFN, weighted combine (+ inner residual)
   const yPerm = A.f32([R, dSub], `${p}.yperm`);
   const gatePre = act === "silu" ? A.f32([R, inner], `${p}.expert_gate`) : null;
-  const upPre = A.f32([R, inner], `${p}.expert_up`), hidden = A.f32([R, inner], `${p}.expert_hidden`);
+  const upPre = A.f32([R, inner], `${p}.expert_up`);
+  // The down projection reads the hidden right after the up projection writes it; with recompute, what
+  // backward's dWd reads is computed again there, so every MoE layer shares one buffer.
+  const hidden = io.recompute ? Sc.f32([R, inner], "moe.expert_hidden") : A.f32([R, inner], `${p}.expert_hidden`);
   const ex = `${p}.experts`;
   const shape = { E, rows: R, dSub, inner, act, offsets };
   const weights = { gate: act === "silu" ? W.stack(ex, "gate_proj") : null, up: W.stack(ex, "up_proj"), down: W.stack(ex, "down_proj") };
@@ -143,7 +151,10 @@ export async function planMoeBlock(
   }
 
   // 13. shared expert on m, added beside the routed output
-  const sharedIo = (dm: Tensor | null) => ({ N, width: d, inner: c.shared_expert_intermediate_size, act: "silu" as const, m, out: io.out, dOut: io.dOut, dm, accumulateDm: true });
+  const sharedIo = (dm: Tensor | null) => ({
+    N, width: d, inner: c.shared_expert_intermediate_size, act: "silu" as const, m, out: io.out, dOut: io.dOut, dm,
+    accumulateDm: true, recompute: io.recompute,
+  });
   const sharedW = (st: ParamStore) => ffnWeights(st, `${p}.shared_expert`, true);
   const shared = c.shared_expert_intermediate_size > 0
     ? await planDenseFfn(gpu, sharedIo(io.dm), sharedW(W), G && sharedW(G), A, Sc, `${p}.shared_expert`)
@@ -171,7 +182,7 @@ export async function planMoeBlock(
   bwd.push(...(await planExpertFfnBackward(gpu, {
     ...shape, ...weights, x: xPerm, gatePre, upPre, hidden, dy: dyPerm, dx: dxPerm,
     dGate: act === "silu" ? G.stack(ex, "gate_proj") : null, dUp: G.stack(ex, "up_proj"), dDown: G.stack(ex, "down_proj"),
-    dHidden, dGatePre, accumulate: true,
+    dHidden, dGatePre, accumulate: true, recompute: io.recompute,
   })));
   bwd.push(...(await planGatherRowsBackward(gpu, { dxPerm, assignmentRow, ds, S, k, dSub, residual: c.mhmoe_inner_residual ? dy : undefined })));
 

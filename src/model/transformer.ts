@@ -42,8 +42,9 @@ export interface TransformerPlanOptions {
   fuseRope?: boolean;
   fuseGateUp?: boolean;
   /**
-   * Activation recomputation: keep the RMSNorm outputs and the dense FFN's hidden activation in scratch shared
-   * by all layers and compute them again in backward (less memory, a few more launches; the same numbers).
+   * Activation recomputation: keep the RMSNorm outputs and the FFN hidden activations (dense, routed experts,
+   * shared expert) in scratch shared by all layers and compute them again in backward (less memory, a few
+   * more launches; the same numbers).
    */
   recompute?: boolean;
 }

@@ -5,10 +5,12 @@
  * x, y: [rows, dSub] permuted rows grouped by expert (rows = worst case S*k; rows past offsets[E] are
  * ignored and never written); gate/up [E, inner, dSub], down [E, dSub, inner], stacked per expert.
  * Launches (see planExpertFfnForward/Backward): forward 2, backward 4 for both activations (5 for SwiGLU
- * when dGate and dUp overlap in one tensor, as a flat gradient buffer bound whole does).
+ * when dGate and dUp overlap in one tensor, as a flat gradient buffer bound whole does), one more with
+ * recompute (the hidden activation again).
  */
 import type { Gpu } from "../gpu/device.ts";
 import { sharesMemory, type Dispatch, type Tensor } from "../gpu/tensor.ts";
+import { planGeluForward, planSwigluForward } from "./activation.ts";
 import { groupedMatmul, type GroupedFusion, type GroupedMatmulArgs } from "./grouped_gemm.ts";
 
 export type ExpertAct = "silu" | "gelu";
@@ -100,12 +102,19 @@ export interface ExpertFfnBackwardArgs extends ExpertFfnShape, ExpertWeightsGpu,
   dGatePre: Tensor | null;
   /** default true: weight gradients are added to what the buffers hold (experts without rows add nothing) */
   accumulate?: boolean;
+  /**
+   * hidden is scratch that other layers' forwards have overwritten since (activation recomputation):
+   * compute it again from gatePre/upPre before dWd reads it
+   */
+  recompute?: boolean;
 }
 
 /**
  * dx and the weight gradients of the expert FFN, given dy and what forward saved. Four launches: dy Wd_e
  * with the activation's backward in its epilogue (dL/dhidden never reaches memory), dWd, dWu and dWg in
- * one launch, and dx = dupPre Wu_e + dgatePre Wg_e with one accumulator.
+ * one launch, and dx = dupPre Wu_e + dgatePre Wg_e with one accumulator. With recompute, the activation
+ * over all rows before dWd: rows past offsets[E] hold whatever the pre-activations' buffers held (the
+ * forward never writes them), and their hidden rows are never read, as in forward.
  */
 export async function planExpertFfnBackward(gpu: Gpu, a: ExpertFfnBackwardArgs): Promise<Dispatch[]> {
   checkAct(a, a.gate, a.gatePre, "planExpertFfnBackward");
@@ -116,9 +125,15 @@ export async function planExpertFfnBackward(gpu: Gpu, a: ExpertFfnBackwardArgs):
   const actBwd: GroupedFusion = silu
     ? { kind: "swiglu_bwd", gatePre: a.gatePre!, upPre: a.upPre, dGatePre: a.dGatePre! }
     : { kind: "gelu_bwd", upPre: a.upPre };
+  // The standalone activation kernels compute what the forward GEMM's epilogue did (the same shared
+  // functions), so the recomputed hidden is the forward's, bit for bit.
+  const recomputeHidden = !a.recompute ? [] : silu
+    ? await planSwigluForward(gpu, { gate: a.gatePre!, up: a.upPre, h: a.hidden, rows, cols: inner })
+    : await planGeluForward(gpu, { x: a.upPre, y: a.hidden, rows, cols: inner });
   const out: Dispatch[] = [
     // dupPre (and dgatePre) from dhidden = dy Wd_e (Wd_e [dSub, inner]); dWd_e += dy_e^T hidden_e
     await gemm(gpu, a, "nn", rows, inner, dSub, a.dy, a.down, a.dHidden, 0, actBwd),
+    ...recomputeHidden,
     await gemm(gpu, a, "tn", dSub, inner, rows, a.dy, a.hidden, a.dDown, beta),
   ];
   if (!silu) {

@@ -38,7 +38,7 @@ export interface TrainOptions {
   /** 0: keep all */
   keep: number;
   skipNonfinite: boolean;
-  /** recompute the RMSNorm outputs and dense FFN hidden activations in backward instead of keeping them */
+  /** recompute the RMSNorm outputs and the FFN and expert hidden activations in backward instead of keeping them */
   recompute: boolean;
   /** mlm: what training masks as one unit of text, a token or a word (byte tokenizer; docs/model.md) */
   maskUnit: "token" | "word";
