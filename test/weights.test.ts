@@ -250,7 +250,7 @@ describe("fused q, k, v projection", () => {
     expect(fused.loss).toBe(three.loss); // the same products, batched: measured 0
     const worst = worstScaledDifference(three.grads, fused.grads);
     if (process.env.MHMOE_REPORT_TOL) console.log("fused qkv: worst scaled gradient difference", worst);
-    expect(worst).toBeLessThan(1e-6); // measured 0
+    expect(worst).toBeLessThan(1e-6); // measured 1.9e-7 (the qkv dx sums three products in one launch, in another order)
   });
   // Adapters binding only 8 storage buffers take RoPE as separate launches, and a dense SwiGLU whose N * I is
   // not binding-aligned takes gate and up as separate products: forced here so CI runs those paths too.
