@@ -1,7 +1,8 @@
 import { describe, test, expect } from "bun:test";
-import { getGpu } from "../src/gpu/device.ts";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { upload, read, submit, zeros } from "../src/gpu/tensor.ts";
-import { matmul, matmulTiles, type Layout } from "../src/ops/matmul.ts";
+import { matmul, matmulTiles, tileBytes, type Layout } from "../src/ops/matmul.ts";
+import { groupedDepth } from "../src/ops/grouped_gemm.ts";
 import { matmulRef } from "../src/reference/matmul.ts";
 import { expectClose, randomArray } from "./harness.ts";
 
@@ -200,6 +201,8 @@ describe("matmul split-K and GPU tiles vs reference", () => {
     const A = zeros(gpu, [64]);
     await expect(matmul(gpu, { layout: "nn", M: 4, N: 4, K: 4, a: A, b: A, c: A, batch: 2, splitK: 2, variant: "tiled" })).rejects.toThrow(/one C/);
     await expect(matmul(gpu, { layout: "nn", M: 4, N: 4, K: 4, a: A, b: A, c: A, splitK: 2, variant: "vec4" })).rejects.toThrow(/split-K/);
+    // 32 runs of a 1024 x 1024 C need 128 MiB of partial sums, past the device's 16 MiB scratch
+    await expect(matmul(gpu, { layout: "nn", M: 1024, N: 1024, K: 4, a: A, b: A, c: A, splitK: 32, variant: "tiled" })).rejects.toThrow(/split scratch/);
     A.release();
   });
 
@@ -216,6 +219,20 @@ describe("matmul split-K and GPU tiles vs reference", () => {
     submit(gpu, plan);
     expectClose(await read(C), matmulRef("tn", a, b, M, N, K), tol(K), "auto split");
     for (const t of [A, B, C]) t.release();
+  });
+
+  // Two buffered tiles must fit the workgroup memory: the big tiles stage 16 deep where an adapter has 32 KiB,
+  // 8 under WebGPU's 16 KiB minimum; the grouped row kernel, with a third tile (swiglu's gate weights),
+  // halves its depth where 64 x 64 x 16 would not fit. Stand-in adapters with those limits.
+  test("tile depths follow the adapter's workgroup memory", async () => {
+    const gpu = await getGpu();
+    const withStorage = (bytes: number) =>
+      Object.create(gpu, { isCpu: { value: false }, limits: { value: { ...gpu.limits, maxComputeWorkgroupStorageSize: bytes } } }) as Gpu;
+    for (const [bytes, bigBK, groupedBK] of [[32768, 16, 16], [16384, 8, 8]] as const) {
+      const t = matmulTiles(withStorage(bytes));
+      expect([t.big!.BK, groupedDepth(withStorage(bytes), t)]).toEqual([bigBK, groupedBK]);
+      expect(tileBytes(t.big!)).toBeLessThanOrEqual(bytes);
+    }
   });
 
   // The GPU tuning takes 128 x 128 tiles once the grid has 96 of them: 1290 x 1290 is 11 x 11, with

@@ -2,7 +2,7 @@ import { describe, test, expect } from "bun:test";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { upload, read, submit, write, type Dispatch, type Tensor } from "../src/gpu/tensor.ts";
 import {
-  attentionSavedShapes, planAttentionBackward, planAttentionForward, type AttentionShape, type AttentionTiles,
+  attentionSavedShapes, attentionTiles, planAttentionBackward, planAttentionForward, type AttentionShape, type AttentionTiles,
 } from "../src/ops/attention.ts";
 import { ropeTable } from "../src/ops/rope.ts";
 import { attentionBackward, attentionForward } from "../src/reference/attention.ts";
@@ -366,6 +366,29 @@ describe("attention planning", () => {
     const args = { ...s, q, k: q, v: q, o: q, lse };
     await expect(planAttentionForward(gpu, { ...args, tiles: { BQ: 12, BK: 8 } })).rejects.toThrow(/powers of two/);
     await expect(planAttentionForward(gpu, { ...args, tiles: { BQ: 64, BK: 64 } })).rejects.toThrow(/workgroup memory/);
+    for (const t of [q, lse]) t.release();
+  });
+
+  // What a GPU gets: block tiles (shaders/attention_tiled.wgsl) that fit its workgroup memory, and the row
+  // kernels (shaders/attention.wgsl) where none does, as for dHead 128's backward under WebGPU's 16 KiB
+  // minimum. A stand-in adapter with those limits, so this runs on any adapter.
+  test("the GPU tuning takes attention_tiled.wgsl where its tiles fit, attention.wgsl where none does", async () => {
+    const gpu = await getGpu();
+    const withStorage = (bytes: number) =>
+      Object.create(gpu, { isCpu: { value: false }, limits: { value: { ...gpu.limits, maxComputeWorkgroupStorageSize: bytes } } }) as Gpu;
+    const big = withStorage(32768), small = withStorage(16384);
+    expect(attentionTiles(big, 64, "forward")).toEqual({ BQ: 64, BK: 16 });
+    expect(attentionTiles(big, 128, "backward_dq")).toEqual({ BQ: 16, BK: 8 });
+    expect("BQ" in attentionTiles(small, 64, "backward_dkdv")).toBe(true);
+    expect(attentionTiles(small, 128, "backward_dq")).toEqual({ WG: 64, BT: expect.any(Number) });
+    expect(attentionTiles(small, 128, "backward_dkdv")).toEqual({ WG: 64, BT: expect.any(Number) });
+    // and the planned launches name the kernel family the tiles select
+    const s = { B: 2, T: 5, H: 1, dHead: 12 }; // tiles whose pipelines the tests above built
+    const q = nans(gpu, s.B * s.T * s.dHead), lse = nans(gpu, s.B * s.T);
+    const args = { ...s, q, k: q, v: q, o: q, lse };
+    const [tiled] = await planAttentionForward(gpu, { ...args, tiles: { BQ: 8, BK: 4 } });
+    const [row] = await planAttentionForward(gpu, { ...args, tiles: { WG: 8, BT: 3 } });
+    expect([tiled!.kernel.name, row!.kernel.name]).toEqual(["attention_tiled.wgsl:forward", "attention.wgsl:forward"]);
     for (const t of [q, lse]) t.release();
   });
 });

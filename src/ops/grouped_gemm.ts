@@ -210,7 +210,7 @@ export async function groupedMatmul(gpu: Gpu, args: GroupedMatmulArgs): Promise<
  * The tiled row kernel double-buffers three tiles (A, W and swiglu's gate weights: tileBytes plus one more
  * B tile), so on an adapter with less workgroup memory than that it stages shallower K steps.
  */
-function groupedDepth(gpu: Gpu, t: TileShape): number {
+export function groupedDepth(gpu: Gpu, t: TileShape): number {
   const smem = gpu.limits.maxComputeWorkgroupStorageSize ?? 16384;
   let bk = t.BK;
   while (bk > 4 && tileBytes({ ...t, BK: bk }) + 2 * bk * t.BN * 4 > smem) bk /= 2;
