@@ -8,7 +8,9 @@ export interface KernelSpec {
   constants?: Record<string, number>;
   /**
    * Template parameters for what `override` cannot express in every implementation (e.g. the element
-   * count of a workgroup array): each `{{NAME}}` in the source is replaced by the value.
+   * count of a workgroup array, a binding's element type): each `{{NAME}}` in the source is replaced by
+   * the value; `{{NAME:default}}` takes the default where the spec gives none. A value "f16" (a storage
+   * type, see storageTypes) makes the module start with `enable f16;`.
    */
   template?: Record<string, number | string>;
 }
@@ -33,11 +35,26 @@ function specKey(spec: KernelSpec): string {
 }
 
 export function applyTemplate(source: string, template: Record<string, number | string> | undefined, name: string): string {
-  const out = source.replace(/\{\{(\w+)\}\}/g, (_, key: string) => {
-    const v = template?.[key];
+  const out = source.replace(/\{\{(\w+)(?::(\w+))?\}\}/g, (_, key: string, fallback: string | undefined) => {
+    const v = template?.[key] ?? fallback;
     if (v === undefined) throw new ShaderError(name, `template parameter {{${key}}} has no value`);
     return String(v);
   });
+  return usesF16(template) ? `enable f16;\n${out}` : out;
+}
+
+function usesF16(template: Record<string, number | string> | undefined): boolean {
+  return !!template && Object.values(template).includes("f16");
+}
+
+/**
+ * Template entries giving bindings their storage element types, e.g. storageTypes({ X_T: x }) for a
+ * shader declaring `array<{{X_T:f32}}>`: "f16" for f16 tensors, else "f32". Shaders load such a binding
+ * through f32(...) and store through {{X_T}}(...), so f32 stays the arithmetic type either way.
+ */
+export function storageTypes(tensors: Record<string, { dtype: string } | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, t] of Object.entries(tensors)) out[k] = t?.dtype === "f16" ? "f16" : "f32";
   return out;
 }
 

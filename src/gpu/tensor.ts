@@ -2,8 +2,22 @@ import type { Gpu } from "./device.ts";
 import type { Kernel } from "./kernel.ts";
 import { UserError } from "../util/errors.ts";
 
-export type DType = "f32" | "i32" | "u32";
-type Typed = Float32Array | Int32Array | Uint32Array;
+/**
+ * Element types. f16 is a storage type only (activations under `--precision mixed`, on adapters with
+ * shader-f16): kernels load it into f32, compute in f32 and round once when they store.
+ */
+export type DType = "f32" | "f16" | "i32" | "u32";
+type Typed = Float32Array | Float16Array | Int32Array | Uint32Array;
+
+/** Bytes per element. */
+export function elementBytes(dtype: DType): number {
+  return dtype === "f16" ? 2 : 4;
+}
+
+/** Bytes of n elements as stored: storage bindings and copies come in whole 4-byte words. */
+export function storageBytes(n: number, dtype: DType): number {
+  return Math.ceil((n * elementBytes(dtype)) / 4) * 4;
+}
 
 const MAP_READ = 0x1;
 const COPY_DST = 0x8;
@@ -30,7 +44,7 @@ export class Tensor {
     return this.shape.reduce((a, b) => a * b, 1);
   }
   get byteLength(): number {
-    return this.size * 4;
+    return storageBytes(this.size, this.dtype);
   }
   release(): void {
     if (this.ownsBuffer) this.gpu.pool.release(this.buffer);
@@ -46,10 +60,10 @@ export function tensorView(base: Tensor, elementOffset: number, shape: readonly 
   const gpu = base.gpu;
   const n = shape.reduce((a, b) => a * b, 1);
   if (elementOffset < 0 || elementOffset + n > base.size) throw new Error(`tensorView ${label}: elements ${elementOffset}..${elementOffset + n} outside ${base.label || "tensor"} of ${base.size}`);
-  const byteOffset = base.byteOffset + elementOffset * 4;
+  const byteOffset = base.byteOffset + elementOffset * elementBytes(base.dtype);
   const align = gpu.limits.minStorageBufferOffsetAlignment ?? 256;
   if (byteOffset % align !== 0) throw new Error(`tensorView ${label}: byte offset ${byteOffset} is not a multiple of minStorageBufferOffsetAlignment ${align}`);
-  checkBindable(gpu, n * 4, shape, label);
+  checkBindable(gpu, storageBytes(n, base.dtype), shape, label);
   return new Tensor(gpu, base.buffer, shape, base.dtype, label, byteOffset, false);
 }
 
@@ -74,8 +88,10 @@ function checkBindable(gpu: Gpu, bytes: number, shape: readonly number[], label:
 /** An uninitialised tensor (pooled memory may hold old data: ops write every element, or call zeros()). */
 export function empty(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", label = ""): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
-  checkBindable(gpu, n * 4, shape, label);
-  return new Tensor(gpu, gpu.pool.acquire(n * 4, undefined, label), shape, dtype, label);
+  if (dtype === "f16" && !gpu.hasF16) throw new UserError(`tensor ${label}: f16 storage needs an adapter with the shader-f16 feature, and this one has none`);
+  const bytes = storageBytes(n, dtype);
+  checkBindable(gpu, bytes, shape, label);
+  return new Tensor(gpu, gpu.pool.acquire(bytes, undefined, label), shape, dtype, label);
 }
 
 export function zeros(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", label = ""): Tensor {
@@ -87,24 +103,45 @@ export function zeros(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", 
 }
 
 export function upload(gpu: Gpu, data: Typed, shape?: readonly number[], label = ""): Tensor {
-  const dtype: DType = data instanceof Float32Array ? "f32" : data instanceof Int32Array ? "i32" : "u32";
+  const dtype: DType = data instanceof Float32Array ? "f32" : data instanceof Float16Array ? "f16" : data instanceof Int32Array ? "i32" : "u32";
   const s = shape ?? [data.length];
   const n = s.reduce((a, b) => a * b, 1);
   if (n !== data.length) throw new Error(`upload: shape [${s}] has ${n} elements, data has ${data.length}`);
   const t = empty(gpu, s, dtype, label);
-  if (data.byteLength > 0) gpu.device.queue.writeBuffer(t.buffer, t.byteOffset, data.buffer, data.byteOffset, data.byteLength);
+  writeWords(t, 0, data);
   return t;
+}
+
+/** writeBuffer takes whole 4-byte words: an odd count of f16 elements is padded with a zero. */
+function writeWords(t: Tensor, byteAt: number, data: Typed): void {
+  if (data.byteLength === 0) return;
+  if (data.byteLength % 4 === 0) {
+    t.gpu.device.queue.writeBuffer(t.buffer, t.byteOffset + byteAt, data.buffer, data.byteOffset, data.byteLength);
+    return;
+  }
+  const padded = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
+  padded.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  t.gpu.device.queue.writeBuffer(t.buffer, t.byteOffset + byteAt, padded.buffer, 0, padded.byteLength);
+}
+
+function checkType(t: Tensor, data: Typed, what: string): void {
+  const dtype: DType = data instanceof Float32Array ? "f32" : data instanceof Float16Array ? "f16" : data instanceof Int32Array ? "i32" : "u32";
+  if (elementBytes(dtype) !== elementBytes(t.dtype)) throw new Error(`${what}: ${t.label || "tensor"} holds ${t.dtype}, data is ${dtype}`);
 }
 
 export function write(t: Tensor, data: Typed): void {
   if (data.length !== t.size) throw new Error(`write: tensor has ${t.size} elements, data has ${data.length}`);
-  t.gpu.device.queue.writeBuffer(t.buffer, t.byteOffset, data.buffer, data.byteOffset, data.byteLength);
+  checkType(t, data, "write");
+  writeWords(t, 0, data);
 }
 
 /** Writes `data` into elements at.. of a tensor; queued, so it lands before the next submit's work. */
 export function writeAt(t: Tensor, data: Typed, at = 0): void {
   if (at < 0 || at + data.length > t.size) throw new Error(`writeAt: elements ${at}..${at + data.length} outside ${t.label || "tensor"} of ${t.size}`);
-  if (data.length > 0) t.gpu.device.queue.writeBuffer(t.buffer, t.byteOffset + at * 4, data.buffer, data.byteOffset, data.byteLength);
+  checkType(t, data, "writeAt");
+  const eb = elementBytes(t.dtype);
+  if ((at * eb) % 4 !== 0 || (data.byteLength % 4 !== 0 && at + data.length !== t.size)) throw new Error(`writeAt: f16 writes start on an even element and end on one or at the tensor's end`);
+  writeWords(t, at * eb, data);
 }
 
 /**
@@ -128,7 +165,10 @@ export class Commands {
 
   /** Copies n elements from src[srcAt..] to dst[dstAt..]. */
   copy(src: Tensor, srcAt: number, dst: Tensor, dstAt: number, n: number): this {
-    this.encoder.copyBufferToBuffer(src.buffer, src.byteOffset + srcAt * 4, dst.buffer, dst.byteOffset + dstAt * 4, n * 4);
+    const eb = elementBytes(src.dtype);
+    if (eb !== elementBytes(dst.dtype)) throw new Error(`copy: ${src.label} is ${src.dtype}, ${dst.label} is ${dst.dtype}`);
+    if ((srcAt * eb) % 4 || (dstAt * eb) % 4 || (n * eb) % 4) throw new Error("copy: f16 copies move an even number of elements from even offsets");
+    this.encoder.copyBufferToBuffer(src.buffer, src.byteOffset + srcAt * eb, dst.buffer, dst.byteOffset + dstAt * eb, n * eb);
     return this;
   }
 
@@ -157,9 +197,11 @@ export async function readBytes(gpu: Gpu, buffer: GPUBuffer, byteLength: number,
   return out;
 }
 
+/** A tensor's elements on the host; f16 ones widened to a Float32Array. */
 export async function read(t: Tensor): Promise<Float32Array>;
-export async function read(t: Tensor): Promise<Typed> {
+export async function read(t: Tensor): Promise<Float32Array | Int32Array | Uint32Array> {
   const bytes = await readBytes(t.gpu, t.buffer, t.byteLength, t.byteOffset);
+  if (t.dtype === "f16") return Float32Array.from(new Float16Array(bytes, 0, t.size));
   return t.dtype === "f32" ? new Float32Array(bytes) : t.dtype === "i32" ? new Int32Array(bytes) : new Uint32Array(bytes);
 }
 
