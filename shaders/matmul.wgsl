@@ -30,9 +30,12 @@ struct Params {
   alpha: f32, beta: f32, zsum: u32, kSplit: u32,
 }
 
-@group(0) @binding(0) var<storage, read> A: array<f32>;
-@group(0) @binding(1) var<storage, read> B: array<f32>;
-@group(0) @binding(2) var<storage, read_write> C: array<f32>;
+// Storage element types (template A_T, B_T, C_T: f32, or f16 for activations under mixed precision). Every
+// load widens to f32 and every store rounds once, so the arithmetic is f32 either way.
+@group(0) @binding(0) var<storage, read> A: array<{{A_T:f32}}>;
+@group(0) @binding(1) var<storage, read> B: array<{{B_T:f32}}>;
+@group(0) @binding(2) var<storage, read_write> C: array<{{C_T:f32}}>;
+alias CT = {{C_T:f32}};
 @group(0) @binding(3) var<uniform> p: Params;
 
 const BM: u32 = {{BM}}u;
@@ -61,14 +64,14 @@ fn storeOut(s: u32, m: u32, n: u32, idx: u32, a: f32) { {{STORE_OUT}} }
 
 fn loadA(base: u32, m: u32, k: u32) -> f32 {
   if (m >= p.M || k >= p.K) { return 0.0; }
-  if (TRANS_A) { return A[base + k * p.lda + m]; }
-  return A[base + m * p.lda + k];
+  if (TRANS_A) { return f32(A[base + k * p.lda + m]); }
+  return f32(A[base + m * p.lda + k]);
 }
 
 fn loadB(base: u32, k: u32, n: u32) -> f32 {
   if (k >= p.K || n >= p.N) { return 0.0; }
-  if (TRANS_B) { return B[base + n * p.ldb + k]; }
-  return B[base + k * p.ldb + n];
+  if (TRANS_B) { return f32(B[base + n * p.ldb + k]); }
+  return f32(B[base + k * p.ldb + n]);
 }
 
 // fetchA(base, m, k): A's 4 elements from (m, k) along its contiguous dimension (m for tn, else k);
@@ -169,9 +172,9 @@ fn splitk_reduce(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workg
 // workgroup memory does, and each thread keeps a VM x (4*VN4) block of C in registers, loading A and B four
 // elements at a time. Offsets/strides in Params are then in vec4 units. Template: VM, VN4.
 
-@group(0) @binding(0) var<storage, read> A4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> B4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> C4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> A4: array<vec4<{{A_T:f32}}>>;
+@group(0) @binding(1) var<storage, read> B4: array<vec4<{{B_T:f32}}>>;
+@group(0) @binding(2) var<storage, read_write> C4: array<vec4<CT>>;
 
 const VM: u32 = {{VM}}u;
 const VN4: u32 = {{VN4}}u;
@@ -179,8 +182,8 @@ const VN4: u32 = {{VN4}}u;
 fn store4(base: u32, m: u32, n4: u32, v: vec4<f32>) {
   let idx = base + m * p.ldc + n4;
   var out = p.alpha * v;
-  if (p.beta != 0.0) { out += p.beta * C4[idx]; }
-  C4[idx] = out + epi4(idx, n4);
+  if (p.beta != 0.0) { out += p.beta * vec4<f32>(C4[idx]); }
+  C4[idx] = vec4<CT>(out + epi4(idx, n4));
 }
 
 // nn: A [M,K] (K%4==0), B [K,N] (N%4==0). Thread (x,y) owns rows y*VM.. and vec4 columns x*VN4..
@@ -196,10 +199,10 @@ fn nn4(@builtin(global_invocation_id) g: vec3<u32>) {
     let bB = p.offB + (g.z + z) * p.strideB;
     for (var k4 = 0u; k4 < p.K / 4u; k4++) {
       var a: array<vec4<f32>, VM>;
-      for (var i = 0u; i < VM; i++) { a[i] = A4[bA + min(m0 + i, p.M - 1u) * p.lda + k4]; }
+      for (var i = 0u; i < VM; i++) { a[i] = vec4<f32>(A4[bA + min(m0 + i, p.M - 1u) * p.lda + k4]); }
       for (var kk = 0u; kk < 4u; kk++) {
         var b: array<vec4<f32>, VN4>;
-        for (var j = 0u; j < VN4; j++) { b[j] = B4[bB + (k4 * 4u + kk) * p.ldb + min(c0 + j, N4 - 1u)]; }
+        for (var j = 0u; j < VN4; j++) { b[j] = vec4<f32>(B4[bB + (k4 * 4u + kk) * p.ldb + min(c0 + j, N4 - 1u)]); }
         for (var i = 0u; i < VM; i++) {
           let av = vec4<f32>(a[i][kk]);
           for (var j = 0u; j < VN4; j++) { acc[i * VN4 + j] = fma(av, b[j], acc[i * VN4 + j]); }
@@ -227,13 +230,13 @@ fn nt4(@builtin(global_invocation_id) g: vec3<u32>) {
     let bB = p.offB + (g.z + z) * p.strideB;
     for (var k4 = 0u; k4 < p.K / 4u; k4++) {
       var a: array<vec4<f32>, VM>;
-      for (var i = 0u; i < VM; i++) { a[i] = A4[bA + min(m0 + i, p.M - 1u) * p.lda + k4]; }
+      for (var i = 0u; i < VM; i++) { a[i] = vec4<f32>(A4[bA + min(m0 + i, p.M - 1u) * p.lda + k4]); }
       for (var j = 0u; j < VN4; j++) {
         let n = min(c0 + j, N4 - 1u) * 4u;
-        let b0 = B4[bB + n * p.ldb + k4];
-        let b1 = B4[bB + (n + 1u) * p.ldb + k4];
-        let b2 = B4[bB + (n + 2u) * p.ldb + k4];
-        let b3 = B4[bB + (n + 3u) * p.ldb + k4];
+        let b0 = vec4<f32>(B4[bB + n * p.ldb + k4]);
+        let b1 = vec4<f32>(B4[bB + (n + 1u) * p.ldb + k4]);
+        let b2 = vec4<f32>(B4[bB + (n + 2u) * p.ldb + k4]);
+        let b3 = vec4<f32>(B4[bB + (n + 3u) * p.ldb + k4]);
         for (var i = 0u; i < VM; i++) {
           acc[i * VN4 + j] += vec4<f32>(dot(a[i], b0), dot(a[i], b1), dot(a[i], b2), dot(a[i], b3));
         }
@@ -264,9 +267,9 @@ fn tn4(@builtin(global_invocation_id) g: vec3<u32>) {
     let bB = p.offB + (g.z + z) * p.strideB;
     for (var k = 0u; k < p.K; k++) {
       var b: array<vec4<f32>, VN4>;
-      for (var j = 0u; j < VN4; j++) { b[j] = B4[bB + k * p.ldb + min(c0 + j, N4 - 1u)]; }
+      for (var j = 0u; j < VN4; j++) { b[j] = vec4<f32>(B4[bB + k * p.ldb + min(c0 + j, N4 - 1u)]); }
       for (var i4 = 0u; i4 < VM / 4u; i4++) {
-        let a = A4[bA + k * p.lda + min(m0 / 4u + i4, M4 - 1u)];
+        let a = vec4<f32>(A4[bA + k * p.lda + min(m0 / 4u + i4, M4 - 1u)]);
         if (sumA) { colA[i4] += a; }
         for (var r = 0u; r < 4u; r++) {
           let av = vec4<f32>(a[r]);

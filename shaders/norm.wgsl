@@ -17,7 +17,8 @@ struct Params { N: u32, d: u32, eps: f32, beta: f32 }
 
 @group(0) @binding(0) var<storage, read> fwdX: array<f32>;
 @group(0) @binding(1) var<storage, read> fwdW: array<f32>;
-@group(0) @binding(2) var<storage, read_write> fwdY: array<f32>;
+// y's storage type: f32, or f16 (template Y_T) for the projections' inputs under mixed precision.
+@group(0) @binding(2) var<storage, read_write> fwdY: array<{{Y_T:f32}}>;
 @group(0) @binding(3) var<storage, read_write> fwdRstd: array<f32>;
 @group(0) @binding(4) var<uniform> fwdP: Params;
 
@@ -34,7 +35,7 @@ fn rmsnorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
   }
   let r = 1.0 / sqrt(workgroupSum(lid, ss) / f32(fwdP.d) + fwdP.eps);
   if (lid == 0u) { fwdRstd[row] = r; }
-  for (var i = lid; i < fwdP.d; i += WG) { fwdY[base + i] = fwdX[base + i] * r * fwdW[i]; }
+  for (var i = lid; i < fwdP.d; i += WG) { fwdY[base + i] = {{Y_T:f32}}(fwdX[base + i] * r * fwdW[i]); }
 }
 
 // dx = r * w * dy - x * r^3 * mean(dy * w * x)  (+ beta * dx: beta 1 adds into the residual gradient);

@@ -252,3 +252,47 @@ describe("matmul split-K and GPU tiles vs reference", () => {
     });
   }
 });
+
+// Mixed precision stores activations in f16: any operand may be f16, loads widen to f32 and the sums stay
+// f32. The reference takes the f16-rounded inputs, so the only extra error is C's one rounding to f16
+// when C is f16 (at most 2^-11 relative, plus the f32 sums' error before it).
+describe("matmul with f16 storage", () => {
+  const f16 = (x: Float32Array) => Float32Array.from(x, Math.f16round);
+  type Which = { a: boolean; b: boolean; c: boolean };
+  async function runF16(layout: Layout, M: number, N: number, K: number, which: Which, opts: { variant?: Variant; beta?: number; splitK?: number } = {}) {
+    const gpu = await getGpu();
+    const a = f16(randomArray(M * K, 5 + M + K)), b = f16(randomArray(K * N, 6 + N + K));
+    const c0 = f16(randomArray(M * N, 7 + M * N));
+    const put = (x: Float32Array, half: boolean) => (half ? upload(gpu, Float16Array.from(x)) : upload(gpu, x));
+    const A = put(a, which.a), B = put(b, which.b), C = put(c0, which.c);
+    const beta = opts.beta ?? 0;
+    submit(gpu, await matmul(gpu, { layout, M, N, K, a: A, b: B, c: C, beta, variant: opts.variant ?? "tiled", splitK: opts.splitK }));
+    const got = await read(C);
+    for (const t of [A, B, C]) t.release();
+    const want = matmulRef(layout, a, b, M, N, K, 1, beta !== 0 ? c0 : undefined, 1, beta);
+    const label = `f16 ${JSON.stringify(which)} ${layout} ${M}x${N}x${K} ${opts.variant ?? "tiled"} split ${opts.splitK ?? 1}`;
+    if (!which.c) return expectClose(got, want, tol(K), label);
+    // The stored value is the f32 sum rounded once: within half an f16 ulp (2^-11 relative) of the sum.
+    expectClose(got, f16(want), { atol: tol(K).atol + 6.1e-5, rtol: 2 ** -10 }, label);
+  }
+  const all: Which = { a: true, b: true, c: true };
+  for (const layout of LAYOUTS) {
+    test(`${layout} every operand f16, tiled, unaligned 17x33x65`, () => runF16(layout, 17, 33, 65, all));
+    test(`${layout} f16 activation x f32 weight into f32, vec4 16x24x40`, () => runF16(layout, 16, 24, 40, { a: true, b: false, c: false }, { variant: "vec4" }));
+    test(`${layout} f32 operands into f16 C, accumulate, vec4 12x16x24`, () => runF16(layout, 12, 16, 24, { a: false, b: false, c: true }, { variant: "vec4", beta: 1 }));
+    test(`${layout} f16 operands, split-K in 4 runs, 20x24x300`, () => runF16(layout, 20, 24, 300, { a: true, b: true, c: false }, { splitK: 4 }));
+  }
+
+  test("an f16 C holds f16 values: storing the f32 sum unrounded would not match", async () => {
+    // The same product into an f32 C differs from the f16 one by the rounding the f16 store applies.
+    const gpu = await getGpu();
+    const a = f16(randomArray(8 * 8, 91)), b = f16(randomArray(8 * 8, 92));
+    const C16 = zeros(gpu, [64], "f16"), C32 = zeros(gpu, [64]);
+    const A = upload(gpu, Float16Array.from(a)), B = upload(gpu, Float16Array.from(b));
+    submit(gpu, [...(await matmul(gpu, { layout: "nn", M: 8, N: 8, K: 8, a: A, b: B, c: C16 })), ...(await matmul(gpu, { layout: "nn", M: 8, N: 8, K: 8, a: A, b: B, c: C32 }))]);
+    const half = await read(C16), full = await read(C32);
+    for (const t of [A, B, C16, C32]) t.release();
+    expect(Array.from(half)).toEqual(Array.from(full, Math.f16round));
+    expect(Array.from(half)).not.toEqual(Array.from(full));
+  });
+});

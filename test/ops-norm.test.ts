@@ -56,6 +56,23 @@ describe("rmsnorm kernels vs reference", () => {
   }
   test("backward adds dx into an existing residual gradient", () => backwardCase(37, 48, true));
 
+  // Mixed precision stores y in f16: the f32 value rounded once, so within 2^-11 relative of the reference
+  // (plus the f32 sums' error); an odd N * d also exercises the last half-filled word.
+  for (const [N, d] of [[37, 48], [3, 7]] as const) {
+    test(`forward into an f16 y, N=${N} d=${d}`, async () => {
+      const gpu = await getGpu();
+      const x = randomArray(N * d, 30 + N + d, 2), w = randomArray(d, 31 + d);
+      const X = upload(gpu, x), W = upload(gpu, w), Y = empty(gpu, [N, d], "f16"), R = empty(gpu, [N]);
+      submit(gpu, await planRmsNormForward(gpu, { x: X, w: W, y: Y, rstd: R, N, d, eps: EPS }));
+      const want = rmsnormForward(x, w, N, d, EPS);
+      const got = await read(Y);
+      expectClose(got, want.y, { atol: Y_TOL.atol, rtol: 2 ** -11 }, `rmsnorm f16 y N=${N} d=${d}`);
+      expect(got.every((v) => v === Math.f16round(v))).toBe(true);
+      expectClose(await read(R), want.rstd, RSTD_TOL, `rmsnorm rstd N=${N} d=${d}`);
+      for (const t of [X, W, Y, R]) t.release();
+    });
+  }
+
   // Several row blocks, the last one short, and d past a whole number of workgroup widths, with either
   // tuning (MHMOE_TUNING=gpu: 256 threads, up to 256 blocks; lavapipe: 64 threads, up to 8 blocks).
   test("backward over several row blocks (N not a multiple of the block, d not of the workgroup): 2 dispatches", async () => {

@@ -1,4 +1,5 @@
 import type { Gpu } from "../gpu/device.ts";
+import { storageTypes } from "../gpu/kernel.ts";
 import { bindSlots, empty, grid1d, uniform, type Binding, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 
 /** nn: A [M,K] B [K,N]; nt: A [M,K] B [N,K] (C = A B^T); tn: A [K,M] B [K,N] (C = A^T B). */
@@ -185,7 +186,7 @@ function extrasTemplate(args: MatmulArgs, pass: Pass): Record<string, string> {
     BG_STORE4: bg && !partial ? store("DB4", "m4") : "",
     STORE_OUT: partial
       ? "Part[(s * p.M + m) * p.N + n] = a;"
-      : "var v = p.alpha * a; if (p.beta != 0.0) { v += p.beta * C[idx]; } C[idx] = v + epi1(idx, n);",
+      : "var v = p.alpha * a; if (p.beta != 0.0) { v += p.beta * f32(C[idx]); } C[idx] = CT(v + epi1(idx, n));",
   };
 }
 
@@ -198,13 +199,13 @@ function fetchTemplate(vec4: boolean): string {
   if (vec4) {
     return `fn fetchA(base: u32, m: u32, k: u32) -> vec4<f32> {
   if (m >= p.M || k >= p.K) { return vec4<f32>(0.0); }
-  if (TRANS_A) { return A4[(base + k * p.lda + m) / 4u]; }
-  return A4[(base + m * p.lda + k) / 4u];
+  if (TRANS_A) { return vec4<f32>(A4[(base + k * p.lda + m) / 4u]); }
+  return vec4<f32>(A4[(base + m * p.lda + k) / 4u]);
 }
 fn fetchB(base: u32, k: u32, n: u32) -> vec4<f32> {
   if (k >= p.K || n >= p.N) { return vec4<f32>(0.0); }
-  if (TRANS_B) { return B4[(base + n * p.ldb + k) / 4u]; }
-  return B4[(base + k * p.ldb + n) / 4u];
+  if (TRANS_B) { return vec4<f32>(B4[(base + n * p.ldb + k) / 4u]); }
+  return vec4<f32>(B4[(base + k * p.ldb + n) / 4u]);
 }`;
   }
   return `fn fetchA(base: u32, m: u32, k: u32) -> vec4<f32> {
@@ -243,8 +244,10 @@ export async function matmul(gpu: Gpu, args: MatmulArgs): Promise<Dispatch[]> {
   if (args.bias) slots.push([5, args.bias]);
   if (args.biasGrad) slots.push([6, args.biasGrad]);
   const trans = { TRANS_A: String(layout === "tn"), TRANS_B: String(layout === "nt") };
+  // f16 operands (activations under mixed precision) are widened as loaded; an f16 C is rounded as stored.
+  const types = storageTypes({ A_T: args.a, B_T: args.b, C_T: args.c });
   const kernelFor = (entry: string, shape: TileShape, pass: Pass) =>
-    gpu.kernel({ shader: "matmul", entry, template: { ...tileTemplate(t), ...shape, ...trans, ...extrasTemplate(args, pass), FETCH: fetchTemplate(aligned) } });
+    gpu.kernel({ shader: "matmul", entry, template: { ...tileTemplate(t), ...shape, ...trans, ...extrasTemplate(args, pass), FETCH: fetchTemplate(aligned), ...types } });
   const paramsFor = (u: number, kSplit: number) => uniform(gpu, [
     M, N, K, lda / u,
     ldb / u, ldc / u, offs[0]! / u, offs[1]! / u,

@@ -4,6 +4,7 @@
  * through a two-stage column reduction, so no float atomics and bit-identical results run to run. Two
  * dispatches: rmsnorm_backward (dx, and per block of rows the dw partial sums) and colsum_reduce.
  */
+import { storageTypes } from "../gpu/kernel.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { bindGroup, empty, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { checkSize, planColumnReduce } from "./elementwise.ts";
@@ -31,7 +32,7 @@ export interface RmsNormForwardArgs {
   x: Tensor;
   /** [d] weight */
   w: Tensor;
-  /** [N, d] output (a different buffer from x) */
+  /** [N, d] output (a different buffer from x); f32 or f16 (rounded once as stored) */
   y: Tensor;
   /** [N] 1/sqrt(mean(x^2)+eps) per row, kept for the backward */
   rstd: Tensor;
@@ -46,7 +47,7 @@ export async function planRmsNormForward(gpu: Gpu, a: RmsNormForwardArgs): Promi
   checkSize("rmsnorm y", a.y, a.N * a.d);
   checkSize("rmsnorm rstd", a.rstd, a.N);
   const WG = normWorkgroup(gpu);
-  const kernel = await gpu.kernel({ shader: "norm", entry: "rmsnorm_forward", constants: { WG } });
+  const kernel = await gpu.kernel({ shader: "norm", entry: "rmsnorm_forward", constants: { WG }, template: storageTypes({ Y_T: a.y }) });
   const params = uniform(gpu, [a.N, a.d, { f32: a.eps }, { f32: 0 }], "rmsnorm_forward.params");
   return [{ kernel, bindGroup: bindGroup(gpu, kernel, [a.x, a.w, a.y, a.rstd, params]), workgroups: grid1d(a.N, 1) }];
 }
