@@ -16,6 +16,9 @@
 // transpose rotation applied, i.e. the gradients w.r.t. the un-rotated inputs). Fusing RoPE this way
 // saves its launches and the round trip of q and k through memory; the rotation is recomputed per load,
 // which costs a few flops per staged element against the T-long dot-product loops.
+// Q_T, K_T, V_T, O_T = f32 or f16: the storage types of q, k, v and o (forward's output, backward_dq's
+// Ofwd). f16 is storage only (mixed precision): loads widen to f32, all arithmetic is f32 and o is
+// rounded once as it is stored; dO, the gradients, lse, delta and the table are always f32.
 // Grid: x = row tile (ceil(T/WG)), y = b*H + h.
 // The loops over staged rows run to a bound that is the same for the whole workgroup and mask the causal
 // condition inside: the staged-row index then stays uniform, so every thread reads the same workgroup
@@ -26,18 +29,18 @@ struct Params {
   seqStride: u32, scale: f32, tableRows: u32, _p1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> Q: array<f32>;
-@group(0) @binding(1) var<storage, read> K: array<f32>;
-@group(0) @binding(2) var<storage, read> V: array<f32>;
+@group(0) @binding(0) var<storage, read> Q: array<{{Q_T:f32}}>;
+@group(0) @binding(1) var<storage, read> K: array<{{K_T:f32}}>;
+@group(0) @binding(2) var<storage, read> V: array<{{V_T:f32}}>;
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read_write> LSE: array<f32>;   // written by forward, read by backward
 // forward only
-@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+@group(0) @binding(5) var<storage, read_write> O: array<{{O_T:f32}}>;
 // backward only (two entry points share the slots; each uses bindings 0..8 and nothing else)
 @group(0) @binding(5) var<storage, read> dO: array<f32>;
 @group(0) @binding(6) var<storage, read_write> Delta: array<f32>; // rowsum(dO * o): written by dq, read by dkdv
 @group(0) @binding(7) var<storage, read_write> dQ: array<f32>;    // backward_dq
-@group(0) @binding(8) var<storage, read> Ofwd: array<f32>;        // backward_dq: the forward's o
+@group(0) @binding(8) var<storage, read> Ofwd: array<{{O_T:f32}}>; // backward_dq: the forward's o
 @group(0) @binding(7) var<storage, read_write> dK: array<f32>;    // backward_dkdv
 @group(0) @binding(8) var<storage, read_write> dV: array<f32>;    // backward_dkdv
 // QK = rope only (the plain functions never touch it, so the plain pipelines do not bind it):
@@ -56,6 +59,12 @@ var<workgroup> tileB: array<vec4<f32>, BT * D4>;
 var<workgroup> tileLse: array<f32, BT>;
 var<workgroup> tileDelta: array<f32, BT>;
 
+// Element loads widen the storage type (f16 under mixed precision) to f32, the arithmetic type.
+fn qAt(i: u32) -> f32 { return f32(Q[i]); }
+fn kAt(i: u32) -> f32 { return f32(K[i]); }
+fn vAt(i: u32) -> f32 { return f32(V[i]); }
+fn oAt(i: u32) -> f32 { return f32(Ofwd[i]); }
+
 // Row loads pad the last vec4 with zeros so that dot products over D4 vec4s are exact for any dHead.
 // q and k as the scores use them (rotated), for the row at element `row` holding position t.
 fn loadQ(row: u32, t: u32, c4: u32) -> vec4<f32> { return {{QK}}Q(row, t, c4); }
@@ -65,12 +74,12 @@ fn gradToInput(g: array<vec4<f32>, D4>, t: u32) -> array<vec4<f32>, D4> { return
 
 fn plainQ(row: u32, t: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
-  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = Q[row + c]; } }
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = qAt(row + c); } }
   return r;
 }
 fn plainK(row: u32, t: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
-  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = K[row + c]; } }
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = kAt(row + c); } }
   return r;
 }
 fn plainGrad(g: array<vec4<f32>, D4>, t: u32) -> array<vec4<f32>, D4> { return g; }
@@ -84,8 +93,8 @@ fn ropeQ(row: u32, t: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
   for (var e = 0u; e < 4u; e++) {
     let c = c4 * 4u + e;
-    if (c < half) { r[e] = Q[row + c] * ropeCos(t, c) - Q[row + c + half] * ropeSin(t, c); }
-    else if (c < p.dHead) { r[e] = Q[row + c] * ropeCos(t, c - half) + Q[row + c - half] * ropeSin(t, c - half); }
+    if (c < half) { r[e] = qAt(row + c) * ropeCos(t, c) - qAt(row + c + half) * ropeSin(t, c); }
+    else if (c < p.dHead) { r[e] = qAt(row + c) * ropeCos(t, c - half) + qAt(row + c - half) * ropeSin(t, c - half); }
   }
   return r;
 }
@@ -94,8 +103,8 @@ fn ropeK(row: u32, t: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
   for (var e = 0u; e < 4u; e++) {
     let c = c4 * 4u + e;
-    if (c < half) { r[e] = K[row + c] * ropeCos(t, c) - K[row + c + half] * ropeSin(t, c); }
-    else if (c < p.dHead) { r[e] = K[row + c] * ropeCos(t, c - half) + K[row + c - half] * ropeSin(t, c - half); }
+    if (c < half) { r[e] = kAt(row + c) * ropeCos(t, c) - kAt(row + c + half) * ropeSin(t, c); }
+    else if (c < p.dHead) { r[e] = kAt(row + c) * ropeCos(t, c - half) + kAt(row + c - half) * ropeSin(t, c - half); }
   }
   return r;
 }
@@ -125,7 +134,7 @@ fn ropeGrad(g: array<vec4<f32>, D4>, t: u32) -> array<vec4<f32>, D4> {
 
 fn loadV(row: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
-  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = V[row + c]; } }
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = vAt(row + c); } }
   return r;
 }
 fn loadDO(row: u32, c4: u32) -> vec4<f32> {
@@ -135,14 +144,14 @@ fn loadDO(row: u32, c4: u32) -> vec4<f32> {
 }
 fn loadOfwd(row: u32, c4: u32) -> vec4<f32> {
   var r = vec4<f32>(0.0);
-  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = Ofwd[row + c]; } }
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { r[e] = oAt(row + c); } }
   return r;
 }
 
 // Stores drop the padding lanes. Loops over a constant D4 (not over the runtime dHead) keep the register
 // arrays statically indexed, so compilers can hold them in registers instead of addressable memory.
 fn storeO(row: u32, c4: u32, x: vec4<f32>) {
-  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { O[row + c] = x[e]; } }
+  for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { O[row + c] = {{O_T:f32}}(x[e]); } }
 }
 fn storeDQ(row: u32, c4: u32, x: vec4<f32>) {
   for (var e = 0u; e < 4u; e++) { let c = c4 * 4u + e; if (c < p.dHead) { dQ[row + c] = x[e]; } }

@@ -15,7 +15,8 @@
 // get weight 0, so padded products add exact zeros.
 // Each output element is written by one thread that sums in a fixed order (deterministic, no atomics).
 // Template parameters: ROWS, COLS, NT, TM, TN (TM*TN = ROWS*COLS/NT), RM, CG (RM*DP/CG = ROWS*DP/NT),
-// DP = dHead rounded up to a multiple of 4*CG, and CAUSAL, QK as in attention.wgsl.
+// DP = dHead rounded up to a multiple of 4*CG, and CAUSAL, QK and the storage types Q_T, K_T, V_T, O_T as
+// in attention.wgsl.
 // Grid: x = owned-row tile (ceil(T/ROWS)), y = b*H + h.
 
 struct Params {
@@ -23,16 +24,16 @@ struct Params {
   seqStride: u32, scale: f32, tableRows: u32, _p1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> Q: array<f32>;
-@group(0) @binding(1) var<storage, read> K: array<f32>;
-@group(0) @binding(2) var<storage, read> V: array<f32>;
+@group(0) @binding(0) var<storage, read> Q: array<{{Q_T:f32}}>;
+@group(0) @binding(1) var<storage, read> K: array<{{K_T:f32}}>;
+@group(0) @binding(2) var<storage, read> V: array<{{V_T:f32}}>;
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read_write> LSE: array<f32>;
-@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+@group(0) @binding(5) var<storage, read_write> O: array<{{O_T:f32}}>;
 @group(0) @binding(5) var<storage, read> dO: array<f32>;
 @group(0) @binding(6) var<storage, read_write> Delta: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dQ: array<f32>;
-@group(0) @binding(8) var<storage, read> Ofwd: array<f32>;
+@group(0) @binding(8) var<storage, read> Ofwd: array<{{O_T:f32}}>;
 @group(0) @binding(7) var<storage, read_write> dK: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dV: array<f32>;
 @group(0) @binding(9) var<storage, read> RopeTab: array<f32>;
@@ -69,13 +70,19 @@ var<workgroup> rowAlpha: array<f32, ROWS>; // forward: this tile's rescale facto
 var<workgroup> colLse: array<f32, COLS>;   // dkdv
 var<workgroup> colDelta: array<f32, COLS>; // dkdv
 
+// Element loads widen the storage type (f16 under mixed precision) to f32, the arithmetic type.
+fn qAt(i: u32) -> f32 { return f32(Q[i]); }
+fn kAt(i: u32) -> f32 { return f32(K[i]); }
+fn vAt(i: u32) -> f32 { return f32(V[i]); }
+fn oAt(i: u32) -> f32 { return f32(Ofwd[i]); }
+
 fn loadQ(row: u32, t: u32, c: u32) -> f32 { return {{QK}}Q(row, t, c); }
 fn loadK(row: u32, t: u32, c: u32) -> f32 { return {{QK}}K(row, t, c); }
 // Element c of the gradient w.r.t. caller's q or k at position t, from the one w.r.t. the rotated row r of ownA.
 fn gradAt(r: u32, c: u32, t: u32) -> f32 { return {{QK}}GradAt(r, c, t); }
 
-fn plainQ(row: u32, t: u32, c: u32) -> f32 { return Q[row + c]; }
-fn plainK(row: u32, t: u32, c: u32) -> f32 { return K[row + c]; }
+fn plainQ(row: u32, t: u32, c: u32) -> f32 { return qAt(row + c); }
+fn plainK(row: u32, t: u32, c: u32) -> f32 { return kAt(row + c); }
 fn plainGradAt(r: u32, c: u32, t: u32) -> f32 { return ownAt(r, c); }
 // Element c of staged row r of ownA.
 fn ownAt(r: u32, c: u32) -> f32 { return ownA[r * DS + c / 4u][c % 4u]; }
@@ -85,13 +92,13 @@ fn ropeCos(t: u32, i: u32) -> f32 { return RopeTab[t * (p.dHead / 2u) + i]; }
 fn ropeSin(t: u32, i: u32) -> f32 { return RopeTab[(p.tableRows + t) * (p.dHead / 2u) + i]; }
 fn ropeQ(row: u32, t: u32, c: u32) -> f32 {
   let half = p.dHead / 2u;
-  if (c < half) { return Q[row + c] * ropeCos(t, c) - Q[row + c + half] * ropeSin(t, c); }
-  return Q[row + c] * ropeCos(t, c - half) + Q[row + c - half] * ropeSin(t, c - half);
+  if (c < half) { return qAt(row + c) * ropeCos(t, c) - qAt(row + c + half) * ropeSin(t, c); }
+  return qAt(row + c) * ropeCos(t, c - half) + qAt(row + c - half) * ropeSin(t, c - half);
 }
 fn ropeK(row: u32, t: u32, c: u32) -> f32 {
   let half = p.dHead / 2u;
-  if (c < half) { return K[row + c] * ropeCos(t, c) - K[row + c + half] * ropeSin(t, c); }
-  return K[row + c] * ropeCos(t, c - half) + K[row + c - half] * ropeSin(t, c - half);
+  if (c < half) { return kAt(row + c) * ropeCos(t, c) - kAt(row + c + half) * ropeSin(t, c); }
+  return kAt(row + c) * ropeCos(t, c - half) + kAt(row + c - half) * ropeSin(t, c - half);
 }
 fn ropeGradAt(r: u32, c: u32, t: u32) -> f32 {
   let half = p.dHead / 2u;
@@ -121,7 +128,7 @@ fn staged(src: u32, base: u32, t0: u32, x: u32) -> vec4<f32> {
       switch src {
         case SRC_Q: { r[e] = loadQ(row, t, c); }
         case SRC_K: { r[e] = loadK(row, t, c); }
-        default: { r[e] = V[row + c]; }
+        default: { r[e] = vAt(row + c); }
       }
     }
   }
@@ -260,7 +267,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   for (var x = lid; x < ROWS * DP; x += NT) {
     let t = q0 + x / DP;
     let c = x % DP;
-    if (t < p.T && c < p.dHead) { O[base + t * p.rowStride + c] = ownAt(x / DP, c); }
+    if (t < p.T && c < p.dHead) { O[base + t * p.rowStride + c] = {{O_T:f32}}(ownAt(x / DP, c)); }
   }
   for (var r = lid; r < ROWS; r += NT) {
     if (q0 + r < p.T) { LSE[bh * p.T + q0 + r] = rowM[r] + log(rowL[r]); }
@@ -282,7 +289,7 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let t = min(q0 + r, p.T - 1u);
     let row = base + t * p.rowStride;
     var delta = 0.0;
-    for (var c = 0u; c < p.dHead; c++) { delta = fma(ownB[r * DS + c / 4u][c % 4u], Ofwd[row + c], delta); }
+    for (var c = 0u; c < p.dHead; c++) { delta = fma(ownB[r * DS + c / 4u][c % 4u], oAt(row + c), delta); }
     rowM[r] = LSE[bh * p.T + t];
     rowL[r] = delta;
     if (q0 + r < p.T) { Delta[bh * p.T + q0 + r] = delta; }

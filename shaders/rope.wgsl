@@ -5,6 +5,8 @@
 // The backward is the rotation by the opposite angle (the rotation is orthogonal): sign = -1 flips sin.
 // The table holds cos[t, i] for t < tableRows, i < dHead/2, then sin in the same layout; it is made once
 // per run. Rows may be strided (ld) and offset, so q and k can live inside a fused qkv buffer.
+// X_T, Y_T = f32 or f16: the storage types of x and y (the in-place entry's buffer is x's). f16 is storage
+// only (mixed-precision q, k): loads widen to f32, the rotation is f32 and each result is rounded once.
 
 override WG: u32 = 256u;
 
@@ -14,8 +16,8 @@ struct Params {
   tableRows: u32, sign: f32, _p0: u32, _p1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> ropeX: array<f32>;
-@group(0) @binding(1) var<storage, read_write> ropeY: array<f32>;
+@group(0) @binding(0) var<storage, read> ropeX: array<{{X_T:f32}}>;
+@group(0) @binding(1) var<storage, read_write> ropeY: array<{{Y_T:f32}}>;
 @group(0) @binding(2) var<storage, read> table: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
@@ -42,16 +44,16 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let e = (wid.y * nwg.x + wid.x) * WG + lid;
   if (e >= p.rows * p.H * p.half) { return; }
   let q = pairOf(e);
-  let x1 = ropeX[q.ix];
-  let x2 = ropeX[q.ix + p.half];
-  ropeY[q.iy] = x1 * q.c - x2 * q.s;
-  ropeY[q.iy + p.half] = x2 * q.c + x1 * q.s;
+  let x1 = f32(ropeX[q.ix]);
+  let x2 = f32(ropeX[q.ix + p.half]);
+  ropeY[q.iy] = {{Y_T:f32}}(x1 * q.c - x2 * q.s);
+  ropeY[q.iy + p.half] = {{Y_T:f32}}(x2 * q.c + x1 * q.s);
 }
 
 // In place: one buffer may not be bound both read-only and writable, and each thread reads its pair
 // before writing it, so overwriting x is safe. It takes binding 1 (binding 0 stays empty) so that the
 // table and params keep their slots.
-@group(0) @binding(1) var<storage, read_write> ropeXY: array<f32>;
+@group(0) @binding(1) var<storage, read_write> ropeXY: array<{{X_T:f32}}>;
 
 @compute @workgroup_size(WG)
 fn rope_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -59,8 +61,8 @@ fn rope_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
   let e = (wid.y * nwg.x + wid.x) * WG + lid;
   if (e >= p.rows * p.H * p.half) { return; }
   let q = pairOf(e);
-  let x1 = ropeXY[q.ix];
-  let x2 = ropeXY[q.ix + p.half];
-  ropeXY[q.ix] = x1 * q.c - x2 * q.s;
-  ropeXY[q.ix + p.half] = x2 * q.c + x1 * q.s;
+  let x1 = f32(ropeXY[q.ix]);
+  let x2 = f32(ropeXY[q.ix + p.half]);
+  ropeXY[q.ix] = {{X_T:f32}}(x1 * q.c - x2 * q.s);
+  ropeXY[q.ix + p.half] = {{X_T:f32}}(x2 * q.c + x1 * q.s);
 }

@@ -1,10 +1,10 @@
 import { describe, test, expect } from "bun:test";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
-import { upload, read, submit, write, type Dispatch, type Tensor } from "../src/gpu/tensor.ts";
+import { empty, upload, read, submit, write, type Dispatch, type Tensor } from "../src/gpu/tensor.ts";
 import {
   attentionSavedShapes, attentionTiles, planAttentionBackward, planAttentionForward, type AttentionShape, type AttentionTiles,
 } from "../src/ops/attention.ts";
-import { ropeTable } from "../src/ops/rope.ts";
+import { planRopeBackward, planRopeForward, ropeTable } from "../src/ops/rope.ts";
 import { attentionBackward, attentionForward } from "../src/reference/attention.ts";
 import { ropeBackward, ropeForward, ropeTables } from "../src/reference/rope.ts";
 import { expectClose, randomArray } from "./harness.ts";
@@ -38,20 +38,31 @@ interface Setup {
   release(): void;
 }
 
+/** Which activations are stored in f16 (mixed precision); the rest, and every gradient, are f32. */
+interface F16Parts {
+  qkv: boolean;
+  o: boolean;
+}
+const ALL_F32: F16Parts = { qkv: false, o: false };
+const f16round = (x: Float32Array) => Float32Array.from(x, Math.f16round);
+
 /**
  * rope: q and k are uploaded un-rotated and the kernels rotate them (ropeTable); the table has more rows
  * than T, so that a kernel which strides the sin half by T instead of the table's rows fails.
+ * f16: those tensors are uploaded as f16, and x holds the f16-rounded values the kernels see.
  */
-async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles, rope = false, bwdTiles = tiles): Promise<Setup> {
+async function setup(s: AttentionShape, seed: number, tiles?: AttentionTiles, rope = false, bwdTiles = tiles, f16 = ALL_F32): Promise<Setup> {
   const gpu = await getGpu();
   const table = rope ? ropeTable(gpu, s.T + 3, s.dHead, THETA) : null;
   s = table ? { ...s, ropeTable: table } : s;
   const n = s.B * s.T * s.H * s.dHead;
   const saved = attentionSavedShapes(s);
-  const x = { q: randomArray(n, seed), k: randomArray(n, seed + 1), v: randomArray(n, seed + 2), dO: randomArray(n, seed + 3) };
+  const act = (z: Float32Array) => (f16.qkv ? f16round(z) : z);
+  const x = { q: act(randomArray(n, seed)), k: act(randomArray(n, seed + 1)), v: act(randomArray(n, seed + 2)), dO: randomArray(n, seed + 3) };
+  const put = (z: Float32Array) => (f16.qkv ? upload(gpu, Float16Array.from(z)) : upload(gpu, z));
   const t = {
-    q: upload(gpu, x.q), k: upload(gpu, x.k), v: upload(gpu, x.v), dO: upload(gpu, x.dO),
-    o: nans(gpu, n), dq: nans(gpu, n), dk: nans(gpu, n), dv: nans(gpu, n),
+    q: put(x.q), k: put(x.k), v: put(x.v), dO: upload(gpu, x.dO),
+    o: f16.o ? upload(gpu, new Float16Array(n).fill(NaN)) : nans(gpu, n), dq: nans(gpu, n), dk: nans(gpu, n), dv: nans(gpu, n),
     lse: nans(gpu, saved.lse.reduce((a, b) => a * b)), delta: nans(gpu, saved.delta.reduce((a, b) => a * b)),
   };
   const forward = await planAttentionForward(gpu, { ...s, q: t.q, k: t.k, v: t.v, o: t.o, lse: t.lse, tiles });
@@ -71,9 +82,10 @@ const name = (s: AttentionShape, tiles?: AttentionTiles, rope = false) =>
 
 /**
  * The reference of a setup: with rope, attention over ropeForward(q), ropeForward(k) and the gradients
- * taken back through ropeBackward, all in f64 (the kernels use the f32-rounded table).
+ * taken back through ropeBackward, all in f64 (the kernels use the f32-rounded table). oStored: the o an
+ * f16 forward stored, which backward reads (see addStoredOTerms).
  */
-function reference(u: Setup) {
+function reference(u: Setup, oStored?: Float32Array) {
   const { s, x } = u;
   const causal = s.causal !== false;
   const tabs = u.table ? ropeTables(s.T, s.dHead, THETA) : null;
@@ -81,8 +93,46 @@ function reference(u: Setup) {
   const q = rot(x.q), k = rot(x.k);
   const ref = attentionForward(q, k, x.v, s.B, s.T, s.H, s.dHead, causal);
   const grad = attentionBackward(x.dO, q, k, x.v, ref.probs, s.B, s.T, s.H, s.dHead, causal);
+  const storedOTerms = oStored ? addStoredOTerms(s, x.dO, ref.o, oStored, q, k, ref.probs, grad) : 0;
   const back = (g: ArrayLike<number>) => (tabs ? ropeBackward(Float64Array.from(g), s.B, s.T, s.H, s.dHead, tabs) : g);
-  return { o: ref.o, lse: ref.lse, dq: back(grad.dq), dk: back(grad.dk), dv: grad.dv };
+  return { o: ref.o, lse: ref.lse, dq: back(grad.dq), dk: back(grad.dk), dv: grad.dv, storedOTerms };
+}
+
+/**
+ * Backward reads the o that forward stored, not the exact one: delta_i = dO_i . oStored_i differs from
+ * the reference's rowsum(dP * P) = dO_i . o_i by e_i = dO_i . (oStored_i - o_i), which shifts
+ * dS_ij = p_ij (dp_ij - delta_i) by -p_ij e_i: dq_i gains -scale e_i sum_j p_ij k_j and dk_j gains
+ * -scale sum_i p_ij e_i q_i (dv does not read delta). Adds those terms (in f64) to the reference gradients
+ * w.r.t. the rotated q, k. Returns max |term| over dq and dk.
+ */
+function addStoredOTerms(
+  s: AttentionShape, dO: Float32Array, o: ArrayLike<number>, oStored: Float32Array, q: ArrayLike<number>, k: ArrayLike<number>,
+  probs: ArrayLike<number>, grad: { dq: Float32Array; dk: Float32Array },
+): number {
+  const { B, T, H, dHead } = s;
+  const scale = 1 / Math.sqrt(dHead);
+  const at = (b: number, t: number, h: number) => ((b * T + t) * H + h) * dHead;
+  const dq = Float64Array.from(grad.dq), dk = Float64Array.from(grad.dk);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let i = 0; i < T; i++) {
+        let e = 0;
+        for (let c = 0; c < dHead; c++) e += dO[at(b, i, h) + c]! * (oStored[at(b, i, h) + c]! - o[at(b, i, h) + c]!);
+        for (let j = 0; j < T; j++) {
+          const w = -scale * e * probs[((b * H + h) * T + i) * T + j]!; // 0 where masked
+          for (let c = 0; c < dHead; c++) {
+            dq[at(b, i, h) + c] += w * k[at(b, j, h) + c]!;
+            dk[at(b, j, h) + c] += w * q[at(b, i, h) + c]!;
+          }
+        }
+      }
+    }
+  }
+  let most = 0;
+  for (let i = 0; i < dq.length; i++) most = Math.max(most, Math.abs(dq[i]! - grad.dq[i]!), Math.abs(dk[i]! - grad.dk[i]!));
+  grad.dq = Float32Array.from(dq);
+  grad.dk = Float32Array.from(dk);
+  return most;
 }
 
 async function checkAgainstReference(s: AttentionShape, tiles?: AttentionTiles, rope = false, bwdTiles = tiles) {
@@ -229,6 +279,127 @@ describe("tiled attention kernels (the GPU tuning) vs reference", () => {
   test(`${name(s, q16k8, true)}, backward row-per-thread`, () => checkAgainstReference(s, q16k8, true, row));
 });
 
+// Mixed precision stores q, k, v and o in f16 and keeps every sum in f32 (loads widen; o is rounded once
+// as it is stored). Error analysis, against the f64 reference on the f16-rounded q, k, v (exactly the
+// values the kernels load, so f16 inputs add no error of their own):
+// - lse, dv and o before its store are the f32 computation of the tests above on those inputs: their
+//   tolerances.
+// - A stored f16 o is that f32 value rounded to nearest: at most half an f16 ulp more, 2^-11 |o| (2^-25
+//   absolute where o is subnormal in f16, |o| < 2^-14): rtol 2^-11 on top of the f32 atol.
+// - Backward reads the stored o: delta_i = dO_i . oStored_i misses the exact rowsum(dP * P) by
+//   e_i = dO_i . (oStored_i - o_i), up to 2^-11 sum_c |dO_ic o_ic|, which moves dq and dk by scale times
+//   e-weighted sums of k and q (storedOTerms: measured 7e-6 to 1.4e-4 over these cases, past the f32
+//   tolerances). The reference adds those terms exactly (addStoredOTerms, from the o read back), leaving
+//   the f32 error of the tests above: their tolerances again. So a kernel that rounds anything else, or
+//   reads a binding with the wrong storage type, fails.
+const O_F16_TOL = { atol: O_DQ_TOL.atol + 2 ** -25, rtol: 2 ** -11 };
+
+async function checkF16(s: AttentionShape, f16: F16Parts, tiles?: AttentionTiles, rope = false, bwdTiles = tiles) {
+  const gpu = await getGpu();
+  const u = await setup(s, 13 * s.T + s.dHead, tiles, rope, bwdTiles, f16);
+  const got = await runBoth(gpu, u);
+  const want = reference(u, f16.o ? got.o : undefined);
+  u.release();
+  const what = `${name(s, tiles, rope)} ${f16Name(f16)}${bwdTiles !== tiles && bwdTiles ? ` backward ${tileName(bwdTiles)}` : ""}`;
+  expectClose(got.o, want.o, f16.o ? O_F16_TOL : O_DQ_TOL, `o ${what}`);
+  expectClose(got.lse, want.lse, LSE_TOL, `lse ${what}`);
+  expectClose(got.dq, want.dq, O_DQ_TOL, `dq ${what}`);
+  expectClose(got.dk, want.dk, DKV_TOL, `dk ${what}`);
+  expectClose(got.dv, want.dv, DKV_TOL, `dv ${what}`);
+  // The stored o's effect on delta exceeds the f32 tolerances (see above), so the checks do see it.
+  if (f16.o) expect(want.storedOTerms).toBeGreaterThan(DKV_TOL.atol);
+}
+
+const f16Name = (f: F16Parts) => (f.qkv && f.o ? "q, k, v, o f16" : f.qkv ? "q, k, v f16, o f32" : f.o ? "o f16" : "f32");
+
+describe("attention with f16 storage of q, k, v and o (mixed precision) vs reference", () => {
+  const all = { qkv: true, o: true };
+  const row = { WG: 8, BT: 3 };
+  const q16k8 = { BQ: 16, BK: 8 };
+  // Row kernels (small tiles: several query and key tiles) and tiled kernels (16x8), plain and with RoPE
+  // fused, causal and not; each storage type alone too. Default tiles (row kernels, or the tiled ones
+  // under MHMOE_TUNING=gpu) at dHead 5 with an odd element count (the f16 tensors' last word is padded)
+  // and dHead 16 with T past one 64-row tile. Small dHead: each storage combination compiles new pipelines.
+  const cases: [AttentionShape, F16Parts, AttentionTiles | undefined, boolean][] = [
+    [{ B: 2, T: 33, H: 3, dHead: 12 }, all, row, false],
+    [{ B: 2, T: 33, H: 3, dHead: 12 }, all, row, true],
+    [{ B: 2, T: 33, H: 3, dHead: 12 }, { qkv: true, o: false }, row, false],
+    [{ B: 2, T: 33, H: 3, dHead: 12 }, { qkv: false, o: true }, row, false],
+    [{ B: 2, T: 33, H: 3, dHead: 12, causal: false }, all, row, true],
+    [{ B: 1, T: 9, H: 1, dHead: 5, causal: false }, all, undefined, false],
+    [{ B: 2, T: 70, H: 2, dHead: 16 }, all, undefined, true],
+    [{ B: 2, T: 37, H: 2, dHead: 8 }, all, q16k8, false],
+    [{ B: 2, T: 37, H: 2, dHead: 8 }, { qkv: false, o: true }, q16k8, false],
+    [{ B: 2, T: 37, H: 2, dHead: 8 }, { qkv: true, o: false }, q16k8, false],
+    [{ B: 2, T: 9, H: 2, dHead: 6, causal: false }, all, q16k8, true],
+    [{ B: 2, T: 37, H: 2, dHead: 8 }, all, q16k8, true],
+  ];
+  for (const [s, f16, tiles, rope] of cases) test(`${name(s, tiles, rope)} ${f16Name(f16)}`, () => checkF16(s, f16, tiles, rope));
+
+  // Exact checks: f16 storage changes the values stored and nothing else. f16 q, k, v hold values an f32
+  // tensor holds exactly, so every output must match the f32 kernels on those values bit for bit; an f16
+  // o must be the f32 o rounded once (round to nearest, as Math.f16round), and backward from it must match
+  // the f32 backward handed that rounded o bit for bit.
+  for (const [tiles, rope] of [[row, true], [q16k8, false]] as const) {
+    test(`${name({ B: 2, T: 33, H: 3, dHead: 12 }, tiles, rope)}: f16 storage matches the f32 kernels on the same values bit for bit`, async () => {
+      const gpu = await getGpu();
+      const s = { B: 2, T: 33, H: 3, dHead: 12 };
+      const half = await setup(s, 31, tiles, rope, tiles, all);
+      const full = await setup(s, 31, tiles, rope);
+      // the f32 tensors of `full` hold the same (rounded) values as half's f16 ones
+      for (const z of ["q", "k", "v"] as const) write(full.t[z], half.x[z]);
+      submit(gpu, full.forward);
+      const o32 = await read(full.t.o);
+      write(full.t.o, f16round(o32));
+      submit(gpu, full.backward);
+      const want = await Promise.all([full.t.lse, full.t.dq, full.t.dk, full.t.dv].map((z) => read(z)));
+      const got = await runBoth(gpu, half);
+      half.release();
+      full.release();
+      expect(got.o).toEqual(f16round(o32));
+      expect(got.o).not.toEqual(o32);
+      expect([got.lse, got.dq, got.dk, got.dv]).toEqual(want);
+    });
+  }
+});
+
+/**
+ * The model's path on adapters that cannot fuse RoPE (src/model/attention.ts): rope.wgsl rotates the f16
+ * q, k in place (rounding the rotated values to f16), the plain kernels run on them, and rope.wgsl turns
+ * the f32 dq, dk back.
+ */
+async function checkF16RopeLaunches(s: AttentionShape, tiles: AttentionTiles | undefined) {
+  const gpu = await getGpu();
+  const u = await setup(s, 17 * s.T + s.dHead, tiles, false, tiles, { qkv: true, o: true });
+  const table = ropeTable(gpu, s.T, s.dHead, THETA);
+  const dims = { table, B: s.B, T: s.T, H: s.H, dHead: s.dHead };
+  submit(gpu, [...(await planRopeForward(gpu, { x: u.t.q, ...dims })), ...(await planRopeForward(gpu, { x: u.t.k, ...dims }))]);
+  const [qRot, kRot] = [await read(u.t.q), await read(u.t.k)];
+  submit(gpu, [...u.forward, ...u.backward, ...(await planRopeBackward(gpu, { x: u.t.dq, ...dims })), ...(await planRopeBackward(gpu, { x: u.t.dk, ...dims }))]);
+  const [o, lse, dq, dk, dv] = await Promise.all([u.t.o, u.t.lse, u.t.dq, u.t.dk, u.t.dv].map((z) => read(z)));
+  u.release();
+  table.release();
+  const tabs = ropeTables(s.T, s.dHead, THETA);
+  const what = `${name(s, tiles)} rope launches, q, k, v, o f16`;
+  // The rotation in f32 (about an ulp, as rope's own tests), then one f16 rounding: O_F16_TOL.
+  expectClose(qRot, ropeForward(Float64Array.from(u.x.q), s.B, s.T, s.H, s.dHead, tabs), O_F16_TOL, `rotated q ${what}`);
+  expectClose(kRot, ropeForward(Float64Array.from(u.x.k), s.B, s.T, s.H, s.dHead, tabs), O_F16_TOL, `rotated k ${what}`);
+  // The attention kernels saw the rotated f16 values read back: the reference on those, as checkF16.
+  const want = reference({ ...u, x: { ...u.x, q: qRot, k: kRot } }, o);
+  const back = (g: ArrayLike<number>) => ropeBackward(Float64Array.from(g), s.B, s.T, s.H, s.dHead, tabs);
+  expectClose(o, want.o, O_F16_TOL, `o ${what}`);
+  expectClose(lse, want.lse, LSE_TOL, `lse ${what}`);
+  expectClose(dq, back(want.dq), O_DQ_TOL, `dq ${what}`);
+  expectClose(dk, back(want.dk), DKV_TOL, `dk ${what}`);
+  expectClose(dv, want.dv, DKV_TOL, `dv ${what}`);
+}
+
+describe("attention with f16 q, k, v, o and RoPE as separate launches (rope.wgsl in place on f16)", () => {
+  test(name({ B: 2, T: 33, H: 3, dHead: 12 }, { WG: 8, BT: 3 }), () => checkF16RopeLaunches({ B: 2, T: 33, H: 3, dHead: 12 }, { WG: 8, BT: 3 }));
+  test(name({ B: 2, T: 37, H: 2, dHead: 8 }, { BQ: 16, BK: 8 }), () => checkF16RopeLaunches({ B: 2, T: 37, H: 2, dHead: 8 }, { BQ: 16, BK: 8 }));
+  test(name({ B: 1, T: 9, H: 1, dHead: 6, causal: false }), () => checkF16RopeLaunches({ B: 1, T: 9, H: 1, dHead: 6, causal: false }, undefined));
+});
+
 describe("attention causal mask", () => {
   // Changing token t0's k and v (every sequence, every head) must leave o and dq of earlier tokens
   // bit-identical, and must change token t0's own output (so the test can tell a kernel that ignores k/v).
@@ -345,6 +516,18 @@ describe("attention planning", () => {
     await expect(planAttentionForward(gpu, { ...s, q, k: q, v: q, o: short, lse })).rejects.toThrow(/o has 127 elements/);
     await expect(planAttentionForward(gpu, { ...s, q, k: q, v: q, o: q, lse: short })).rejects.toThrow(/lse has/);
     for (const t of [q, short, lse]) t.release();
+  });
+
+  test("refuses f16 where only the activations q, k, v, o may be f16", async () => {
+    const gpu = await getGpu();
+    const s = { B: 2, T: 4, H: 2, dHead: 8 };
+    const n = s.B * s.T * s.H * s.dHead;
+    const x = nans(gpu, n), h = empty(gpu, [n], "f16"), lse = nans(gpu, s.B * s.H * s.T), lse16 = empty(gpu, [s.B * s.H * s.T], "f16");
+    const bwd = { ...s, q: h, k: h, v: h, o: h, lse, dO: x, dq: x, dk: x, dv: x, delta: lse };
+    await expect(planAttentionForward(gpu, { ...s, q: h, k: h, v: h, o: h, lse: lse16 })).rejects.toThrow(/lse is f16, expected f32$/);
+    await expect(planAttentionBackward(gpu, { ...bwd, dO: h })).rejects.toThrow(/dO is f16/);
+    await expect(planAttentionBackward(gpu, { ...bwd, dk: h })).rejects.toThrow(/dk is f16/);
+    for (const t of [x, h, lse, lse16]) t.release();
   });
 
   test("refuses a RoPE table that does not cover T or dHead", async () => {

@@ -116,3 +116,58 @@ describe("rope kernels vs reference", () => {
     for (const t of [X, table]) t.release();
   });
 });
+
+// Mixed precision stores q, k in f16: x and y may each be f16 (in place, one f16 buffer). The rotation
+// runs in f32 on the f16 values, which f32 holds exactly, so an f32 y has TOL's error against the f64
+// reference on the rounded x; an f16 y is that f32 value rounded once to nearest, half an f16 ulp more:
+// rtol 2^-11 (plus 2^-25, half the spacing of f16 subnormals, in atol).
+describe("rope kernels with f16 storage", () => {
+  const F16_TOL = { atol: TOL.atol + 2 ** -25, rtol: 2 ** -11 };
+  const f16round = (x: Float32Array) => Float32Array.from(x, Math.f16round);
+  const B = 2, T = 7, H = 3, dHead = 10, n = B * T * H * dHead;
+  for (const dir of ["forward", "backward"] as const) {
+    for (const [xT, yT] of [["f16", "f16"], ["f16", "f32"], ["f32", "f16"], ["f16", "in place"]] as const) {
+      test(`${dir} x ${xT}, y ${yT}`, async () => {
+        const gpu = await getGpu();
+        const x = f16round(randomArray(n, 300 + xT.length + yT.length));
+        const table = ropeTable(gpu, T + 2, dHead, THETA);
+        const X = xT === "f16" ? upload(gpu, Float16Array.from(x)) : upload(gpu, x);
+        const Y = yT === "in place" ? X : empty(gpu, [n], yT);
+        const args = { x: X, y: yT === "in place" ? undefined : Y, table, B, T, H, dHead };
+        submit(gpu, await (dir === "forward" ? planRopeForward(gpu, args) : planRopeBackward(gpu, args)));
+        const tabs = ropeTables(T, dHead, THETA);
+        const want = dir === "forward" ? ropeForward(x, B, T, H, dHead, tabs) : ropeBackward(x, B, T, H, dHead, tabs);
+        expectClose(await read(Y), want, Y.dtype === "f16" ? F16_TOL : TOL, `rope ${dir} x ${xT} y ${yT}`);
+        for (const t of new Set([X, Y, table])) t.release();
+      });
+    }
+  }
+
+  test("f16 storage changes only the stores: y16 is the f32 kernel's y rounded once, and f16 x reads exactly", async () => {
+    const gpu = await getGpu();
+    const x = f16round(randomArray(n, 401));
+    const table = ropeTable(gpu, T, dHead, THETA);
+    const X32 = upload(gpu, x), X16 = upload(gpu, Float16Array.from(x));
+    const Y32 = empty(gpu, [n]), Y16 = empty(gpu, [n], "f16"), Y16to32 = empty(gpu, [n]);
+    const dims = { table, B, T, H, dHead };
+    submit(gpu, [
+      ...(await planRopeForward(gpu, { x: X32, y: Y32, ...dims })),
+      ...(await planRopeForward(gpu, { x: X32, y: Y16, ...dims })),
+      ...(await planRopeForward(gpu, { x: X16, y: Y16to32, ...dims })),
+    ]);
+    const y32 = await read(Y32);
+    expect(await read(Y16)).toEqual(f16round(y32));
+    expect(await read(Y16to32)).toEqual(y32);
+    expect(f16round(y32)).not.toEqual(y32);
+    for (const t of [X32, X16, Y32, Y16, Y16to32, table]) t.release();
+  });
+
+  test("a table or x of another type is refused", async () => {
+    const gpu = await getGpu();
+    const table = ropeTable(gpu, 4, 8, THETA);
+    const X = empty(gpu, [32]), I = empty(gpu, [32], "i32"), table16 = empty(gpu, [2, 4, 4], "f16");
+    await expect(planRopeForward(gpu, { x: I, table, B: 1, T: 4, H: 1, dHead: 8 })).rejects.toThrow(/i32, expected f32 or f16/);
+    await expect(planRopeForward(gpu, { x: X, table: table16, B: 1, T: 4, H: 1, dHead: 8 })).rejects.toThrow(/table is f16/);
+    for (const t of [X, I, table, table16]) t.release();
+  });
+});

@@ -11,9 +11,13 @@
  * w.r.t. those un-rotated q, k: no RoPE launch before forward or after backward.
  * Semantics are those of src/reference/attention.ts (after src/reference/rope.ts's ropeForward of q and
  * k when fused). Backward OVERWRITES dq, dk, dv (no accumulation).
+ *
+ * Mixed precision: q, k, v and o may each be f16 tensors (their dtype selects the kernels' storage types;
+ * the kernels load into f32, compute in f32 and round o once on store). dO, dq, dk, dv, lse, delta and the
+ * RoPE table are f32 always.
  */
 import type { Gpu } from "../gpu/device.ts";
-import type { Kernel } from "../gpu/kernel.ts";
+import { storageTypes, type Kernel } from "../gpu/kernel.ts";
 import { bindGroup, bindSlots, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 
 export interface AttentionShape {
@@ -197,6 +201,16 @@ function checkRopeTable(s: AttentionShape, gpu: Gpu): void {
     throw new Error(`attention: RoPE fused into the kernels needs 9 storage buffers per stage, the adapter offers ${gpu.limits.maxStorageBuffersPerShaderStage}; apply RoPE before attention`);
 }
 
+/** The activations may be stored in f16 (mixed precision); gradients, lse, delta and the table stay f32. */
+const MAY_BE_F16 = new Set(["q", "k", "v", "o"]);
+
+function checkDtypes(tensors: Record<string, Tensor>): void {
+  for (const [name, t] of Object.entries(tensors)) {
+    if (t.dtype !== "f32" && !(t.dtype === "f16" && MAY_BE_F16.has(name)))
+      throw new Error(`attention: ${name} is ${t.dtype}, expected f32${MAY_BE_F16.has(name) ? " or f16" : ""}`);
+  }
+}
+
 function checkShape(s: AttentionShape, tensors: Record<string, Tensor>, saved: Record<string, Tensor>, gpu: Gpu): void {
   for (const [name, v] of Object.entries({ B: s.B, T: s.T, H: s.H, dHead: s.dHead })) {
     if (!Number.isInteger(v) || v <= 0) throw new Error(`attention: ${name} must be a positive integer, got ${v}`);
@@ -210,6 +224,7 @@ function checkShape(s: AttentionShape, tensors: Record<string, Tensor>, saved: R
   }
   const maxGroups = gpu.limits.maxComputeWorkgroupsPerDimension ?? 65535;
   if (s.B * s.H > maxGroups) throw new Error(`attention: B*H = ${s.B * s.H} exceeds ${maxGroups} workgroups per dimension`);
+  checkDtypes({ ...tensors, ...saved, ...(s.ropeTable ? { ropeTable: s.ropeTable } : {}) });
   checkRopeTable(s, gpu);
 }
 
@@ -220,9 +235,16 @@ interface Planned {
 
 const isPow2 = (n: number) => Number.isInteger(n) && n >= 1 && n <= 64 && (n & (n - 1)) === 0;
 
-async function planEntry(gpu: Gpu, s: AttentionShape, entry: AttentionEntry, tiles?: AttentionTiles): Promise<Planned> {
+/** The storage types of the activations an entry point reads or writes (backward_dkdv never touches o). */
+type Activations = Pick<AttentionForwardArgs, "q" | "k" | "v" | "o">;
+function entryTypes(entry: AttentionEntry, a: Activations): Record<string, string> {
+  const qkv = { Q_T: a.q, K_T: a.k, V_T: a.v };
+  return storageTypes(entry === "backward_dkdv" ? qkv : { ...qkv, O_T: a.o });
+}
+
+async function planEntry(gpu: Gpu, s: AttentionShape & Activations, entry: AttentionEntry, tiles?: AttentionTiles): Promise<Planned> {
   const t = tiles ?? attentionTiles(gpu, s.dHead, entry);
-  const common = { CAUSAL: s.causal === false ? "false" : "true", QK: s.ropeTable ? "rope" : "plain" };
+  const common = { CAUSAL: s.causal === false ? "false" : "true", QK: s.ropeTable ? "rope" : "plain", ...entryTypes(entry, s) };
   if ("WG" in t) {
     const kernel = await gpu.kernel({ shader: "attention", entry, template: { ...common, D4: Math.ceil(s.dHead / 4), WG: t.WG, BT: t.BT } });
     return { kernel, workgroups: [Math.ceil(s.T / t.WG), s.B * s.H, 1] };

@@ -1,8 +1,10 @@
 /**
  * RoPE launchers (shaders/rope.wgsl) for q and k laid out (B, T, H, dHead), rotate-half convention,
- * positions restarting per sequence. The cos/sin table is made once per run by ropeTable.
+ * positions restarting per sequence. The cos/sin table is made once per run by ropeTable. x and y may be
+ * f16 tensors (mixed-precision q, k: rotated in f32, rounded once on store); the table stays f32.
  */
 import type { Gpu } from "../gpu/device.ts";
+import { storageTypes } from "../gpu/kernel.ts";
 import { bindSlots, sharesMemory, upload, grid1d, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { elementwiseTuning } from "./elementwise.ts";
 
@@ -41,6 +43,8 @@ export interface RopeArgs {
   offY?: number;
 }
 
+const isFloat = (t: Tensor) => t.dtype === "f32" || t.dtype === "f16";
+
 async function planRope(gpu: Gpu, a: RopeArgs, sign: 1 | -1): Promise<Dispatch[]> {
   const { B, T, H, dHead } = a;
   const half = dHead / 2;
@@ -57,10 +61,14 @@ async function planRope(gpu: Gpu, a: RopeArgs, sign: 1 | -1): Promise<Dispatch[]
   if (ldX < H * dHead || end(ldX, offX) > a.x.size) throw new Error(`rope: x (ld ${ldX}, offset ${offX}) does not hold ${rows} rows of ${H}x${dHead}`);
   if (a.y && (ldY < H * dHead || end(ldY, offY) > a.y.size)) throw new Error(`rope: y (ld ${ldY}, offset ${offY}) does not hold ${rows} rows of ${H}x${dHead}`);
   if (a.y && sharesMemory(a.y, a.x)) throw new Error("rope: y is x's buffer; omit y to rotate in place");
+  for (const t of a.y ? [a.x, a.y] : [a.x]) if (!isFloat(t)) throw new Error(`rope: ${t.label || "x/y"} is ${t.dtype}, expected f32 or f16`);
+  if (a.table.dtype !== "f32") throw new Error(`rope: the table is ${a.table.dtype}, expected f32 (make it with ropeTable)`);
 
   const WG = elementwiseTuning(gpu).WG;
   const inPlace = !a.y;
-  const kernel = await gpu.kernel({ shader: "rope", entry: inPlace ? "rope_inplace" : "rope", constants: { WG } });
+  // In place, x's type is the only one the entry reads (its buffer is declared with X_T).
+  const template = storageTypes(inPlace ? { X_T: a.x } : { X_T: a.x, Y_T: a.y });
+  const kernel = await gpu.kernel({ shader: "rope", entry: inPlace ? "rope_inplace" : "rope", constants: { WG }, template });
   const params = uniform(gpu, [
     rows, T, H, half,
     ldX, ldY, offX, offY,
