@@ -20,7 +20,8 @@
 // The gather (the second half of permute_finish) and combine move rows between sub-token order [S, dSub]
 // and the expert-grouped buffer [S*k, dSub]; rows past the kept total are written as zeros so the
 // worst-case-sized grouped GEMM reads defined data.
-// Template parameter: WG (workgroup size, a power of two).
+// Template parameters: WG (workgroup size, a power of two); XP_T, xPerm's storage type (f32, or f16 for
+// the expert input under mixed precision: the gather rounds each element once, padding stays exact zeros).
 
 const WG: u32 = {{WG}}u;
 
@@ -179,7 +180,7 @@ fn capacity_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 @group(0) @binding(5) var<storage, read_write> pf_counts: array<i32>;        // [E]
 @group(0) @binding(6) var<storage, read_write> pf_offsets: array<i32>;       // [E+1]
 @group(0) @binding(7) var<storage, read> pf_s: array<f32>;                   // [S, dSub]
-@group(0) @binding(8) var<storage, read_write> pf_xPerm: array<f32>;         // [S*k, dSub]
+@group(0) @binding(8) var<storage, read_write> pf_xPerm: array<{{XP_T:f32}}>; // [S*k, dSub]
 
 var<workgroup> blockRow: array<i32, WG>;  // the permuted row of the block's assignment, -1 for none
 var<workgroup> blockPad: array<u32, WG>;  // 1 where row t (the position's own index) is padding
@@ -241,8 +242,8 @@ fn permute_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let p = i / dSub;
     let c = i % dSub;
     let at = b * WG + p;
-    if (blockRow[p] >= 0) { pf_xPerm[u32(blockRow[p]) * dSub + c] = pf_s[(at / rk.k) * dSub + c]; }
-    if (blockPad[p] == 1u) { pf_xPerm[at * dSub + c] = 0.0; }
+    if (blockRow[p] >= 0) { pf_xPerm[u32(blockRow[p]) * dSub + c] = {{XP_T:f32}}(pf_s[(at / rk.k) * dSub + c]); }
+    if (blockPad[p] == 1u) { pf_xPerm[at * dSub + c] = {{XP_T:f32}}(0.0); }
   }
 }
 

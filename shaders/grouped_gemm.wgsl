@@ -26,6 +26,12 @@
 // Activation modes write plain values (the host requires alpha 1, beta 0); sum and pair apply alpha, beta.
 // MODE is a pipeline constant, so a plain pipeline has none of this code; slots a mode does not use are
 // bound to placeholders.
+//
+// Storage element types (template A_T B_T C_T C2_T X0_T X1_T H_T: f32, or f16 for the expert activations
+// under mixed precision). Loads widen to f32 in the fetch/load functions (the workgroup tiles stay f32),
+// stores round once, so the arithmetic is f32 either way. The activation epilogues round the pre-activations
+// first and take the activation of the rounded values: the hidden is then a function of what is saved, as
+// the backward and the recompute (activation.wgsl) see it, and recompute stays bit-identical to forward.
 
 struct Params {
   M: u32, N: u32, K: u32, E: u32,
@@ -35,15 +41,43 @@ struct Params {
   offX0: u32, offX1: u32, offC2: u32, offH: u32,
 }
 
-@group(0) @binding(0) var<storage, read> A: array<f32>;
-@group(0) @binding(1) var<storage, read> B: array<f32>;
-@group(0) @binding(2) var<storage, read_write> C: array<f32>;
+alias AT = {{A_T:f32}};
+alias BT = {{B_T:f32}};
+alias CT = {{C_T:f32}};
+alias C2T = {{C2_T:f32}};
+alias X0T = {{X0_T:f32}};
+alias X1T = {{X1_T:f32}};
+alias HT = {{H_T:f32}};
+
+@group(0) @binding(0) var<storage, read> A: array<AT>;
+@group(0) @binding(1) var<storage, read> B: array<BT>;
+@group(0) @binding(2) var<storage, read_write> C: array<CT>;
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> offsets: array<u32>;
-@group(0) @binding(5) var<storage, read_write> C2: array<f32>;
-@group(0) @binding(6) var<storage, read> X0: array<f32>;
-@group(0) @binding(7) var<storage, read> X1: array<f32>;
-@group(0) @binding(8) var<storage, read_write> H: array<f32>;
+@group(0) @binding(5) var<storage, read_write> C2: array<C2T>;
+@group(0) @binding(6) var<storage, read> X0: array<X0T>;
+@group(0) @binding(7) var<storage, read> X1: array<X1T>;
+@group(0) @binding(8) var<storage, read_write> H: array<HT>;
+
+// Whether C / C2 are stored as f16 (module constants): only f16 loses the 2^-12 of 1 + 2^-12.
+const C_HALF = f32(CT(1.000244140625)) != 1.000244140625;
+const C2_HALF = f32(C2T(1.000244140625)) != 1.000244140625;
+
+// v as an f16 store rounds it, kept in f32: to nearest, ties to even (IEEE's default and what lavapipe's
+// stores do; WGSL would allow either neighbour). f32(f16(v)) would say so, but compilers may fold the pair of
+// conversions to v (lavapipe does), so this is f32 arithmetic, exact but for round(): v scaled by the power
+// of two that makes its last f16 place (2^-24 below f16's normal range) 1. Past f16's largest finite value,
+// infinity with v's sign, as a store gives.
+fn roundHalf(v: f32) -> f32 {
+  let e = max((bitcast<u32>(v) >> 23u) & 0xffu, 113u) - 10u; // biased exponent of v's last f16 place
+  let r = round(v * bitcast<f32>((254u - e) << 23u)) * bitcast<f32>(e << 23u);
+  if (abs(r) > 65504.0) { return bitcast<f32>((bitcast<u32>(v) & 0x80000000u) | 0x7f800000u); }
+  return r;
+}
+
+// A pre-activation as C or C2 stores it, for the activation epilogues.
+fn storedC(v: f32) -> f32 { return select(v, roundHalf(v), C_HALF); }
+fn storedC2(v: f32) -> f32 { return select(v, roundHalf(v), C2_HALF); }
 
 override MODE: u32 = 0u;
 const M_SWIGLU: u32 = 1u;
@@ -90,15 +124,15 @@ var<private> gacc: array<vec4<f32>, TM * TN4>;
 
 // `second` selects the second operand pair (X0, X1): sum's second product, swiglu's gate weights.
 fn loadA(i: u32, second: bool) -> f32 {
-  if (second) { return X0[i]; }
-  return A[i];
+  if (second) { return f32(X0[i]); }
+  return f32(A[i]);
 }
 
 fn loadW(base: u32, k: u32, n: u32, second: bool) -> f32 {
   if (k >= p.K || n >= p.N) { return 0.0; }
   let i = select(base + k * p.ldb + n, base + n * p.ldb + k, p.transB != 0u);
-  if (second) { return X1[i]; }
-  return B[i];
+  if (second) { return f32(X1[i]); }
+  return f32(B[i]);
 }
 
 // W's 4 elements from (k, n) along its contiguous dimension: k when transB (W_e stored [N, K]), else n.
@@ -114,30 +148,34 @@ fn fetchW(base: u32, k: u32, n: u32, second: bool) -> vec4<f32> {
 fn storeC(idx: u32, v: f32, second: bool) {
   var out = p.alpha * v;
   if (second) {
-    if (p.beta != 0.0) { out += p.beta * C2[idx]; }
-    C2[idx] = out;
+    if (p.beta != 0.0) { out += p.beta * f32(C2[idx]); }
+    C2[idx] = C2T(out);
     return;
   }
-  if (p.beta != 0.0) { out += p.beta * C[idx]; }
-  C[idx] = out;
+  if (p.beta != 0.0) { out += p.beta * f32(C[idx]); }
+  C[idx] = CT(out);
 }
 
-// Epilogue of the row kernels for element (r, n): v is the product, g swiglu's gate product.
+// Epilogue of the row kernels for element (r, n): v is the product, g swiglu's gate product (pre-activations
+// rounded to their storage type before the activation, see the top).
 fn rowsOut(r: u32, n: u32, v: f32, g: f32) {
   let i = r * p.ldc + n;
   if (MODE == M_SWIGLU) {
-    C[p.offC + i] = v;
-    C2[p.offC2 + i] = g;
-    H[p.offH + i] = swiglu(g, v);
+    let up = storedC(v);
+    let gate = storedC2(g);
+    C[p.offC + i] = CT(up);
+    C2[p.offC2 + i] = C2T(gate);
+    H[p.offH + i] = HT(swiglu(gate, up));
   } else if (MODE == M_GELU) {
-    C[p.offC + i] = v;
-    H[p.offH + i] = gelu(v);
+    let x = storedC(v);
+    C[p.offC + i] = CT(x);
+    H[p.offH + i] = HT(gelu(x));
   } else if (MODE == M_SWIGLU_BWD) {
-    let gate = X0[p.offX0 + i];
-    C[p.offC + i] = swigluDUp(v, gate);
-    C2[p.offC2 + i] = swigluDGate(v, gate, X1[p.offX1 + i]);
+    let gate = f32(X0[p.offX0 + i]);
+    C[p.offC + i] = CT(swigluDUp(v, gate));
+    C2[p.offC2 + i] = C2T(swigluDGate(v, gate, f32(X1[p.offX1 + i])));
   } else if (MODE == M_GELU_BWD) {
-    C[p.offC + i] = v * geluGrad(X0[p.offX0 + i]);
+    C[p.offC + i] = CT(v * geluGrad(f32(X0[p.offX0 + i])));
   } else {
     storeC(p.offC + i, v, false);
   }
@@ -262,7 +300,7 @@ fn fetchWgrad(r0: u32, rEnd: u32, m0: u32, n0: u32, offA: u32, second: bool, lid
     let kn = groupB(g, false);
     var v = vec4<f32>(0.0);
     for (var c = 0u; c < 4u; c++) {
-      if (r0 + kn.x < rEnd && n0 + kn.y + c < p.N) { v[c] = B[p.offB + (r0 + kn.x) * p.ldb + n0 + kn.y + c]; }
+      if (r0 + kn.x < rEnd && n0 + kn.y + c < p.N) { v[c] = f32(B[p.offB + (r0 + kn.x) * p.ldb + n0 + kn.y + c]); }
     }
     rb[q] = v;
   }
@@ -313,36 +351,36 @@ fn wgrad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 // or VM rows of one expert's C_e (wgrad) and VN4 vec4 columns. Rows past a block's end are clamped to its last
 // row for loading (never garbage rows) and skipped when storing.
 
-@group(0) @binding(0) var<storage, read> A4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> B4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> C4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> C2_4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> X0_4: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> X1_4: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read_write> H4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> A4: array<vec4<AT>>;
+@group(0) @binding(1) var<storage, read> B4: array<vec4<BT>>;
+@group(0) @binding(2) var<storage, read_write> C4: array<vec4<CT>>;
+@group(0) @binding(5) var<storage, read_write> C2_4: array<vec4<C2T>>;
+@group(0) @binding(6) var<storage, read> X0_4: array<vec4<X0T>>;
+@group(0) @binding(7) var<storage, read> X1_4: array<vec4<X1T>>;
+@group(0) @binding(8) var<storage, read_write> H4: array<vec4<HT>>;
 
 const VM: u32 = {{VM}}u;
 const VN4: u32 = {{VN4}}u;
 
 fn loadA4(i: u32, second: bool) -> vec4<f32> {
-  if (second) { return X0_4[i]; }
-  return A4[i];
+  if (second) { return vec4<f32>(X0_4[i]); }
+  return vec4<f32>(A4[i]);
 }
 
 fn loadB4(i: u32, second: bool) -> vec4<f32> {
-  if (second) { return X1_4[i]; }
-  return B4[i];
+  if (second) { return vec4<f32>(X1_4[i]); }
+  return vec4<f32>(B4[i]);
 }
 
 fn store4(idx: u32, v: vec4<f32>, second: bool) {
   var out = p.alpha * v;
   if (second) {
-    if (p.beta != 0.0) { out += p.beta * C2_4[idx]; }
-    C2_4[idx] = out;
+    if (p.beta != 0.0) { out += p.beta * vec4<f32>(C2_4[idx]); }
+    C2_4[idx] = vec4<C2T>(out);
     return;
   }
-  if (p.beta != 0.0) { out += p.beta * C4[idx]; }
-  C4[idx] = out;
+  if (p.beta != 0.0) { out += p.beta * vec4<f32>(C4[idx]); }
+  C4[idx] = vec4<CT>(out);
 }
 
 // rowsOut for vec4 column c of row r (the activation math is scalar, shared with activation.wgsl).
@@ -351,24 +389,27 @@ fn rowsOut4(r: u32, c: u32, v: vec4<f32>, g: vec4<f32>) {
   var o: vec4<f32>;
   var o2: vec4<f32>;
   if (MODE == M_SWIGLU) {
-    for (var q = 0u; q < 4u; q++) { o[q] = swiglu(g[q], v[q]); }
-    C4[p.offC + i] = v;
-    C2_4[p.offC2 + i] = g;
-    H4[p.offH + i] = o;
+    var up: vec4<f32>;
+    var gate: vec4<f32>;
+    for (var q = 0u; q < 4u; q++) { up[q] = storedC(v[q]); gate[q] = storedC2(g[q]); o[q] = swiglu(gate[q], up[q]); }
+    C4[p.offC + i] = vec4<CT>(up);
+    C2_4[p.offC2 + i] = vec4<C2T>(gate);
+    H4[p.offH + i] = vec4<HT>(o);
   } else if (MODE == M_GELU) {
-    for (var q = 0u; q < 4u; q++) { o[q] = gelu(v[q]); }
-    C4[p.offC + i] = v;
-    H4[p.offH + i] = o;
+    var x: vec4<f32>;
+    for (var q = 0u; q < 4u; q++) { x[q] = storedC(v[q]); o[q] = gelu(x[q]); }
+    C4[p.offC + i] = vec4<CT>(x);
+    H4[p.offH + i] = vec4<HT>(o);
   } else if (MODE == M_SWIGLU_BWD) {
-    let gate = X0_4[p.offX0 + i];
-    let up = X1_4[p.offX1 + i];
+    let gate = vec4<f32>(X0_4[p.offX0 + i]);
+    let up = vec4<f32>(X1_4[p.offX1 + i]);
     for (var q = 0u; q < 4u; q++) { o[q] = swigluDUp(v[q], gate[q]); o2[q] = swigluDGate(v[q], gate[q], up[q]); }
-    C4[p.offC + i] = o;
-    C2_4[p.offC2 + i] = o2;
+    C4[p.offC + i] = vec4<CT>(o);
+    C2_4[p.offC2 + i] = vec4<C2T>(o2);
   } else if (MODE == M_GELU_BWD) {
-    let x = X0_4[p.offX0 + i];
+    let x = vec4<f32>(X0_4[p.offX0 + i]);
     for (var q = 0u; q < 4u; q++) { o[q] = v[q] * geluGrad(x[q]); }
-    C4[p.offC + i] = o;
+    C4[p.offC + i] = vec4<CT>(o);
   } else {
     store4(p.offC + i, v, false);
   }
@@ -390,21 +431,21 @@ fn rows_nt4(@builtin(global_invocation_id) g: vec3<u32>) {
   var accG: array<vec4<f32>, VM * VN4>;
   for (var k4 = 0u; k4 < p.K / 4u; k4++) {
     var a: array<vec4<f32>, VM>;
-    for (var i = 0u; i < VM; i++) { a[i] = A4[p.offA + min(r0 + i, last) * p.lda + k4]; }
+    for (var i = 0u; i < VM; i++) { a[i] = vec4<f32>(A4[p.offA + min(r0 + i, last) * p.lda + k4]); }
     for (var j = 0u; j < VN4; j++) {
       let n = min(c0 + j, N4 - 1u) * 4u;
-      let b0 = B4[bW + n * p.ldb + k4];
-      let b1 = B4[bW + (n + 1u) * p.ldb + k4];
-      let b2 = B4[bW + (n + 2u) * p.ldb + k4];
-      let b3 = B4[bW + (n + 3u) * p.ldb + k4];
+      let b0 = vec4<f32>(B4[bW + n * p.ldb + k4]);
+      let b1 = vec4<f32>(B4[bW + (n + 1u) * p.ldb + k4]);
+      let b2 = vec4<f32>(B4[bW + (n + 2u) * p.ldb + k4]);
+      let b3 = vec4<f32>(B4[bW + (n + 3u) * p.ldb + k4]);
       for (var i = 0u; i < VM; i++) {
         acc[i * VN4 + j] += vec4<f32>(dot(a[i], b0), dot(a[i], b1), dot(a[i], b2), dot(a[i], b3));
       }
       if (MODE == M_SWIGLU) {
-        let g0 = X1_4[bG + n * p.ldb + k4];
-        let g1 = X1_4[bG + (n + 1u) * p.ldb + k4];
-        let g2 = X1_4[bG + (n + 2u) * p.ldb + k4];
-        let g3 = X1_4[bG + (n + 3u) * p.ldb + k4];
+        let g0 = vec4<f32>(X1_4[bG + n * p.ldb + k4]);
+        let g1 = vec4<f32>(X1_4[bG + (n + 1u) * p.ldb + k4]);
+        let g2 = vec4<f32>(X1_4[bG + (n + 2u) * p.ldb + k4]);
+        let g3 = vec4<f32>(X1_4[bG + (n + 3u) * p.ldb + k4]);
         for (var i = 0u; i < VM; i++) {
           accG[i * VN4 + j] += vec4<f32>(dot(a[i], g0), dot(a[i], g1), dot(a[i], g2), dot(a[i], g3));
         }
@@ -466,7 +507,7 @@ fn wgrad4(@builtin(global_invocation_id) g: vec3<u32>) {
   var acc: array<vec4<f32>, VM * VN4>;
   for (var r = rows.x; r < rows.y; r++) {
     var b: array<vec4<f32>, VN4>;
-    for (var j = 0u; j < VN4; j++) { b[j] = B4[p.offB + r * p.ldb + min(c0 + j, N4 - 1u)]; }
+    for (var j = 0u; j < VN4; j++) { b[j] = vec4<f32>(B4[p.offB + r * p.ldb + min(c0 + j, N4 - 1u)]); }
     for (var i4 = 0u; i4 < VM / 4u; i4++) {
       let a = loadA4(offA + r * p.lda + min(m0 / 4u + i4, M4 - 1u), second);
       for (var q = 0u; q < 4u; q++) {

@@ -83,6 +83,52 @@ describe("activation kernels vs reference", () => {
     for (const t of [GU, H, DH, DG, DU]) t.release();
   });
 
+  // Mixed precision: the pre-activations (and the forward's h) in f16. The inputs are the f16 roundings of
+  // the test data and the references take exactly those values, so reading them adds no error; h is stored
+  // in f16: one rounding, 2^-11 relative to nearest, but WGSL lets a conversion take either neighbour, hence
+  // one f16 ulp, 2^-10, on top of TOL. The backward reads the f16 values and writes f32: TOL as in f32.
+  const F16_RTOL = 2 ** -10;
+  const half = (x: Float32Array) => Float32Array.from(x, Math.f16round);
+
+  test("swiglu forward and backward with f16 gate, up and h", async () => {
+    const gpu = await getGpu();
+    const n = ROWS * COLS;
+    const g = half(inputs(n, 1)), u = half(randomArray(n, 2, 3)), dh = randomArray(n, 3);
+    const G = upload(gpu, Float16Array.from(g)), U = upload(gpu, Float16Array.from(u)), H = empty(gpu, [n], "f16");
+    const DH = upload(gpu, dh), DG = empty(gpu, [n]), DU = empty(gpu, [n]);
+    submit(gpu, await planSwigluForward(gpu, { gate: G, up: U, h: H, rows: ROWS, cols: COLS }));
+    submit(gpu, await planSwigluBackward(gpu, { dh: DH, gate: G, up: U, dgate: DG, dup: DU, rows: ROWS, cols: COLS }));
+    const want = swigluBackward(dh, g, u);
+    expectClose(await read(H), swigluForward(g, u), { ...TOL, rtol: TOL.rtol + F16_RTOL }, "f16 swiglu h");
+    expectClose(await read(DG), want.dgate, TOL, "swiglu dgate of f16 inputs");
+    expectClose(await read(DU), want.dup, TOL, "swiglu dup of f16 inputs");
+    for (const t of [G, U, H, DH, DG, DU]) t.release();
+  });
+
+  test("gelu forward and backward with f16 x and y (odd length: the last f16 shares a word with padding)", async () => {
+    const gpu = await getGpu();
+    const n = ROWS * COLS + 3;
+    const x = half(inputs(n, 4)), dy = randomArray(n, 5);
+    const X = upload(gpu, Float16Array.from(x)), Y = empty(gpu, [n], "f16"), DY = upload(gpu, dy), DX = empty(gpu, [n]);
+    submit(gpu, await planGeluForward(gpu, { x: X, y: Y, rows: 1, cols: n }));
+    submit(gpu, await planGeluBackward(gpu, { dy: DY, x: X, dx: DX, rows: 1, cols: n }));
+    expectClose(await read(Y), geluTanhForward(x), { ...TOL, rtol: TOL.rtol + F16_RTOL }, "f16 gelu y");
+    expectClose(await read(DX), geluTanhBackward(dy, x), GELU_DX_TOL, "gelu dx of f16 x");
+    for (const t of [X, Y, DY, DX]) t.release();
+  });
+
+  test("swiglu reads f16 gate and up as halves of one fused [N, 2*inner] projection into an f32 h", async () => {
+    const gpu = await getGpu();
+    const N = 13, I = 9;
+    const gu = half(randomArray(N * 2 * I, 6, 4));
+    const GU = upload(gpu, Float16Array.from(gu)), H = empty(gpu, [N, I]);
+    const gate = { tensor: GU, ld: 2 * I }, up = { tensor: GU, offset: I, ld: 2 * I };
+    submit(gpu, await planSwigluForward(gpu, { gate, up, h: H, rows: N, cols: I }));
+    const pick = (off: number) => Float32Array.from({ length: N * I }, (_, i) => gu[Math.floor(i / I) * 2 * I + off + (i % I)]!);
+    expectClose(await read(H), swigluForward(pick(0), pick(I)), TOL, "swiglu h of f16 halves");
+    for (const t of [GU, H]) t.release();
+  });
+
   test("an output sharing a buffer with another operand is refused", async () => {
     const gpu = await getGpu();
     const A = empty(gpu, [8]), B = empty(gpu, [8]);

@@ -44,6 +44,7 @@ function randomTopk(S: number, E: number, k: number, seed: number, skew: Skew): 
  */
 async function planRouting(
   gpu: Gpu, idx: Int32Array, S: number, E: number, k: number, capacityFactor: number, s: Float32Array, dSub: number,
+  xPermHalf = false,
 ) {
   const blockCounts = empty(gpu, [routingBlocks(gpu, S, k) * E], "i32");
   const r = {
@@ -57,7 +58,7 @@ async function planRouting(
     assignmentRow: empty(gpu, [S * k], "i32"),
     s: upload(gpu, s),
     // NaN: every row, padding included, must be written
-    xPerm: upload(gpu, new Float32Array(S * k * dSub).fill(NaN)),
+    xPerm: xPermHalf ? upload(gpu, new Float16Array(S * k * dSub).fill(NaN)) : upload(gpu, new Float32Array(S * k * dSub).fill(NaN)),
   };
   const capacity = r.keptIdx ? await planCapacity(gpu, {
     topkIdx: r.idx, keptIdx: r.keptIdx, dropped: r.dropped, countsBeforeCapacity: r.countsBefore, blockCounts,
@@ -122,6 +123,29 @@ describe("capacity, histogram, permutation vs reference", () => {
       expect(Array.from(await readInt(r.assignmentRow))).toEqual(Array.from(perm.assignmentRow));
       const gathered = gatherRows(s, perm.rowAssignment, k, dSub);
       expect(Array.from(await read(r.xPerm))).toEqual(padded(gathered, S * k * dSub, 0));
+      for (const t of all) t.release();
+    });
+  }
+
+  // Mixed precision stores the expert input xPerm in f16: each gathered element is its sub-token's value
+  // rounded once (to nearest; WGSL lets a conversion take either neighbour: one f16 ulp, 2^-10 relative,
+  // and 2^-24 absolute below f16's normal range), padding exact zeros. dSub = 3 with odd S*k: the last
+  // element shares a 4-byte word with padding.
+  for (const [S, E, k, cf, skew] of [[37, 5, 1, 1.0, "random"], [130, 8, 3, 0, "skewed"], [701, 7, 2, 1.0, "skewed"]] as const) {
+    test(`f16 xPerm: S=${S} E=${E} k=${k} capacity_factor=${cf} ${skew}`, async () => {
+      const gpu = await getGpu();
+      const idx = randomTopk(S, E, k, S * 17 + E, skew);
+      const dSub = 3, s = randomArray(S * dSub, 9 + S, 4);
+      s[0] = 1e-6; // below f16's normal range
+      const { r, dispatches, all } = await planRouting(gpu, idx, S, E, k, cf, s, dSub, true);
+      submit(gpu, dispatches);
+      const keep = cf > 0 ? admitByCapacity(idx, S, k, E, refCapacity(cf, k, S, E)) : new Uint8Array(S * k).fill(1);
+      const perm = permuteByExpert(idx, keep, S, k, E);
+      expect(Array.from(await readInt(r.assignmentRow))).toEqual(Array.from(perm.assignmentRow));
+      const want = Float32Array.from(padded(gatherRows(s, perm.rowAssignment, k, dSub), S * k * dSub, 0));
+      const got = await read(r.xPerm);
+      expectClose(got, want, { atol: 2 ** -24, rtol: 2 ** -10 }, "f16 xPerm");
+      expect(got.every((v, i) => (want[i] === 0 ? v === 0 : true))).toBe(true);
       for (const t of all) t.release();
     });
   }

@@ -3,8 +3,11 @@
  * forward and backward, over a rows x cols window. Every operand is a Tensor (packed [rows, cols]) or a
  * View with its own offset and row stride, e.g. gate and up as the halves of one [N, 2*inner] buffer.
  * Outputs must not share a buffer with any other operand (WebGPU forbids aliasing writable bindings).
+ * Any operand may be an f16 tensor (activations under mixed precision): the kernel is specialised on each
+ * operand's dtype, loads widen to f32 and stores round once.
  */
 import type { Gpu } from "../gpu/device.ts";
+import { storageTypes } from "../gpu/kernel.ts";
 import { bindSlots, grid1d, sharesMemory, uniform, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { elementwiseTuning, resolveView, type Operand, type ResolvedView } from "./elementwise.ts";
 
@@ -30,8 +33,12 @@ async function planActivation(
   const lds = [0, 1, 2, 3, 4].map((k) => views[k]?.ld ?? 0);
   const offs = [0, 1, 2, 3, 4].map((k) => views[k]?.offset ?? 0);
   const params = uniform(gpu, [rows, cols, ...lds, ...offs], `${entry}.params`);
-  const kernel = await gpu.kernel({ shader: "activation", entry, constants: { WG: elementwiseTuning(gpu).WG } });
   const slots: [number, Tensor | GPUBuffer][] = views.map((v, i) => [SLOTS[entry]![i]!, v.tensor]);
+  // Each slot's storage type (S0_T .. S4_T); slots the entry does not bind count as f32, so all-f32 launches
+  // of every entry share one module.
+  const bySlot = new Map(views.map((v, i) => [SLOTS[entry]![i]!, v.tensor]));
+  const template = storageTypes(Object.fromEntries([0, 1, 2, 3, 4].map((s) => [`S${s}_T`, bySlot.get(s)])));
+  const kernel = await gpu.kernel({ shader: "activation", entry, constants: { WG: elementwiseTuning(gpu).WG }, template });
   slots.push([PARAMS_SLOT, params]);
   return [{ kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups: grid1d(rows * cols, elementwiseTuning(gpu).WG) }];
 }

@@ -19,6 +19,7 @@
  * Nothing here reads counts back to the host: every launch is sized for S*k.
  */
 import type { Gpu } from "../gpu/device.ts";
+import { storageTypes } from "../gpu/kernel.ts";
 import { bindGroup, grid1d, uniform, type Binding, type Dispatch, type Tensor } from "../gpu/tensor.ts";
 import { routingWorkgroupSize } from "./router.ts";
 
@@ -48,8 +49,10 @@ function params(gpu: Gpu, f: Fields, label: string): GPUBuffer {
   ], label);
 }
 
-async function launch(gpu: Gpu, entry: string, bindings: Binding[], workgroups: readonly [number, number, number]): Promise<Dispatch> {
-  const kernel = await gpu.kernel({ shader: "dispatch", entry, template: { WG: routingWorkgroupSize(gpu) } });
+async function launch(
+  gpu: Gpu, entry: string, bindings: Binding[], workgroups: readonly [number, number, number], types: Record<string, string> = {},
+): Promise<Dispatch> {
+  const kernel = await gpu.kernel({ shader: "dispatch", entry, template: { WG: routingWorkgroupSize(gpu), ...types } });
   return { kernel, bindGroup: bindGroup(gpu, kernel, bindings), workgroups };
 }
 
@@ -136,7 +139,7 @@ export interface PermutationArgs {
   assignmentRow: Tensor;
   /** [S, dSub] sub-tokens */
   s: Tensor;
-  /** [S*k, dSub], written: xPerm[row] = s[rowAssignment[row] / k], padding rows zero */
+  /** [S*k, dSub], written: xPerm[row] = s[rowAssignment[row] / k], padding rows zero; f32, or f16 (rounded once) */
   xPerm: Tensor;
   S: number;
   k: number;
@@ -154,7 +157,7 @@ export async function planExpertPermutation(gpu: Gpu, a: PermutationArgs): Promi
   const nBlocks = routingBlocks(gpu, S, k);
   const u = params(gpu, { S, k, E, dSub, order: ORDER_ASSIGNMENT, nBlocks }, "permutation.params");
   const bindings = [a.keptIdx ?? a.topkIdx, a.blockCounts, u, a.rowAssignment, a.assignmentRow, a.counts, a.offsets, a.s, a.xPerm];
-  return [await launch(gpu, "permute_finish", bindings, blockGrid(nBlocks))];
+  return [await launch(gpu, "permute_finish", bindings, blockGrid(nBlocks), storageTypes({ XP_T: a.xPerm }))];
 }
 
 export interface GatherBackwardArgs {

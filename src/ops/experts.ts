@@ -7,6 +7,10 @@
  * Launches (see planExpertFfnForward/Backward): forward 2, backward 4 for both activations (5 for SwiGLU
  * when dGate and dUp overlap in one tensor, as a flat gradient buffer bound whole does), one more with
  * recompute (the hidden activation again).
+ * Mixed precision: x and the saved gatePre, upPre, hidden may be f16 tensors (each op takes its operands'
+ * dtypes); y, dy, dx, the workspaces and the gradients stay f32. Arithmetic is f32 throughout, each f16
+ * value rounded once when stored, and the forward's hidden is the activation of the pre-activations as
+ * stored, which is what the backward and a recompute read.
  */
 import type { Gpu } from "../gpu/device.ts";
 import { sharesMemory, type Dispatch, type Tensor } from "../gpu/tensor.ts";
@@ -43,7 +47,7 @@ export interface ExpertWeightsGpu {
   down: TensorRef;
 }
 
-/** What forward saves for backward: [rows, inner] each (gatePre null for gelu). */
+/** What forward saves for backward: x [rows, dSub], the others [rows, inner] (gatePre null for gelu); f32 or f16. */
 export interface ExpertFfnSaved {
   x: Tensor;
   gatePre: Tensor | null;

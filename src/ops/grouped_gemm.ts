@@ -9,9 +9,12 @@
  * - "tn": C_e = A_e^T B_e over expert e's rows.     A [K=R, M], B [K=R, N], C [E, M, N]. (dW = dy^T x)
  * R is the worst-case row count (S*k); rows at or past offsets[E] are neither read into results nor written.
  * `fuse` adds the expert FFN's elementwise work or a second operand pair to the same launch (GroupedFusion).
+ * Any operand may be an f16 tensor (the expert activations under mixed precision: x, gatePre, upPre, hidden):
+ * the kernel is specialised on each operand's dtype, loads widen to f32 and stores round once.
  */
 import type { Gpu } from "../gpu/device.ts";
 import { STORAGE_USAGE } from "../gpu/pool.ts";
+import { storageTypes } from "../gpu/kernel.ts";
 import { bindSlots, sharesMemory, Tensor, uniform, type Binding, type Dispatch } from "../gpu/tensor.ts";
 import { matmulTiles, tileBytes, tileTemplate, type TileShape } from "./matmul.ts";
 
@@ -179,7 +182,8 @@ export async function groupedMatmul(gpu: Gpu, args: GroupedMatmulArgs): Promise<
   const vec4 = variant === "vec4" || (variant === "auto" && aligned && gpu.isCpu);
   const entry = vec4 ? (layout === "tn" ? "wgrad4" : `rows_${layout}4`) : layout === "tn" ? "wgrad_tiled" : "rows_tiled";
   const constants = mode.mode ? { MODE: mode.mode } : undefined;
-  const kernel = await gpu.kernel({ shader: "grouped_gemm", entry, template: { ...tileTemplate(t), BK: groupedDepth(gpu, t) }, constants });
+  const template = { ...tileTemplate(t), BK: groupedDepth(gpu, t), ...operandTypes(args, extra) };
+  const kernel = await gpu.kernel({ shader: "grouped_gemm", entry, template, constants });
   const u = vec4 ? 4 : 1;
   const params = uniform(gpu, [
     M, N, K, E,
@@ -204,6 +208,12 @@ export async function groupedMatmul(gpu: Gpu, args: GroupedMatmulArgs): Promise<
   const slots: [number, Binding][] = [[0, args.a], [1, args.b], [2, args.c], [3, params], [4, args.offsets]];
   for (const slot of EXTRA_SLOTS[entry]!) slots.push([slot, extra.get(slot)?.t ?? placeholder(gpu, slot)]);
   return { kernel, bindGroup: bindSlots(gpu, kernel, slots), workgroups };
+}
+
+/** The storage type of every operand (placeholders of unused slots count as f32). */
+function operandTypes(args: GroupedMatmulArgs, extra: Extras): Record<string, string> {
+  const slot = (s: number) => extra.get(s)?.t;
+  return storageTypes({ A_T: args.a, B_T: args.b, C_T: args.c, C2_T: slot(5), X0_T: slot(6), X1_T: slot(7), H_T: slot(8) });
 }
 
 /**
