@@ -5,7 +5,8 @@
 #   a header (date, GPU and driver from nvidia-smi, the WebGPU adapter, the sizes used), then
 #   `mhmoe bench matmul` (the sweep), `mhmoe bench step --json` for the default preset and for
 #   bench/gpt2-small-mhmoe.json, each followed by its PyTorch twin (interop/bench_twin.py: same config,
-#   same batch, FP32 with TF32 off) when python3 has torch with CUDA, and an end line.
+#   same batch, FP32 with TF32 off) when python3 has torch with CUDA, the config's step again with
+#   --precision mixed (f16 activations), and an end line.
 # Every measurement line carries "stage" and "what" (the command that produced it). Every stage runs under
 # `timeout`, and all of them under one budget, so a hang cannot eat the lent time; a failed stage writes an
 # error line and the script goes on.
@@ -27,6 +28,7 @@
 #   MHMOE_GPU_MATMUL_SIZES=512,1024,2048,4096   MHMOE_GPU_MATMUL_VARIANTS=auto,vec4
 #   MHMOE_GPU_PRESET=mhmoe        MHMOE_GPU_PRESET_BATCH=16   MHMOE_GPU_PRESET_SEQ=512
 #   MHMOE_GPU_CONFIG=<bundle>/bench/gpt2-small-mhmoe.json     MHMOE_GPU_CONFIG_BATCH=8  MHMOE_GPU_CONFIG_SEQ=1024
+#   MHMOE_GPU_TIMEOUT_MIXED=240   the mixed-precision step's timeout
 #   MHMOE_GPU_STEPS               timed steps per step bench (default: about two seconds of work each)
 #   MHMOE_GPU_STEP_MATMUL_SIZE=2048   square matmul `bench step` compares its GFLOP/s with (0: skip)
 #   MHMOE_GPU_STEP_ARGS           more flags for both `bench step` runs, e.g. --recompute (not the twin's)
@@ -283,6 +285,10 @@ CNAME=$(basename "$CONFIG")
 run_stage step "mhmoe bench step --config $CNAME --batch-size $CB --seq-len $CT --matmul-size $MMS${STEPS:+ --steps $STEPS}${EXTRA:+ $EXTRA}" \
   "${MHMOE_GPU_TIMEOUT_CONFIG:-240}" "$BIN" bench step --config "$CONFIG" --batch-size "$CB" --seq-len "$CT" --matmul-size "$MMS" "${T_STEP[@]}" "${X_STEP[@]}" --json
 twin "$CONFIG" "$CONFIG" "$CB" "$CT"   # labelled as mhmoe labels it, so the two lines pair up
+# the same step with f16 activations (train --precision mixed), last: it needs shader-f16 (refused in one
+# line, a failed stage, without it)
+run_stage step "mhmoe bench step --config $CNAME --batch-size $CB --seq-len $CT --precision mixed --matmul-size 0${STEPS:+ --steps $STEPS}${EXTRA:+ $EXTRA}" \
+  "${MHMOE_GPU_TIMEOUT_MIXED:-240}" "$BIN" bench step --config "$CONFIG" --batch-size "$CB" --seq-len "$CT" --precision mixed --matmul-size 0 "${T_STEP[@]}" "${X_STEP[@]}" --json
 
 END=${EPOCHSECONDS:-$(date +%s)}
 emit "{\"measure\":\"end\",\"date\":\"$(now_iso)\",\"seconds\":$((END - START)),\"stages_ok\":$OK,\"stages_failed\":$FAILED,\"stages_skipped\":$SKIPPED}"

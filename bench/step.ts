@@ -11,7 +11,7 @@ import type { Dispatch } from "../src/gpu/tensor.ts";
 import { timePasses } from "../src/gpu/timing.ts";
 import { flopsPerToken, type ModelConfig } from "../src/model/config.ts";
 import { initParams } from "../src/model/params.ts";
-import { Transformer } from "../src/model/transformer.ts";
+import { Transformer, type Precision } from "../src/model/transformer.ts";
 import { ParamStore, uploadParams } from "../src/model/weights.ts";
 import { GpuAdamW } from "../src/train/optimizer.ts";
 import { StepRunner } from "../src/train/step.ts";
@@ -30,6 +30,8 @@ export interface StepBenchOptions {
   seed?: number;
   /** plan with activation recomputation (train --recompute) */
   recompute?: boolean;
+  /** train --precision */
+  precision?: Precision;
 }
 
 export interface StepBenchResult {
@@ -40,6 +42,7 @@ export interface StepBenchResult {
   seq_len: number;
   grad_accum: number;
   recompute: boolean;
+  precision: Precision;
   steps: number;
   ms_per_step: number;
   tokens_per_s: number;
@@ -80,7 +83,7 @@ export async function benchStep(gpu: Gpu, o: StepBenchOptions, label = "config")
   const W = uploadParams(gpu, c, host);
   host.clear();
   const G = ParamStore.allocate(gpu, c, "grad");
-  const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A, recompute: o.recompute ?? false });
+  const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A, recompute: o.recompute ?? false, precision: o.precision ?? "f32" });
   const opt = await GpuAdamW.plan(gpu, c, W, G);
   const maxSteps = o.steps ?? 50;
   const runner = new StepRunner(gpu, model, G, opt, A, maxSteps + 1);
@@ -133,7 +136,7 @@ export async function benchStep(gpu: Gpu, o: StepBenchOptions, label = "config")
       await benchMatmul({ sizes: [o.matmulSize ?? 512], layouts: ["nn"], print: (l) => (matmulGflops = JSON.parse(l).gflops) });
     }
     return {
-      measure: "train_step", preset_or_config: label, parameters, batch_size: B, seq_len: T, grad_accum: A, recompute: o.recompute ?? false, steps,
+      measure: "train_step", preset_or_config: label, parameters, batch_size: B, seq_len: T, grad_accum: A, recompute: o.recompute ?? false, precision: o.precision ?? "f32", steps,
       ms_per_step: Number(ms.toFixed(2)), tokens_per_s: Number(tokensPerS.toFixed(1)),
       dispatches_per_step: perStep.forward + perStep.backward + perStep.optimizer, dispatches: perStep,
       gflops: Number(gflops.toFixed(3)),

@@ -4,6 +4,7 @@ import type { Layout } from "../src/ops/matmul.ts";
 import { UserError } from "../src/util/errors.ts";
 import { benchStep } from "../bench/step.ts";
 import { getGpu } from "../src/gpu/device.ts";
+import type { Precision } from "../src/model/transformer.ts";
 import { addModelShapeFlags, modelShape, parseNumber, type ModelShapeFlags } from "./flags.ts";
 
 const int = (flag: string) => (v: string) => parseNumber(flag, v, true);
@@ -40,12 +41,13 @@ export function registerBench(program: Command): void {
     .option("--steps <n>", "timed steps after one warm-up (default: about two seconds of work)", int("--steps"))
     .option("--matmul-size <n>", "square matmul timed for the fraction of its GFLOP/s the step reaches (0: skip)", (v: string) => parseNumber("--matmul-size", v, false), 512)
     .option("--recompute", "as train --recompute: recompute norm outputs and FFN/expert hidden activations in backward")
+    .option("--precision <p>", "as train --precision: f32, or mixed (f16 activations)", "f32")
     .option("--json", "print the JSON line only")
-    .action(async (o: ModelShapeFlags & { steps?: number; matmulSize: number; recompute?: boolean; json?: boolean }) => {
+    .action(async (o: ModelShapeFlags & { steps?: number; matmulSize: number; recompute?: boolean; precision: string; json?: boolean }) => {
       const { config } = modelShape(o);
       if (o.steps !== undefined && o.steps < 1) throw new UserError(`--steps must be at least 1, got ${o.steps}`);
       const label = [o.preset ?? (o.config ? "" : "mhmoe"), o.config ?? "", ...o.set].filter(Boolean).join(" ");
-      const r = await benchStep(await getGpu(), { config, batchSize: o.batchSize, seqLen: o.seqLen, gradAccum: o.gradAccum, steps: o.steps, matmulSize: o.matmulSize, recompute: !!o.recompute }, label);
+      const r = await benchStep(await getGpu(), { config, batchSize: o.batchSize, seqLen: o.seqLen, gradAccum: o.gradAccum, steps: o.steps, matmulSize: o.matmulSize, recompute: !!o.recompute, precision: o.precision as Precision }, label);
       if (!o.json) {
         console.log(
           `${label}: ${r.ms_per_step} ms/step, ${r.tokens_per_s} tokens/s, ${r.gflops} GFLOP/s` +

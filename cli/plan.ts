@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { UserError } from "../src/util/errors.ts";
 import { addModelShapeFlags, modelShape, parseNumber, type ModelShapeFlags } from "./flags.ts";
 import { getGpu } from "../src/gpu/device.ts";
+import type { Precision } from "../src/model/transformer.ts";
 import { isMoeLayer, type ModelConfig } from "../src/model/config.ts";
 import { costSummary, planMemory, solveParity, type CostSummary, type MemoryPlan } from "../src/model/cost.ts";
 
@@ -29,6 +30,8 @@ export function registerPlan(program: Command): void {
     .option("--smoe-experts <n>", "--parity: the SMoE's expert count (default 8)", int("--smoe-experts"))
     .option("--heads <h>", "--parity: MH-MoE heads h", int("--heads"))
     .option("--top-k <n>", "--parity: MH-MoE top-k k_m (default: --heads)", int("--top-k"))
+    .option("--precision <p>", "plan the memory of train --precision f32 or mixed", "f32")
+    .option("--recompute", "plan the memory of train --recompute")
     .option("--json", "print one JSON object on stdout")
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const given = (name: string) => cmd.getOptionValueSource(name) === "cli";
@@ -46,7 +49,7 @@ export function registerPlan(program: Command): void {
       if (o.memory !== false) {
         const gpu = await getGpu();
         adapter = gpu.adapter.name;
-        memory = await planMemory(gpu, config, B, T, A);
+        memory = await planMemory(gpu, config, B, T, A, 10, { precision: o.precision as Precision, recompute: !!o.recompute });
       }
       if (o.json) {
         console.log(JSON.stringify({ config, batch_size: B, grad_accum: A, ...cost, adapter, memory }));

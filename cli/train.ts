@@ -59,6 +59,7 @@ export function registerTrain(program: Command): void {
     .option("--init <checkpoint>", "start from a checkpoint's weights (its model config; step 0, fresh optimizer)")
     .option("--skip-nonfinite", "skip (and count) steps with a non-finite loss or gradient instead of stopping")
     .option("--recompute", "recompute norm outputs and FFN/expert hidden activations in backward: less GPU memory, same numbers")
+    .option("--precision <p>", "f32, or mixed: activations stored in f16 (half their memory), sums and weights in f32; needs shader-f16", TRAIN_DEFAULTS.precision)
     .option("--mask-unit <unit>", "mlm: mask text token by token, or whole words (byte tokenizer)", TRAIN_DEFAULTS.maskUnit)
     .option("--json", "print JSON lines on stdout")
     .action(async (raw: Record<string, unknown>, cmd: Command) => {
@@ -122,9 +123,9 @@ async function runTrain(o: TrainOptions, json: boolean, note: string, resume?: R
   process.on("SIGINT", sigint);
   process.on("SIGTERM", sigterm);
   // Printed once the run could start: an error before it (a taken --out, bad data, no memory) is the only line.
-  const banner = (gpuBytes: number) => say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, gpu_bytes: gpuBytes, tokenizer: o.tokenizer, config: o.config },
+  const banner = (gpuBytes: number) => say({ event: "start", out: o.out, params: parameterCount(o), adapter: gpu.adapter.name, gpu_bytes: gpuBytes, precision: o.precision, tokenizer: o.tokenizer, config: o.config },
     `mhmoe train: ${parameterCount(o).toLocaleString()} parameters, ${o.config.num_experts > 0 ? `${o.config.num_experts} experts, h=${o.config.mhmoe_heads}` : "dense"}, ` +
-      `tokenizer ${o.tokenizer}${note ? `, ${note}` : ""}, ${o.steps} steps of ${o.gradAccum * o.batchSize}x${o.seqLen} tokens on ${gpu.adapter.name} (${(gpuBytes / 2 ** 20).toFixed(1)} MiB of GPU memory); run directory ${o.out}`);
+      `tokenizer ${o.tokenizer}${note ? `, ${note}` : ""}, ${o.steps} steps of ${o.gradAccum * o.batchSize}x${o.seqLen} tokens on ${gpu.adapter.name} (${(gpuBytes / 2 ** 20).toFixed(1)} MiB of GPU memory${o.precision === "mixed" ? ", f16 activations" : ""}); run directory ${o.out}`);
   const notes: string[] = [];
   let started = false;
   try {

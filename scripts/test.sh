@@ -46,7 +46,7 @@ gpu_pass=0; gpu_fail=0
 if [ $# -eq 0 ]; then
   MHMOE_TUNING=gpu node_modules/.bin/bun test --timeout 600000 test/ops-*.test.ts test/matmul.test.ts test/weights.test.ts \
     test/parity-torch.test.ts test/train.test.ts test/eval.test.ts test/generate.test.ts test/reference-model.test.ts \
-    test/scale.test.ts test/mlm.test.ts 2>&1 | tee "$log" || status=$?
+    test/scale.test.ts test/mlm.test.ts test/precision.test.ts 2>&1 | tee "$log" || status=$?
   gpu_pass=$(grep -Eo '^ *[0-9]+ pass' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
   gpu_fail=$(grep -Eo '^ *[0-9]+ fail' "$log" | tail -n1 | grep -Eo '[0-9]+' || echo 0)
 fi

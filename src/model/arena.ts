@@ -1,5 +1,5 @@
 import type { Gpu } from "../gpu/device.ts";
-import { empty, type DType, type Tensor } from "../gpu/tensor.ts";
+import { elementBytes, empty, type DType, type Tensor } from "../gpu/tensor.ts";
 
 /**
  * Owns the activation and scratch tensors of one plan. Saved activations get their own tensor; scratch
@@ -10,10 +10,21 @@ export class Arena {
   private owned: Tensor[] = [];
   private shared = new Map<string, Tensor>();
 
-  constructor(readonly gpu: Gpu, readonly sharedByName = false) {}
+  /**
+   * `activations`: the storage type of act() tensors, the activations that projections read and backward
+   * keeps (f16 under mixed precision); gradients, losses and the residual stream stay f32.
+   */
+  constructor(readonly gpu: Gpu, readonly sharedByName = false, readonly activations: "f32" | "f16" = "f32") {}
 
   f32(shape: number[], label: string): Tensor {
     return this.alloc(shape, "f32", label);
+  }
+  act(shape: number[], label: string): Tensor {
+    return this.alloc(shape, this.activations, label);
+  }
+  /** Elements per binding-offset alignment for act() tensors: views into them start on multiples of this. */
+  actAlign(): number {
+    return (this.gpu.limits.minStorageBufferOffsetAlignment ?? 256) / elementBytes(this.activations);
   }
   i32(shape: number[], label: string): Tensor {
     return this.alloc(shape, "i32", label);

@@ -87,14 +87,15 @@ export async function planAttentionBlock(
   const qkvNames = ["q", "k", "v"].map((m) => `${p}.self_attn.${m}_proj.weight`);
   const fusedW = io.fuseQkv ? W.span(qkvNames) : null, fusedG = fusedW && G ? G.span(qkvNames) : null;
   const fused = fusedW !== null && (!G || fusedG !== null);
-  const qkv = fused ? A.f32([3, N, d], `${p}.qkv`) : null;
+  // a, q, k, v and o are activations (f16 under mixed precision); lse and every gradient stay f32.
+  const qkv = fused ? A.act([3, N, d], `${p}.qkv`) : null;
   const saved: AttentionSaved = {
-    a: io.recompute ? Sc.f32([N, d], "norm.recompute") : A.f32([N, d], `${p}.a`),
+    a: io.recompute ? Sc.act([N, d], "norm.recompute") : A.act([N, d], `${p}.a`),
     rstd: A.f32([N], `${p}.rstd1`),
-    q: qkv ? tensorView(qkv, 0, [N, d], `${p}.q`) : A.f32([N, d], `${p}.q`),
-    k: qkv ? tensorView(qkv, N * d, [N, d], `${p}.k`) : A.f32([N, d], `${p}.k`),
-    v: qkv ? tensorView(qkv, 2 * N * d, [N, d], `${p}.v`) : A.f32([N, d], `${p}.v`),
-    o: A.f32([N, d], `${p}.o`),
+    q: qkv ? tensorView(qkv, 0, [N, d], `${p}.q`) : A.act([N, d], `${p}.q`),
+    k: qkv ? tensorView(qkv, N * d, [N, d], `${p}.k`) : A.act([N, d], `${p}.k`),
+    v: qkv ? tensorView(qkv, 2 * N * d, [N, d], `${p}.v`) : A.act([N, d], `${p}.v`),
+    o: A.act([N, d], `${p}.o`),
     lse: A.f32(attentionSavedShapes({ B: io.B, T: io.T, H, dHead }).lse, `${p}.lse`),
   };
   const ropeLaunches = io.fuseRope === false || !attentionRopeFusable(gpu);

@@ -10,7 +10,7 @@ import { UserError } from "../util/errors.ts";
 import { countActiveParams, countParams, flopsBreakdown, mhmoeParityIntermediate, type FlopsBreakdown, type ModelConfig } from "./config.ts";
 import { numel, parameterSpecs } from "./params.ts";
 import { expertStackKey, ParamStore } from "./weights.ts";
-import { Transformer } from "./transformer.ts";
+import { Transformer, type TransformerPlanOptions } from "./transformer.ts";
 import { GpuAdamW } from "../train/optimizer.ts";
 import { StepRunner } from "../train/step.ts";
 
@@ -78,7 +78,7 @@ function overLimit(t: TensorSize, limit: number): string {
  * part took from the pool, and releases it all. A parameter tensor over the binding limit (other than the vocabulary matrices, which split)
  * is reported without allocating anything.
  */
-export async function planMemory(gpu: Gpu, c: ModelConfig, B: number, T: number, A: number, logEvery = 10): Promise<MemoryPlan> {
+export async function planMemory(gpu: Gpu, c: ModelConfig, B: number, T: number, A: number, logEvery = 10, plan: Pick<TransformerPlanOptions, "precision" | "recompute"> = {}): Promise<MemoryPlan> {
   const limit = gpu.limits.maxStorageBufferBindingSize ?? Infinity;
   // Vocabulary matrices larger than a binding are split into row parts and the logits are computed in
   // row chunks, so neither limits a run; any other parameter tensor must fit one binding.
@@ -114,7 +114,7 @@ export async function planMemory(gpu: Gpu, c: ModelConfig, B: number, T: number,
       const opt = await GpuAdamW.plan(gpu, c, W, G);
       release.push(opt);
       measure();
-      const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A });
+      const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / A, ...plan });
       release.push(model);
       measure();
       const runner = new StepRunner(gpu, model, G, opt, A, logEvery);

@@ -82,8 +82,8 @@ export function linearDw(gpu: Gpu, dy: Tensor, x: Tensor, dw: Tensor, rows: numb
  * back, as views of one [2, N, I] tensor: then backward takes both weight gradients in one launch and
  * dx = dGate Wg + dUp Wu in another. The views must start on the binding alignment.
  */
-function fusedGateUp(gpu: Gpu, io: FfnIo, w: FfnWeights, g: FfnWeights | null): boolean {
-  const align = (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4;
+function fusedGateUp(arena: Arena, io: FfnIo, w: FfnWeights, g: FfnWeights | null): boolean {
+  const align = arena.actAlign();
   return io.fuseGateUp !== false && io.act === "silu" && !!w.gateUp && (!g || !!g.gateUp) && (io.N * io.inner) % align === 0;
 }
 
@@ -98,11 +98,12 @@ export async function planDenseFfn(
 ): Promise<FfnBlock> {
   const { N, width: d, inner: I, act } = io;
   const silu = act === "silu";
-  const fused = fusedGateUp(gpu, io, w, g);
-  const pre = fused ? arena.f32([2, N, I], `${label}.gate_up`) : null;
-  const gatePre = pre ? tensorView(pre, 0, [N, I], `${label}.gate`) : silu ? arena.f32([N, I], `${label}.gate`) : null;
-  const upPre = pre ? tensorView(pre, N * I, [N, I], `${label}.up`) : arena.f32([N, I], `${label}.up`);
-  const hidden = io.recompute ? scratch.f32([N, I], "ffn.hidden") : arena.f32([N, I], `${label}.hidden`);
+  const fused = fusedGateUp(arena, io, w, g);
+  // The pre-activations and the hidden are activations (f16 under mixed precision); their gradients stay f32.
+  const pre = fused ? arena.act([2, N, I], `${label}.gate_up`) : null;
+  const gatePre = pre ? tensorView(pre, 0, [N, I], `${label}.gate`) : silu ? arena.act([N, I], `${label}.gate`) : null;
+  const upPre = pre ? tensorView(pre, N * I, [N, I], `${label}.up`) : arena.act([N, I], `${label}.up`);
+  const hidden = io.recompute ? scratch.act([N, I], "ffn.hidden") : arena.act([N, I], `${label}.hidden`);
   const offsets = arena.adopt(upload(gpu, Int32Array.of(0, N), [2], `${label}.rows`)); // one group: rows 0..N
   const grouped = (layout: "nt" | "nn", n: number, k: number, a: Tensor, b: Tensor, c: Tensor, fuse: GroupedFusion) =>
     groupedMatmul(gpu, { layout, E: 1, M: N, N: n, K: k, a, b, c, offsets, fuse });

@@ -121,18 +121,20 @@ export async function planMoeBlock(
   const load = A.i32([E], `${p}.load`), offsets = A.i32([E + 1], `${p}.offsets`);
   const rowAssignment = A.i32([R], `${p}.row_assignment`), assignmentRow = A.i32([R], `${p}.assignment_row`);
   fwd.push(...(await planExpertHistogram(gpu, { topkIdx, keptIdx, blockCounts, S, k, E })));
-  const xPerm = A.f32([R, dSub], `${p}.xperm`);
+  // The experts' input rows, pre-activations and hidden are activations (f16 under mixed precision); the
+  // sub-tokens s (the router's input) and the expert outputs stay f32.
+  const xPerm = A.act([R, dSub], `${p}.xperm`);
   fwd.push(...(await planExpertPermutation(gpu, {
     topkIdx, keptIdx, blockCounts, counts: load, offsets, rowAssignment, assignmentRow, s, xPerm, S, k, E, dSub,
   })));
 
   // 10-11. grouped expert FFN, weighted combine (+ inner residual)
   const yPerm = A.f32([R, dSub], `${p}.yperm`);
-  const gatePre = act === "silu" ? A.f32([R, inner], `${p}.expert_gate`) : null;
-  const upPre = A.f32([R, inner], `${p}.expert_up`);
+  const gatePre = act === "silu" ? A.act([R, inner], `${p}.expert_gate`) : null;
+  const upPre = A.act([R, inner], `${p}.expert_up`);
   // The down projection reads the hidden right after the up projection writes it; with recompute, what
   // backward's dWd reads is computed again there, so every MoE layer shares one buffer.
-  const hidden = io.recompute ? Sc.f32([R, inner], "moe.expert_hidden") : A.f32([R, inner], `${p}.expert_hidden`);
+  const hidden = io.recompute ? Sc.act([R, inner], "moe.expert_hidden") : A.act([R, inner], `${p}.expert_hidden`);
   const ex = `${p}.experts`;
   const shape = { E, rows: R, dSub, inner, act, offsets };
   const weights = { gate: act === "silu" ? W.stack(ex, "gate_proj") : null, up: W.stack(ex, "up_proj"), down: W.stack(ex, "down_proj") };

@@ -47,6 +47,20 @@ export interface TransformerPlanOptions {
    * more launches; the same numbers).
    */
   recompute?: boolean;
+  /**
+   * "mixed": the activations the projections read and backward keeps (norm outputs, q/k/v and the
+   * attention output, FFN and expert pre-activations and hidden, the experts' input rows) are stored in
+   * f16 (the adapter needs shader-f16); every sum and every other tensor stays f32. Default "f32".
+   */
+  precision?: Precision;
+}
+
+export type Precision = "f32" | "mixed";
+
+/** Refuses mixed precision on an adapter without f16 storage, before anything is planned. */
+export function checkPrecision(gpu: Gpu, precision: Precision): void {
+  if (precision !== "f32" && precision !== "mixed") throw new UserError(`--precision must be f32 or mixed, got ${precision}`);
+  if (precision === "mixed" && !gpu.hasF16) throw new UserError(`--precision mixed stores activations in f16, and adapter "${gpu.adapter.name}" has no shader-f16 feature: use --precision f32`);
 }
 
 /** LM-head chunks start on a multiple of 64 rows, so every row range of xf, lse and rowLoss can be bound. */
@@ -109,8 +123,9 @@ export class Transformer {
     readonly params: ParamStore,
     readonly opts: TransformerPlanOptions,
   ) {
-    this.arena = new Arena(gpu);
-    this.scratch = new Arena(gpu, true);
+    const activations = opts.precision === "mixed" ? "f16" : "f32";
+    this.arena = new Arena(gpu, false, activations);
+    this.scratch = new Arena(gpu, true, activations);
   }
 
   get N(): number {
@@ -121,6 +136,7 @@ export class Transformer {
   }
 
   static async plan(gpu: Gpu, c: ModelConfig, params: ParamStore, opts: TransformerPlanOptions): Promise<Transformer> {
+    checkPrecision(gpu, opts.precision ?? "f32");
     const t = new Transformer(gpu, c, params, opts);
     await gpu.checked("planning the model", () => t.build());
     return t;
@@ -206,8 +222,7 @@ export class Transformer {
     }
 
     // Views of [3, N, d] need each block to start on the binding alignment.
-    const align = (gpu.limits.minStorageBufferOffsetAlignment ?? 256) / 4;
-    const fuseQkv = (this.opts.fuseQkv ?? true) && (N * d) % align === 0;
+    const fuseQkv = (this.opts.fuseQkv ?? true) && (N * d) % A.actAlign() === 0;
     interface LayerSaved { attn: AttentionBlock; xMid: Tensor; m: Tensor; rstd2: Tensor; ffn: FfnBlock; recomputeM: Dispatch[] }
     const recompute = this.opts.recompute ?? false;
     const saved: LayerSaved[] = [];
@@ -219,7 +234,12 @@ export class Transformer {
       const xMid = A.f32([N, d], `${p}.xmid`), rstd2 = A.f32([N], `${p}.rstd2`);
       // With recompute the two norm outputs of every layer share one scratch tensor (each is dead once its
       // projections have read it, and backward recomputes it right before its weight gradients).
-      const m = recompute ? S.f32([N, d], "norm.recompute") : A.f32([N, d], `${p}.m`);
+      // m is an f16 activation under mixed precision unless a MoE layer routes it directly (no head
+      // projection): the router, the gather and the inner residual read it in f32.
+      const mHalf = !isMoeLayer(c, l) || c.mhmoe_head;
+      const m = recompute
+        ? (mHalf ? S.act([N, d], "norm.recompute") : S.f32([N, d], "norm.recompute"))
+        : (mHalf ? A.act([N, d], `${p}.m`) : A.f32([N, d], `${p}.m`));
       const attn = await planAttentionBlock(gpu, c, l, { B, T, x: xs[l]!, xMid, dRes, causal, ropeTable: ropeTab, fuseQkv, fuseRope: this.opts.fuseRope, recompute }, W, G, A, S);
       fwd.push(...attn.forward);
       const normM = () => planRmsNormForward(gpu, { x: xMid, w: W.get(`${p}.post_attention_layernorm.weight`), y: m, rstd: rstd2, N, d, eps });

@@ -54,8 +54,14 @@ export function resolveView(what: string, o: Operand, rows: number, cols: number
   return { tensor: v.tensor, offset, ld };
 }
 
-export function checkSize(what: string, t: Tensor, n: number): void {
+/**
+ * A tensor holds at least n elements. f16 tensors (mixed-precision activations) are refused unless the
+ * kernel reads that binding through its storage type (`f16`): a kernel declaring array<f32> would read
+ * their bytes as garbage, silently.
+ */
+export function checkSize(what: string, t: Tensor, n: number, f16 = false): void {
   if (t.size < n) throw new Error(`${what}: needs ${n} elements, the tensor has ${t.size}`);
+  if (t.dtype === "f16" && !f16) throw new Error(`${what}: this kernel reads f32, the tensor is f16`);
 }
 
 /** out[0..n) = value (n defaults to the whole tensor). Zeroes gradient buffers at the start of a step. */

@@ -234,6 +234,9 @@ export async function matmul(gpu: Gpu, args: MatmulArgs): Promise<Dispatch[]> {
   const aligned = vec4Aligned({ layout, M, N, K }, [lda, ldb, ldc, ...offs, ...strides]);
   const variant = args.variant ?? "auto";
   const oneC = batch === 1 || !!args.sumBatches;
+  for (const [what, t] of [["residual", args.residual], ["bias", args.bias], ["biasGrad", args.biasGrad]] as const) {
+    if (t && t.dtype !== "f32") throw new Error(`matmul: the epilogue's ${what} must be f32, got ${t.dtype}`);
+  }
   if (args.biasGrad && (layout !== "tn" || !oneC)) throw new Error("matmul: biasGrad needs the tn layout and one C");
   if (variant === "vec4" && !aligned) throw new Error(`matmul: vec4 kernel needs 4-aligned shapes, got ${layout} ${M}x${N}x${K}`);
   const direct = variant === "vec4" || (variant === "auto" && aligned && gpu.isCpu);

@@ -44,7 +44,7 @@ export interface RmsNormForwardArgs {
 export async function planRmsNormForward(gpu: Gpu, a: RmsNormForwardArgs): Promise<Dispatch[]> {
   checkSize("rmsnorm x", a.x, a.N * a.d);
   checkSize("rmsnorm w", a.w, a.d);
-  checkSize("rmsnorm y", a.y, a.N * a.d);
+  checkSize("rmsnorm y", a.y, a.N * a.d, true);
   checkSize("rmsnorm rstd", a.rstd, a.N);
   const WG = normWorkgroup(gpu);
   const kernel = await gpu.kernel({ shader: "norm", entry: "rmsnorm_forward", constants: { WG }, template: storageTypes({ Y_T: a.y }) });

@@ -142,7 +142,7 @@ class TrainingRun {
       const W = ParamStore.allocate(gpu, c, "param");
       W.upload(params);
       const G = ParamStore.allocate(gpu, c, "grad");
-      const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / o.gradAccum, recompute: o.recompute });
+      const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, gradScale: 1 / o.gradAccum, recompute: o.recompute, precision: o.precision ?? "f32" });
       const opt = await GpuAdamW.plan(gpu, c, W, G);
       if (from) {
         opt.m.upload(from.moments.m);

@@ -40,6 +40,8 @@ export interface TrainOptions {
   skipNonfinite: boolean;
   /** recompute the RMSNorm outputs and the FFN and expert hidden activations in backward instead of keeping them */
   recompute: boolean;
+  /** "mixed": activations stored in f16, sums and weights f32 (TransformerPlanOptions.precision) */
+  precision: "f32" | "mixed";
   /** mlm: what training masks as one unit of text, a token or a word (byte tokenizer; docs/model.md) */
   maskUnit: "token" | "word";
 }
@@ -69,6 +71,7 @@ export const TRAIN_DEFAULTS = {
   keep: 3,
   skipNonfinite: false,
   recompute: false,
+  precision: "f32" as "f32" | "mixed",
   maskUnit: "token" as "token" | "word",
 };
 
@@ -91,6 +94,7 @@ export function validateTrainOptions(o: TrainOptions): void {
   if (o.valFraction !== undefined && !(o.valFraction >= 0 && o.valFraction < 1)) throw new UserError(`--val-fraction must be in [0, 1), got ${o.valFraction}`);
   if (o.minLr > o.lr) throw new UserError(`--min-lr (${o.minLr}) must not exceed --lr (${o.lr})`);
   if (!["cosine", "linear", "constant"].includes(o.schedule)) throw new UserError(`--schedule must be cosine, linear or constant, got ${o.schedule}`);
+  if (o.precision !== "f32" && o.precision !== "mixed") throw new UserError(`--precision must be f32 or mixed, got ${o.precision}`);
   if (o.maskUnit !== "token" && o.maskUnit !== "word") throw new UserError(`--mask-unit must be token or word, got ${o.maskUnit}`);
   if (o.maskUnit === "word" && o.config.objective !== "mlm") throw new UserError("--mask-unit is for the mlm objective (--set objective=mlm)");
   if (o.maskUnit === "word" && o.tokenizer !== "byte") throw new UserError(`--mask-unit word finds words in bytes: it needs the byte tokenizer, not ${o.tokenizer}`);
@@ -102,7 +106,7 @@ export function validateTrainOptions(o: TrainOptions): void {
 /** The options a resumed run may change; the others stay the saved run's (a different value is refused). */
 export const RESUME_CHANGEABLE = [
   "steps", "lr", "minLr", "warmup", "schedule", "weightDecay", "beta1", "beta2", "eps", "clip", "logEvery", "evalEvery",
-  "evalBatches", "evalData", "checkpointEvery", "keep", "skipNonfinite", "recompute", "data",
+  "evalBatches", "evalData", "checkpointEvery", "keep", "skipNonfinite", "recompute", "precision", "data",
 ] as const;
 /** Options that shape the data order and the step: a resumed run keeps them (the tokenizer and the data are checked against the checkpoint's). */
 const RESUME_FIXED = ["batchSize", "seqLen", "gradAccum", "seed", "valFraction", "maskUnit"] as const;
