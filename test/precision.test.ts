@@ -10,8 +10,9 @@ import { join } from "node:path";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { presetConfig, type ModelConfig } from "../src/model/config.ts";
 import { initParams } from "../src/model/params.ts";
-import { ParamStore, uploadParams } from "../src/model/weights.ts";
+import { uploadParams } from "../src/model/weights.ts";
 import { Transformer, type Precision } from "../src/model/transformer.ts";
+import { B, FOUR_LAYERS as base, stepOnce, T } from "./fixtures/four-layers.ts";
 import { train } from "../src/train/loop.ts";
 import { empty } from "../src/gpu/tensor.ts";
 import { planAdd } from "../src/ops/elementwise.ts";
@@ -19,27 +20,10 @@ import { matmul } from "../src/ops/matmul.ts";
 import { runTokenize } from "../src/data/index.ts";
 import { CLI, PROSE, TINY_ARGS, tinyOptions } from "./fixtures/train/tiny.ts";
 
-// Four layers, two dense and two MoE with a shared expert: every kind of activation (norm outputs, q/k/v,
-// the attention output, dense and shared FFN pre-activations and hidden, the experts' rows and hidden).
-const base = {
-  vocab_size: 257, hidden_size: 32, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 48,
-  max_position_embeddings: 32, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, moe_layer_freq: 2,
-  shared_expert_intermediate_size: 24,
-};
-const B = 2, T = 16;
-const ids = Int32Array.from({ length: B * (T + 1) }, (_, i) => (i * 7919 + 13) % 257);
-
+// The four-layer model (two dense layers, two MoE with a shared expert) has every kind of activation: norm
+// outputs, q/k/v, the attention output, dense and shared FFN pre-activations and hidden, expert rows and hidden.
 async function step(gpu: Gpu, c: ModelConfig, precision: Precision, recompute = false) {
-  const W = uploadParams(gpu, c, initParams(c, 7));
-  const G = ParamStore.allocate(gpu, c, "grad");
-  const before = gpu.pool.bytesLive;
-  const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, precision, recompute });
-  const bytes = gpu.pool.bytesLive - before;
-  model.setBatch(ids);
-  await model.run();
-  const out = { loss: await model.readScalar(model.ceLoss), grads: await G.download(), bytes };
-  model.release(); G.release(); W.release();
-  return out;
+  return stepOnce(gpu, c, { precision, recompute });
 }
 
 const norm = (x: ArrayLike<number>) => Math.sqrt(Array.from(x).reduce((a, v) => a + v * v, 0));

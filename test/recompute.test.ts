@@ -1,41 +1,14 @@
 import { describe, test, expect } from "bun:test";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
-import { readInt } from "../src/gpu/tensor.ts";
 import { presetConfig, type ModelConfig } from "../src/model/config.ts";
-import { initParams } from "../src/model/params.ts";
-import { ParamStore, uploadParams } from "../src/model/weights.ts";
-import { Transformer } from "../src/model/transformer.ts";
+import { B, FOUR_LAYERS as base, stepOnce, T } from "./fixtures/four-layers.ts";
 
 // Activation recomputation (train --recompute) runs the same kernels on the same inputs again in backward,
 // so the loss and every gradient must be bit-identical to keeping the activations, with less memory. Four
 // layers, two dense and two MoE (with a shared expert): a later layer overwrites the shared buffers before
 // backward reaches an earlier one, so a missing recomputation shows up as a wrong gradient. The GELU model
 // drops assignments (capacity 1), so the routed experts' rows past the kept total are recomputed as well.
-const base = {
-  vocab_size: 257, hidden_size: 32, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 48,
-  max_position_embeddings: 32, num_experts: 4, moe_intermediate_size: 16, mhmoe_heads: 2, moe_layer_freq: 2,
-  shared_expert_intermediate_size: 24,
-};
-const B = 2, T = 16;
-const ids = Int32Array.from({ length: B * (T + 1) }, (_, i) => (i * 7919 + 13) % 257);
-
-async function step(gpu: Gpu, c: ModelConfig, recompute: boolean) {
-  const W = uploadParams(gpu, c, initParams(c, 7));
-  const G = ParamStore.allocate(gpu, c, "grad");
-  const before = gpu.pool.bytesLive;
-  const model = await Transformer.plan(gpu, c, W, { B, T, grads: G, recompute });
-  const bytes = gpu.pool.bytesLive - before;
-  model.setBatch(ids);
-  await model.run();
-  let dropped = 0;
-  for (const o of model.moeLayers) if (o.dropped) dropped += (await readInt(o.dropped))[0]!;
-  const out = {
-    loss: await model.readScalar(model.ceLoss), grads: await G.download(), bytes, dropped,
-    dispatches: model.forward.length + model.backward.length,
-  };
-  model.release(); G.release(); W.release();
-  return out;
-}
+const step = (gpu: Gpu, c: ModelConfig, recompute: boolean) => stepOnce(gpu, c, { recompute });
 
 describe("activation recomputation", () => {
   for (const [act, capacity] of [["silu", 0], ["gelu", 1]] as const) {

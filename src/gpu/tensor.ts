@@ -102,8 +102,12 @@ export function zeros(gpu: Gpu, shape: readonly number[], dtype: DType = "f32", 
   return t;
 }
 
+function dtypeOf(data: Typed): DType {
+  return data instanceof Float32Array ? "f32" : data instanceof Float16Array ? "f16" : data instanceof Int32Array ? "i32" : "u32";
+}
+
 export function upload(gpu: Gpu, data: Typed, shape?: readonly number[], label = ""): Tensor {
-  const dtype: DType = data instanceof Float32Array ? "f32" : data instanceof Float16Array ? "f16" : data instanceof Int32Array ? "i32" : "u32";
+  const dtype = dtypeOf(data);
   const s = shape ?? [data.length];
   const n = s.reduce((a, b) => a * b, 1);
   if (n !== data.length) throw new Error(`upload: shape [${s}] has ${n} elements, data has ${data.length}`);
@@ -125,7 +129,7 @@ function writeWords(t: Tensor, byteAt: number, data: Typed): void {
 }
 
 function checkType(t: Tensor, data: Typed, what: string): void {
-  const dtype: DType = data instanceof Float32Array ? "f32" : data instanceof Float16Array ? "f16" : data instanceof Int32Array ? "i32" : "u32";
+  const dtype = dtypeOf(data);
   if (elementBytes(dtype) !== elementBytes(t.dtype)) throw new Error(`${what}: ${t.label || "tensor"} holds ${t.dtype}, data is ${dtype}`);
 }
 
