@@ -9,7 +9,7 @@ import { costSummary, planMemory, solveParity, type CostSummary, type MemoryPlan
 const int = (flag: string) => (v: string) => parseNumber(flag, v, true);
 
 const PARITY_FLAGS = ["hidden", "smoeWidth", "smoeTopK", "smoeExperts", "heads", "topK"] as const;
-const MODEL_FLAGS = ["preset", "config", "batchSize", "seqLen", "gradAccum", "memory"] as const;
+const MODEL_FLAGS = ["preset", "config", "batchSize", "seqLen", "gradAccum", "memory", "precision", "recompute"] as const;
 
 function si(n: number): string {
   const units: [number, string][] = [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]];
@@ -44,18 +44,19 @@ export function registerPlan(program: Command): void {
       if (stray.length) throw new UserError(`--${kebab(stray[0])} belongs to --parity`);
       const { config, B, T, A } = modelShape(o as unknown as ModelShapeFlags);
       const cost = costSummary(config, T);
+      const run = { precision: o.precision as Precision, recompute: !!o.recompute };
       let memory: MemoryPlan | null = null;
       let adapter: string | null = null;
       if (o.memory !== false) {
         const gpu = await getGpu();
         adapter = gpu.adapter.name;
-        memory = await planMemory(gpu, config, B, T, A, 10, { precision: o.precision as Precision, recompute: !!o.recompute });
+        memory = await planMemory(gpu, config, B, T, A, 10, run);
       }
       if (o.json) {
-        console.log(JSON.stringify({ config, batch_size: B, grad_accum: A, ...cost, adapter, memory }));
+        console.log(JSON.stringify({ config, batch_size: B, grad_accum: A, ...run, ...cost, adapter, memory }));
         return;
       }
-      console.log(report(config, cost, B, T, A, memory, adapter));
+      console.log(report(config, cost, B, T, A, memory, adapter, run));
     });
 }
 
@@ -63,7 +64,10 @@ function kebab(s: string): string {
   return s.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
 }
 
-function report(c: ModelConfig, cost: CostSummary, B: number, T: number, A: number, m: MemoryPlan | null, adapter: string | null): string {
+function report(
+  c: ModelConfig, cost: CostSummary, B: number, T: number, A: number, m: MemoryPlan | null, adapter: string | null,
+  run: { precision: Precision; recompute: boolean },
+): string {
   const moeLayers = Array.from({ length: c.num_hidden_layers }, (_, l) => l).filter((l) => isMoeLayer(c, l)).length;
   const kind = c.num_experts > 0
     ? `top-${c.num_experts_per_tok} of ${c.num_experts} experts in ${moeLayers} MoE layers, h=${c.mhmoe_heads}`
@@ -84,16 +88,17 @@ function report(c: ModelConfig, cost: CostSummary, B: number, T: number, A: numb
   ];
   if (!m) return lines.join("\n");
   const limit = `maxStorageBufferBindingSize ${mib(m.binding_limit)}`;
+  const flags = [run.precision === "mixed" ? "f16 activations" : "", run.recompute ? "recompute" : ""].filter(Boolean).map((f) => `, ${f}`).join("");
   if (m.measured) {
     const mem = (name: string, x: number) => `  ${name.padEnd(28)}${mib(x).padStart(12)}`;
     lines.push(
-      `GPU memory of a training run (batch ${B} x ${T} tokens, grad-accum ${A}) on ${adapter}:`,
+      `GPU memory of a training run (batch ${B} x ${T} tokens, grad-accum ${A}${flags}) on ${adapter}:`,
       mem("weights", m.weights), mem("gradients", m.grads), mem("AdamW moments", m.moments),
       mem("activations (1 micro-batch)", m.activations), mem("step buffers", m.step_buffers), mem("total", m.total),
       `largest tensor: ${m.largest.name} ${mib(m.largest.bytes)} (${limit})`,
     );
   } else {
-    lines.push(`GPU memory of a training run (batch ${B} x ${T} tokens, grad-accum ${A}) on ${adapter}: not planned, a tensor is over the binding limit`);
+    lines.push(`GPU memory of a training run (batch ${B} x ${T} tokens, grad-accum ${A}${flags}) on ${adapter}: not planned, a tensor is over the binding limit`);
   }
   lines.push(m.fits ? `fits: yes, every tensor within ${limit}` : `fits: no, ${m.problem}`);
   return lines.join("\n");

@@ -136,8 +136,9 @@ describe("mhmoe plan", () => {
     expect(lines.length).toBe(1);
     const j = JSON.parse(lines[0]);
     expect(Object.keys(j).sort()).toEqual(
-      ["active_params", "adapter", "batch_size", "breakdown", "config", "flops_forward", "flops_train", "grad_accum", "memory", "params", "seq_len"].sort(),
+      ["active_params", "adapter", "batch_size", "breakdown", "config", "flops_forward", "flops_train", "grad_accum", "memory", "params", "precision", "recompute", "seq_len"].sort(),
     );
+    expect([j.precision, j.recompute]).toEqual(["f32", false]);
     expect(Object.keys(j.breakdown).sort()).toEqual(["attention_proj", "attention_scores", "dense_ffn", "experts", "head_merge", "lm_head", "router"]);
     expect(Object.keys(j.memory).sort()).toEqual(
       ["activations", "binding_limit", "fits", "grads", "largest", "measured", "moments", "step_buffers", "total", "weights"].sort(),
@@ -146,6 +147,19 @@ describe("mhmoe plan", () => {
     expect(j.seq_len).toBe(16);
     expect(j.memory.fits).toBe(true);
     expect(j.memory.total).toBe(j.memory.weights + j.memory.grads + j.memory.moments + j.memory.activations + j.memory.step_buffers);
+  });
+
+  test("--precision mixed plans f16 activations: less activation memory, the same weights", () => {
+    const memory = (...flags: string[]) => {
+      const r = plan("--preset", "mhmoe", "--batch-size", "2", "--seq-len", "16", ...flags, "--json");
+      expect(r.code, r.err).toBe(0);
+      return JSON.parse(r.out).memory;
+    };
+    const full = memory(), mixed = memory("--precision", "mixed");
+    expect(mixed.weights).toBe(full.weights);
+    expect(mixed.moments).toBe(full.moments);
+    expect(mixed.activations).toBeLessThan(0.8 * full.activations);
+    expect(plan("--preset", "mhmoe", "--precision", "mixed").out).toContain("grad-accum 1, f16 activations) on");
   });
 
   test("bad input is one error: line", () => {
