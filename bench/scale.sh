@@ -8,20 +8,22 @@
 # the two losses and the eval loss. Slow on a CPU adapter (minutes); not part of CI: test/scale.test.ts
 # runs the same path at test size under a lowered binding limit.
 #   bash bench/scale.sh [OUT_DIR]        (MHMOE=path/to/mhmoe picks the binary; default ./mhmoe)
+#   MHMOE_SCALE_PRECISION=mixed          plans, times and trains with --precision mixed (default f32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MHMOE=${MHMOE:-./mhmoe}
 OUT=${1:-$(mktemp -d)}
 CONFIG=bench/gpt2-small-mhmoe.json
+PRECISION=${MHMOE_SCALE_PRECISION:-f32}
 mkdir -p "$OUT/texts"
 head -c 1400 README.md >"$OUT/texts/train.txt"    # about 330 GPT-2 tokens: one window of 257
 cp docs/eval.md "$OUT/held-out.txt"
 "$MHMOE" tokenize --input "$OUT/texts" --out "$OUT/shards" --tokenizer gpt2 --val-fraction 0 >/dev/null
-plan=$("$MHMOE" plan --config "$CONFIG" --batch-size 1 --seq-len 256 --json)
-step=$("$MHMOE" bench step --config "$CONFIG" --batch-size 1 --seq-len 256 --steps 1 --matmul-size 0 --json)
+plan=$("$MHMOE" plan --config "$CONFIG" --batch-size 1 --seq-len 256 --precision "$PRECISION" --json)
+step=$("$MHMOE" bench step --config "$CONFIG" --batch-size 1 --seq-len 256 --steps 1 --matmul-size 0 --precision "$PRECISION" --json)
 start=$(date +%s.%N)
 "$MHMOE" train --config "$CONFIG" --data "$OUT/shards" --out "$OUT/run" --steps 2 --batch-size 1 --seq-len 256 \
-  --lr 3e-4 --warmup 0 --log-every 1 --json >"$OUT/train.jsonl"
+  --lr 3e-4 --warmup 0 --log-every 1 --precision "$PRECISION" --json >"$OUT/train.jsonl"
 end=$(date +%s.%N)
 ev=$("$MHMOE" eval --checkpoint "$OUT/run" --data "$OUT/held-out.txt" --max-tokens 512 --batch-size 1 --json)
 PLAN="$plan" STEP="$step" EVAL="$ev" TRAIN="$OUT/train.jsonl" WALL=$(echo "$end - $start" | awk '{print $1 - $3}') \
@@ -31,7 +33,7 @@ plan, step, ev = json.loads(os.environ["PLAN"]), json.loads(os.environ["STEP"]),
 rows = [json.loads(l) for l in open(os.environ["TRAIN"]) if l.startswith("{")]
 losses = [r["loss"] for r in rows if "loss" in r and "step" in r]
 print(json.dumps({
-    "measure": "scale", "config": "bench/gpt2-small-mhmoe.json", "parameters": plan["params"], "active_parameters": plan["active_params"],
+    "measure": "scale", "config": "bench/gpt2-small-mhmoe.json", "precision": step["precision"], "parameters": plan["params"], "active_parameters": plan["active_params"],
     "gpu_bytes_planned": plan["memory"]["total"], "gpu_bytes_step": step["gpu_bytes"], "dispatches_per_step": step["dispatches_per_step"],
     "seconds_per_step": step["ms_per_step"] / 1000, "train_wall_seconds": float(os.environ["WALL"]), "losses": losses,
     "eval_loss": ev["loss"], "adapter": step["adapter"],
