@@ -59,7 +59,7 @@ export function registerTrain(program: Command): void {
     .option("--init <checkpoint>", "start from a checkpoint's weights (its model config; step 0, fresh optimizer)")
     .option("--skip-nonfinite", "skip (and count) steps with a non-finite loss or gradient instead of stopping")
     .option("--recompute", "recompute norm outputs and FFN/expert hidden activations in backward: less GPU memory, same numbers")
-    .option("--precision <p>", "f32, or mixed: activations stored in f16 (half their memory), sums and weights in f32; needs shader-f16", TRAIN_DEFAULTS.precision)
+    .option("--precision <p>", "f32, or mixed: the activations projections read and backward keeps stored in f16 (about a third less activation memory); sums, weights and gradients f32; needs shader-f16", TRAIN_DEFAULTS.precision)
     .option("--mask-unit <unit>", "mlm: mask text token by token, or whole words (byte tokenizer)", TRAIN_DEFAULTS.maskUnit)
     .option("--json", "print JSON lines on stdout")
     .action(async (raw: Record<string, unknown>, cmd: Command) => {
